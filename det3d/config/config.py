@@ -1,0 +1,148 @@
+"""CfgNode with ``_BASE_`` inheritance and safe yaml loading, and the ``configurable`` decorator."""
+import functools
+import inspect
+import os
+from typing import Any, Callable, Optional
+
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+__all__ = ["CfgNode", "get_cfg", "configurable"]
+
+
+class CfgNode(_FvCfgNode):
+    """
+    A yacs/fvcore CfgNode that:
+
+    * reads yaml with ``yaml.safe_load`` only (no python objects in config files);
+    * follows ``_BASE_`` keys (paths relative to the file that names them);
+    * rejects unknown keys with an error that names the key and the file.
+    """
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        if allow_unsafe:
+            raise ValueError("det3d reads config files with safe yaml loading only (allow_unsafe=True)")
+        if not os.path.isfile(cfg_filename):
+            raise FileNotFoundError(f"Config file {cfg_filename!r} does not exist")
+        try:
+            loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=False)
+        except Exception as e:  # yaml.YAMLError and friends: say which file
+            raise ValueError(f"Could not parse config file {cfg_filename!r}: {e}") from e
+        loaded = type(self)(loaded)
+        try:
+            self.merge_from_other_cfg(loaded)
+        except KeyError as e:
+            raise KeyError(f"{e.args[0]} (in config file {cfg_filename!r})") from None
+
+    def merge_from_list(self, cfg_list: list) -> None:
+        if len(cfg_list) % 2 != 0:
+            raise ValueError(
+                f"Config overrides must come as KEY VALUE pairs; got an odd number: {cfg_list}"
+            )
+        try:
+            super().merge_from_list(cfg_list)
+        except AssertionError as e:  # yacs asserts on unknown keys; callers expect a KeyError
+            raise KeyError(str(e)) from None
+
+
+def get_cfg() -> CfgNode:
+    """
+    Returns:
+        CfgNode: a fresh copy of det3d's default config (see ``det3d/config/defaults.py``).
+    """
+    from .defaults import _C
+
+    return _C.clone()
+
+
+def configurable(init_func: Optional[Callable] = None, *, from_config: Optional[Callable] = None):
+    """
+    Lets a class ``__init__`` (or a function) be called either with plain arguments or with a
+    CfgNode as first argument, in which case ``from_config(cfg, ...)`` turns the config into the
+    keyword arguments. Detectron2's pattern:
+
+    .. code-block:: python
+
+        class A:
+            @configurable
+            def __init__(self, *, a, b=2): ...
+
+            @classmethod
+            def from_config(cls, cfg, input_shape):
+                return {"a": cfg.X, "b": input_shape}
+
+        A(a=1)           # plain arguments
+        A(cfg, shape)    # from a config
+
+        @configurable(from_config=lambda cfg: {"x": cfg.X})
+        def f(x, y=1): ...
+    """
+    if init_func is not None:
+        assert (
+            inspect.isfunction(init_func) and from_config is None and init_func.__name__ == "__init__"
+        ), "@configurable without arguments decorates a class __init__"
+
+        @functools.wraps(init_func)
+        def wrapped(self, *args, **kwargs):
+            try:
+                from_config_func = type(self).from_config
+            except AttributeError as e:
+                raise AttributeError(
+                    f"{type(self).__name__} uses @configurable but defines no 'from_config' classmethod"
+                ) from e
+            if not inspect.ismethod(from_config_func):
+                raise TypeError(f"{type(self).__name__}.from_config must be a classmethod")
+            if _called_with_cfg(*args, **kwargs):
+                explicit_args = _get_args_from_config(from_config_func, *args, **kwargs)
+                init_func(self, **explicit_args)
+            else:
+                init_func(self, *args, **kwargs)
+
+        return wrapped
+
+    assert inspect.isfunction(from_config), "from_config must be a function"
+
+    def wrapper(orig_func):
+        @functools.wraps(orig_func)
+        def wrapped(*args, **kwargs):
+            if _called_with_cfg(*args, **kwargs):
+                explicit_args = _get_args_from_config(from_config, *args, **kwargs)
+                return orig_func(**explicit_args)
+            return orig_func(*args, **kwargs)
+
+        wrapped.from_config = from_config
+        return wrapped
+
+    return wrapper
+
+
+def _is_cfg(x: Any) -> bool:
+    # Any yacs CfgNode counts, so a Detectron2 CfgNode (after add_det3d_config) works too.
+    try:
+        from yacs.config import CfgNode as _YacsCfgNode
+    except ImportError:  # pragma: no cover - yacs is a dependency
+        return isinstance(x, _FvCfgNode)
+    return isinstance(x, _YacsCfgNode)
+
+
+def _called_with_cfg(*args, **kwargs) -> bool:
+    if len(args) and _is_cfg(args[0]):
+        return True
+    return _is_cfg(kwargs.pop("cfg", None))
+
+
+def _get_args_from_config(from_config_func: Callable, *args, **kwargs) -> dict:
+    """Calls ``from_config`` with the arguments it accepts; extra keyword arguments override."""
+    signature = inspect.signature(from_config_func)
+    if list(signature.parameters.keys())[0] != "cfg":
+        name = getattr(from_config_func, "__name__", repr(from_config_func))
+        raise TypeError(f"{name}.from_config must take 'cfg' as its first argument")
+    support_var_arg = any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
+    )
+    if support_var_arg:
+        return from_config_func(*args, **kwargs)
+    supported = set(signature.parameters.keys())
+    extra_kwargs = {name: kwargs.pop(name) for name in list(kwargs.keys()) if name not in supported}
+    ret = from_config_func(*args, **kwargs)
+    ret.update(extra_kwargs)
+    return ret

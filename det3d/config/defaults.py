@@ -1,0 +1,336 @@
+"""
+det3d's default config. Key names follow Detectron2's wherever Detectron2 has the key; det3d's
+own keys are added by :func:`add_det3d_config`, so a Detectron2 CfgNode can take them too.
+
+Conventions used below:
+
+* "per axis" values are given in array-axis order: ``(D, H, W)`` in 3D, ``(H, W)`` in 2D. A single
+  int means the same value on every axis.
+* Boxes are ``(x0, y0, z0, x1, y1, z1)`` in voxels; box sizes (anchor sizes, canonical box size,
+  min sizes) are in voxels of the model's input.
+"""
+from .config import CfgNode as CN
+
+__all__ = ["_C", "add_det3d_config"]
+
+_C = CN()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------- #
+# Model
+# ---------------------------------------------------------------------------- #
+_C.MODEL = CN()
+_C.MODEL.DEVICE = "cpu"
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN3D"
+_C.MODEL.WEIGHTS = ""
+_C.MODEL.LOAD_PROPOSALS = False
+_C.MODEL.MASK_ON = True
+# Per-channel normalisation applied by the model to its input (after the mapper's percentile
+# normalisation, which brings intensities to roughly [0, 1]). One value per input channel.
+_C.MODEL.PIXEL_MEAN = [0.5]
+_C.MODEL.PIXEL_STD = [0.25]
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet3d_fpn_backbone"
+# Freeze the stem (1) and the first FREEZE_AT - 1 residual stages; 0 freezes nothing.
+_C.MODEL.BACKBONE.FREEZE_AT = 0
+
+# ---------------------------------------------------------------------------- #
+# ResNet
+# ---------------------------------------------------------------------------- #
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 18  # 18, 34 (basic blocks), 50, 101 (bottleneck blocks)
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# "FrozenBN", "BN", "SyncBN", "GN", or "" (no norm)
+_C.MODEL.RESNETS.NORM = "BN"
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# Output channels of res2; doubles at each stage. Bottleneck stages use RES2_OUT_CHANNELS/4 inside.
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+# Stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
+# For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
+_C.MODEL.RESNETS.STEM_KERNEL_SIZE = [7, 7, 7]
+_C.MODEL.RESNETS.STEM_STRIDE = [2, 2, 2]
+_C.MODEL.RESNETS.STEM_POOL_STRIDE = [2, 2, 2]
+# Stride of the first block of res2..res5, each an int or a per-axis list. Empty = [1, 2, 2, 2].
+_C.MODEL.RESNETS.STAGE_STRIDES = []
+# Deformable convs are not supported in det3d; kept for Detectron2 key compatibility.
+_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
+
+# ---------------------------------------------------------------------------- #
+# FPN
+# ---------------------------------------------------------------------------- #
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.FPN.NORM = ""
+# "sum" or "avg"
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+# Add an extra coarser level ("p6") by stride-2 max-pool of the coarsest output.
+_C.MODEL.FPN.TOP_BLOCK = True
+
+# ---------------------------------------------------------------------------- #
+# Anchor generator
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator3D"
+# One list of sizes per feature level (xy side of the anchor, in input voxels).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+# xy aspect ratios (height / width), one list per level or one list for all levels.
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# z aspect ratios (depth / xy side), one list per level or one list for all; ignored in 2D.
+# For anisotropic voxels, a sphere of xy side s spans s * spacing_xy / spacing_z voxels in z.
+_C.MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS = [[1.0]]
+_C.MODEL.ANCHOR_GENERATOR.ANGLES = [[0.0]]  # unused; Detectron2 key compatibility
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+# ---------------------------------------------------------------------------- #
+# RPN
+# ---------------------------------------------------------------------------- #
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN3D"
+_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.HEAD_NAME = "StandardRPNHead3D"
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# Box regression loss: "smooth_l1", "huber" (Huber after soft clipping c * tanh(x / c)), "giou"
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+# Weights on (dx, dy[, dz], dw, dh[, dd]): length 2 * SPATIAL_DIMS, or 6 in 2D (z entries dropped).
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.CONV_DIMS = [-1]
+
+# ---------------------------------------------------------------------------- #
+# ROI heads
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads3D"
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 1
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+
+# ---------------------------------------------------------------------------- #
+# Box head
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead3D"
+# Classification loss: "ce" (softmax cross-entropy) or "focal" (softmax focal loss).
+_C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "ce"
+_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_GAMMA = 2.0
+# "smooth_l1", "huber" (with soft clipping, see HUBER_CLIP), "giou"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = [10.0, 10.0, 10.0, 5.0, 5.0, 5.0]
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7  # int or per axis, e.g. [3, 7, 7]
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+_C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+_C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
+_C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
+
+# ---------------------------------------------------------------------------- #
+# Mask head
+# ---------------------------------------------------------------------------- #
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead3D"
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # int or per axis
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.NORM = ""
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+
+# ---------------------------------------------------------------------------- #
+# Input
+# ---------------------------------------------------------------------------- #
+_C.INPUT = CN()
+_C.INPUT.FORMAT = "GRAY"  # channels are whatever the volume holds; kept for Detectron2 compat
+_C.INPUT.MASK_FORMAT = "bitmask"
+
+# ---------------------------------------------------------------------------- #
+# Datasets / dataloader
+# ---------------------------------------------------------------------------- #
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.PROPOSAL_FILES_TRAIN = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
+_C.DATASETS.TEST = ()
+_C.DATASETS.PROPOSAL_FILES_TEST = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------- #
+# Solver
+# ---------------------------------------------------------------------------- #
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "SGD"  # "SGD", "ADAMW", "ADAM"
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.01
+_C.SOLVER.BASE_LR_END = 0.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.BETAS = (0.9, 0.999)
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.NUM_DECAYS = 3
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.RESCALE_INTERVAL = False
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.IMS_PER_BATCH = 2
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value" or "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CN({"ENABLED": False})
+
+# ---------------------------------------------------------------------------- #
+# Test
+# ---------------------------------------------------------------------------- #
+_C.TEST = CN()
+_C.TEST.EXPECTED_RESULTS = []
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.KEYPOINT_OKS_SIGMAS = []
+# Detections kept per volume. Dense nuclei volumes hold hundreds: no 100 cap.
+_C.TEST.DETECTIONS_PER_IMAGE = 500
+_C.TEST.AUG = CN({"ENABLED": False})
+_C.TEST.PRECISE_BN = CN({"ENABLED": False, "NUM_ITER": 200})
+
+# ---------------------------------------------------------------------------- #
+# Misc
+# ---------------------------------------------------------------------------- #
+_C.OUTPUT_DIR = "./output"
+_C.SEED = -1
+_C.CUDNN_BENCHMARK = False
+_C.FLOAT32_PRECISION = ""
+_C.VIS_PERIOD = 0
+_C.GLOBAL = CN()
+_C.GLOBAL.HACK = 1.0
+
+
+def add_det3d_config(cfg: CN) -> None:
+    """
+    Adds det3d's own keys to ``cfg`` in place (a det3d or a Detectron2 CfgNode). Keys that are
+    already present are left as they are.
+    """
+    _C = cfg
+    was_frozen = _C.is_frozen()
+    _C.defrost()
+
+    def _add(node: CN, key: str, value) -> None:
+        if key not in node:
+            node[key] = value
+
+    # 2 = images (H, W), 3 = volumes (D, H, W). Every module reads this.
+    _add(_C.MODEL, "SPATIAL_DIMS", 3)
+    # Top-level modules of the meta-architecture to freeze (no gradient, eval mode), e.g.
+    # ["backbone", "proposal_generator"] to train the ROI heads on live proposals of a frozen,
+    # pretrained RPN (training stage "heads").
+    _add(_C.MODEL, "FREEZE_MODULES", [])
+
+    _add(_C.MODEL.RPN, "HUBER_CLIP", 3.0)  # c in c * tanh(x / c) before the Huber loss
+    _add(_C.MODEL.RPN, "HUBER_DELTA", 1.0)
+    # "ce" (binary cross-entropy) or "focal" (sigmoid focal loss) on objectness
+    _add(_C.MODEL.RPN, "CLS_LOSS_TYPE", "ce")
+    _add(_C.MODEL.RPN, "FOCAL_LOSS_ALPHA", 0.25)
+    _add(_C.MODEL.RPN, "FOCAL_LOSS_GAMMA", 2.0)
+
+    _add(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)  # geometric-mean side mapped to level 4
+    _add(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
+    _add(_C.MODEL.ROI_HEADS, "CLS_LOSS_WEIGHT", 1.0)
+    _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
+    _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_DELTA", 1.0)
+
+    # Mask loss: "bce" or "bce_dice" (BCE_WEIGHT * BCE + DICE_WEIGHT * Dice)
+    _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_TYPE", "bce")
+    _add(_C.MODEL.ROI_MASK_HEAD, "BCE_WEIGHT", 1.0)
+    _add(_C.MODEL.ROI_MASK_HEAD, "DICE_WEIGHT", 1.0)
+    _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
+    # Probability above which a pasted mask voxel belongs to the instance.
+    _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
+
+    # Input pipeline for volumes (DatasetMapper3D)
+    _add(_C.INPUT, "IN_CHANNELS", 1)
+    # Percentile intensity normalisation: (x - p_low) / (p_high - p_low), per channel.
+    _add(_C.INPUT, "NORM_PERCENTILES", [1.0, 99.8])
+    # Resample every volume to this (z, y, x) spacing in micrometres; empty = keep voxel grid.
+    _add(_C.INPUT, "TARGET_SPACING", [])
+    # Training crop size per axis (D, H, W); empty = whole volume.
+    _add(_C.INPUT, "CROP_SIZE", [])
+    # Instances cut by the crop keep their visible part; remnants smaller than this fraction of
+    # the instance's full volume (or MIN_INSTANCE_VOXELS voxels) are dropped.
+    _add(_C.INPUT, "CROP_MIN_VISIBLE_FRACTION", 0.25)
+    _add(_C.INPUT, "MIN_INSTANCE_VOXELS", 8)
+    _add(_C.INPUT, "RANDOM_FLIP_AXES", [0, 1, 2])  # array axes (D=0, H=1, W=2) to flip at random
+    _add(_C.INPUT, "ROTATE90_XY", True)
+    _add(_C.INPUT, "INTENSITY_SCALE", [0.9, 1.1])
+    _add(_C.INPUT, "INTENSITY_SHIFT", [-0.1, 0.1])
+    _add(_C.INPUT, "GAMMA", [0.8, 1.25])
+    _add(_C.INPUT, "NOISE_STD", 0.02)
+    # Sliding-window inference for volumes larger than this (D, H, W); empty = whole volume.
+    _add(_C.TEST, "WINDOW_SIZE", [])
+    _add(_C.TEST, "WINDOW_OVERLAP", 0.25)
+
+    # Evaluation
+    _add(_C.TEST, "EVALUATORS", ["coco3d", "matching", "seg"])
+    _add(_C.TEST, "MATCHING_IOU_THRESHOLDS", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    _add(_C.TEST, "MAX_DETS", 500)  # COCO3DEvaluator maxDets; does not cap dense volumes
+
+    # Checkpointing / engine
+    _add(_C.SOLVER, "BEST_CHECKPOINT_METRIC", "")  # e.g. "segm/AP50"; empty disables
+    _add(_C.SOLVER, "BEST_CHECKPOINT_MODE", "max")
+    _add(_C.SOLVER, "LOG_PERIOD", 20)
+
+    # Synthetic data (det3d.data.synthetic) used by the builtin "synthetic_*" splits
+    _add(_C, "SYNTHETIC", CN())
+    _add(_C.SYNTHETIC, "ROOT", "datasets/synthetic")
+
+    if was_frozen:
+        _C.freeze()
+
+
+add_det3d_config(_C)
