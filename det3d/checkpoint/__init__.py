@@ -1,0 +1,6 @@
+"""Checkpointing: atomic saves, safe loads, resume."""
+from fvcore.common.checkpoint import PeriodicCheckpointer
+
+from .detection_checkpoint import CheckpointError, DetectionCheckpointer, atomic_write
+
+__all__ = ["DetectionCheckpointer", "PeriodicCheckpointer", "CheckpointError", "atomic_write"]

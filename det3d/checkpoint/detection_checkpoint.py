@@ -1,0 +1,217 @@
+"""
+``DetectionCheckpointer``: fvcore's ``Checkpointer`` with det3d's guarantees.
+
+* **Atomic saves.** A checkpoint (and the ``last_checkpoint`` tag) is written to a temporary file
+  in the same directory, flushed to disk and renamed over the target, so a run killed mid-save
+  leaves the previous file whole.
+* **Safe loads.** Files are read with ``torch.load(..., weights_only=True)``: tensors and plain
+  data only, no pickled code. An unreadable file raises ``CheckpointError`` naming it.
+* **Visible partial loads.** Missing, unexpected and wrongly shaped keys are logged (fvcore's
+  messages) and kept in ``checkpointer.incompatible_keys`` for callers and tests.
+"""
+import logging
+import os
+import pickle
+import tempfile
+from typing import IO, Any, Callable, Dict, List, Optional
+
+import torch
+from fvcore.common.checkpoint import Checkpointer
+from torch.nn.parallel import DistributedDataParallel
+
+from det3d.utils import comm
+
+__all__ = ["DetectionCheckpointer", "CheckpointError", "atomic_write"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not hold what a checkpoint should."""
+
+
+def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "wb") -> None:
+    """
+    Writes ``path`` all at once or not at all: ``write_fn(f)`` writes to a temporary file next
+    to ``path``, which is fsynced and then renamed over ``path``. If ``write_fn`` raises, the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.remove(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable; not every filesystem allows fsync on a directory.
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+class DetectionCheckpointer(Checkpointer):
+    """
+    Saves and loads a model and its training state (optimizer, scheduler, ...):
+
+    .. code-block:: python
+
+        checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, optimizer=opt, scheduler=sched)
+        checkpointer.save("model_0000999", iteration=999)    # atomic
+        extra = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+        start_iter = extra.get("iteration", -1) + 1
+
+    With ``resume=True`` and a ``last_checkpoint`` in ``save_dir``, every checkpointable and the
+    extra data are restored from it; otherwise only the model weights of ``path`` are loaded.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables):
+        """
+        Args:
+            model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
+            save_dir (str): directory of checkpoints and of the ``last_checkpoint`` tag.
+            save_to_disk (bool): whether ``save`` writes; default: on the main process only.
+            checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
+        """
+        is_main_process = comm.is_main_process()
+        self._wrapped_in_ddp = isinstance(model, DistributedDataParallel)
+        super().__init__(
+            model,
+            save_dir,
+            save_to_disk=is_main_process if save_to_disk is None else save_to_disk,
+            **checkpointables,
+        )
+        self.logger = logging.getLogger(__name__)
+        self.incompatible_keys = None  # set by each load: fvcore's _IncompatibleKeys
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """
+        Writes ``<save_dir>/<name>.pth`` atomically, holding ``model``, every checkpointable's
+        state and ``kwargs`` (e.g. ``iteration``), then tags it as the last checkpoint.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"Checkpoint name {name!r} must not contain a directory")
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
+
+    # ----------------------------------------------------------------- loading
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """
+        Loads ``path`` (see fvcore's ``Checkpointer.load``). Raises ``FileNotFoundError`` if the
+        file does not exist and ``CheckpointError`` if it cannot be read, both naming the file.
+
+        Returns:
+            dict: what the file holds besides the model and the loaded checkpointables.
+        """
+        self.incompatible_keys = None
+        if not path:
+            return super().load(path, checkpointables)
+        local_path = path
+        if not os.path.isfile(path):
+            try:
+                local_path = self.path_manager.get_local_path(path)
+            except Exception as e:  # iopath raises various errors for unknown paths
+                raise FileNotFoundError(f"Checkpoint {path!r} not found ({e})") from e
+        has_file = os.path.isfile(local_path)
+        if self._wrapped_in_ddp:
+            # Every rank loads the same weights; a file seen by only some ranks is an error.
+            all_have_file = comm.all_gather(has_file)
+            if not all(all_have_file):
+                missing_on = [r for r, ok in enumerate(all_have_file) if not ok]
+                raise FileNotFoundError(f"Checkpoint {path!r} not found on ranks {missing_on}")
+        if not has_file:
+            raise FileNotFoundError(f"Checkpoint {path!r} not found")
+        return super().load(local_path, checkpointables)
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.save_dir) and os.path.isfile(os.path.join(self.save_dir, "last_checkpoint"))
+
+    def get_checkpoint_file(self) -> str:
+        """The file named in ``<save_dir>/last_checkpoint``; "" if there is none."""
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            with open(tag) as f:
+                last_saved = f.read().strip()
+        except OSError:
+            return ""
+        if not last_saved:
+            raise CheckpointError(f"{tag!r} is empty: it should name the last checkpoint file")
+        return os.path.join(self.save_dir, last_saved)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as e:
+            detail = _weights_unpickler_detail(str(e))
+            if "Unsupported global" in str(e):
+                raise CheckpointError(
+                    f"Checkpoint {filename!r} holds objects other than tensors and plain data; "
+                    f"det3d loads checkpoints with weights_only=True ({detail})"
+                ) from e
+            raise CheckpointError(f"Checkpoint {filename!r} is corrupt or unreadable ({detail})") from e
+        except Exception as e:  # truncated zip, not a torch file, I/O error, ...
+            raise CheckpointError(
+                f"Checkpoint {filename!r} is corrupt or unreadable: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(loaded, dict):
+            raise CheckpointError(
+                f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict"
+            )
+        if "model" not in loaded:
+            if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+                loaded = {"model": loaded}  # a bare state_dict (e.g. torch.save(model.state_dict()))
+            else:
+                raise CheckpointError(
+                    f"Checkpoint {filename!r} has no 'model' entry; its keys: {sorted(loaded)}"
+                )
+        if not isinstance(loaded["model"], dict):
+            raise CheckpointError(f"Checkpoint {filename!r}: 'model' is not a state dict")
+        return loaded
+
+    def _load_model(self, checkpoint: Any):
+        # fvcore strips a "module." prefix (weights saved from a DDP-wrapped model) and skips
+        # tensors whose shape differs from the model's; remember what did not match.
+        incompatible = super()._load_model(checkpoint)
+        self.incompatible_keys = incompatible
+        return incompatible
+
+
+def _weights_unpickler_detail(message: str) -> str:
+    """The one informative line of torch's long weights_only error message."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            if not rest and i + 1 < len(lines):
+                rest = lines[i + 1]
+            return rest.split(". Please use")[0]
+    return lines[0] if lines else "unpickling failed"
