@@ -99,10 +99,14 @@ class DetectionCheckpointer(Checkpointer):
         self.incompatible_keys = None  # set by each load: fvcore's _IncompatibleKeys
 
     # ------------------------------------------------------------------ saving
-    def save(self, name: str, **kwargs: Any) -> None:
+    def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
         """
         Writes ``<save_dir>/<name>.pth`` atomically, holding ``model``, every checkpointable's
-        state and ``kwargs`` (e.g. ``iteration``), then tags it as the last checkpoint.
+        state and ``kwargs`` (e.g. ``iteration``).
+
+        Args:
+            tag_last (bool): whether to name this file in ``last_checkpoint``, which ``--resume``
+                starts from. The best-so-far checkpoint is saved with ``tag_last=False``.
         """
         if not self.save_dir or not self.save_to_disk:
             return
@@ -117,7 +121,8 @@ class DetectionCheckpointer(Checkpointer):
             raise ValueError(f"Checkpoint name {name!r} must not contain a directory")
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        if tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         save_file = os.path.join(self.save_dir, "last_checkpoint")
