@@ -34,6 +34,9 @@ def get_extensions():
         ]
     if not sources:
         return []
+    # Find torch's shared libraries (libc10, libtorch_cpu) without importing torch first, so that
+    # `import det3d._C` works on its own.
+    torch_lib = os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), "lib")
     return [
         extension(
             "det3d._C",
@@ -41,6 +44,7 @@ def get_extensions():
             include_dirs=[os.path.abspath(csrc)],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            extra_link_args=[f"-Wl,-rpath,{torch_lib}"],
         )
     ]
 

@@ -1,0 +1,150 @@
+// Greedy NMS on the CPU.
+//
+// Boxes are visited once in score order. The boxes still alive are kept in a compact index list;
+// each kept box filters that list in place, so the work shrinks as boxes get suppressed. IoU is
+// evaluated in double from precomputed volumes, with an early exit for boxes that do not overlap.
+// Long lists are filtered in fixed chunks on several threads, then the chunks are packed.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "nms.h"
+
+namespace det3d {
+namespace {
+
+// Below this many alive boxes a kept box filters the list on one thread.
+constexpr int64_t kParallelChunk = 8192;
+
+template <int NDIM>
+struct BoxND {
+  double lo[NDIM];
+  double hi[NDIM];
+  double volume;
+};
+
+template <int NDIM>
+inline double box_iou(const BoxND<NDIM>& a, const BoxND<NDIM>& b) {
+  double inter = 1.0;
+  for (int d = 0; d < NDIM; ++d) {
+    const double w = std::min(a.hi[d], b.hi[d]) - std::max(a.lo[d], b.lo[d]);
+    if (!(w > 0)) {
+      return 0.0;
+    }
+    inter *= w;
+  }
+  const double uni = a.volume + b.volume - inter;
+  return uni > 0 ? inter / uni : 0.0;
+}
+
+// Compacts ids[begin, end) in place to those not suppressed by `a`; returns how many remain.
+template <int NDIM>
+inline int64_t filter_alive(const BoxND<NDIM>& a, const std::vector<BoxND<NDIM>>& boxes,
+                            int64_t* ids, int64_t begin, int64_t end, double threshold) {
+  int64_t w = begin;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t j = ids[r];
+    if (!(box_iou<NDIM>(a, boxes[j]) > threshold)) {
+      ids[w++] = j;
+    }
+  }
+  return w - begin;
+}
+
+// `sorted` holds the boxes in decreasing score order; returns kept positions in that order.
+template <typename scalar_t, int NDIM>
+std::vector<int64_t> greedy_nms(const scalar_t* sorted, int64_t n, double threshold) {
+  std::vector<BoxND<NDIM>> boxes(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* b = sorted + i * 2 * NDIM;
+    double volume = 1.0;
+    for (int d = 0; d < NDIM; ++d) {
+      boxes[i].lo[d] = static_cast<double>(b[d]);
+      boxes[i].hi[d] = static_cast<double>(b[NDIM + d]);
+      volume *= std::max(boxes[i].hi[d] - boxes[i].lo[d], 0.0);
+    }
+    boxes[i].volume = volume;
+  }
+
+  std::vector<int64_t> alive(n);
+  for (int64_t i = 0; i < n; ++i) {
+    alive[i] = i;
+  }
+  std::vector<int64_t> keep;
+  std::vector<int64_t> counts;
+  const bool threaded = at::get_num_threads() > 1;
+  int64_t n_alive = n;
+  while (n_alive > 0) {
+    const BoxND<NDIM> a = boxes[alive[0]];
+    keep.push_back(alive[0]);
+    int64_t* rest = alive.data() + 1;
+    const int64_t m = n_alive - 1;
+    if (threaded && m >= 2 * kParallelChunk) {
+      const int64_t n_chunks = (m + kParallelChunk - 1) / kParallelChunk;
+      counts.assign(n_chunks, 0);
+      at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t begin = c * kParallelChunk;
+          const int64_t end = std::min(m, begin + kParallelChunk);
+          counts[c] = filter_alive<NDIM>(a, boxes, rest, begin, end, threshold);
+        }
+      });
+      // Pack the surviving prefix of every chunk to the front (sources never precede targets).
+      int64_t w = 0;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        std::memmove(alive.data() + w, rest + c * kParallelChunk, counts[c] * sizeof(int64_t));
+        w += counts[c];
+      }
+      n_alive = w;
+    } else {
+      // Shift by one as we filter: writes stay behind reads.
+      int64_t w = 0;
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t j = rest[r];
+        if (!(box_iou<NDIM>(a, boxes[j]) > threshold)) {
+          alive[w++] = j;
+        }
+      }
+      n_alive = w;
+    }
+  }
+  return keep;
+}
+
+at::Tensor nms_cpu_impl(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_nms_inputs(boxes, scores);
+  TORCH_CHECK(boxes.device().is_cpu(), "nms_cpu: boxes must be a CPU tensor");
+  const int64_t n = boxes.size(0);
+  if (n == 0) {
+    return at::empty({0}, boxes.options().dtype(at::kLong));
+  }
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const at::Tensor sorted = boxes.index_select(0, order).contiguous();
+  const int ndim = static_cast<int>(boxes.size(1) / 2);
+
+  std::vector<int64_t> keep;
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
+    const scalar_t* data = sorted.data_ptr<scalar_t>();
+    keep = ndim == 2 ? greedy_nms<scalar_t, 2>(data, n, iou_threshold)
+                     : greedy_nms<scalar_t, 3>(data, n, iou_threshold);
+  });
+  at::Tensor positions = at::empty({static_cast<int64_t>(keep.size())}, order.options());
+  std::copy(keep.begin(), keep.end(), positions.data_ptr<int64_t>());
+  return order.index_select(0, positions);
+}
+
+}  // namespace
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_cpu_impl(boxes, scores, iou_threshold);
+}
+
+TORCH_LIBRARY_IMPL(det3d, CPU, m) {
+  m.impl("nms", TORCH_FN(nms_cpu));
+}
+
+}  // namespace det3d
