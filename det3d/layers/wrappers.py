@@ -1,0 +1,127 @@
+"""
+N-D wrappers around torch layers. ``ndim`` is the number of spatial dims (2 or 3); the same code
+builds the 2D and the 3D variant.
+"""
+from typing import Callable, List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+__all__ = ["conv_nd", "conv_transpose_nd", "max_pool_nd", "Conv", "cat", "nonzero_tuple"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+
+
+def _pick(table: dict, ndim: int, what: str):
+    if ndim not in table:
+        raise ValueError(f"{what}: ndim={ndim!r} is not supported, expected one of {sorted(table)}")
+    return table[ndim]
+
+
+def conv_nd(ndim: int) -> Type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d`` (``nn.Conv1d`` for ndim=1)."""
+    return _pick(_CONV, ndim, "conv_nd")
+
+
+def conv_transpose_nd(ndim: int) -> Type[nn.Module]:
+    """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
+    return _pick(_CONV_T, ndim, "conv_transpose_nd")
+
+
+def max_pool_nd(ndim: int) -> Type[nn.Module]:
+    """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
+    return _pick(_MAX_POOL, ndim, "max_pool_nd")
+
+
+class Conv(nn.Module):
+    """
+    Convolution over ``ndim`` spatial dims followed by an optional norm and an optional activation
+    (Detectron2's ``Conv2d`` in N-D). Weight initialisation is left to the caller.
+
+    Attributes:
+        conv: the ``nn.Conv2d`` / ``nn.Conv3d``.
+        norm: the norm module or None.
+        activation: the activation callable or None.
+
+    Example::
+
+        conv = Conv(3, 64, 128, kernel_size=3, padding=1, bias=False,
+                    norm=get_norm("BN", 128, ndim=3), activation=F.relu)
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        norm: Optional[nn.Module] = None,
+        activation: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        super().__init__()
+        self.ndim = ndim
+        self.conv = conv_nd(ndim)(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+        self.norm = norm
+        self.activation = activation
+
+    # Detectron2 code reads conv.weight / conv.bias / conv.out_channels directly.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.conv.bias
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.ndim + 2:
+            raise ValueError(
+                f"Conv(ndim={self.ndim}) expects input (N, C, {self.ndim} spatial dims), "
+                f"got shape {tuple(x.shape)}"
+            )
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def cat(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat`` that returns a single tensor as is instead of copying it."""
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"cat expects a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.cat(tensors, dim)
+
+
+def nonzero_tuple(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``x.nonzero(as_tuple=True)``, also for 0-dim tensors (treated as 1-element vectors)."""
+    if x.dim() == 0:
+        return x.unsqueeze(0).nonzero(as_tuple=True)
+    return x.nonzero(as_tuple=True)

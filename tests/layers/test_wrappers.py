@@ -1,0 +1,111 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from det3d.layers.batch_norm import FrozenBatchNorm, get_norm
+from det3d.layers.shape_spec import ShapeSpec, as_tuple
+from det3d.layers.wrappers import Conv, cat, conv_nd, conv_transpose_nd, max_pool_nd, nonzero_tuple
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_conv_nd_classes_and_shapes(ndim):
+    assert conv_nd(ndim) is {2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+    assert conv_transpose_nd(ndim) is {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[ndim]
+    assert max_pool_nd(ndim) is {2: nn.MaxPool2d, 3: nn.MaxPool3d}[ndim]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *([8] * ndim))
+    conv = Conv(ndim, 3, 5, kernel_size=3, stride=2, padding=1)
+    assert conv(x).shape == (2, 5, *([4] * ndim))
+    up = conv_transpose_nd(ndim)(5, 4, kernel_size=2, stride=2)
+    assert up(conv(x)).shape == (2, 4, *([8] * ndim))
+    # per-axis stride: anisotropic downsampling keeps the first axis
+    aniso = Conv(ndim, 3, 2, kernel_size=1, stride=(1,) + (2,) * (ndim - 1))
+    assert aniso(x).shape == (2, 2, 8, *([4] * (ndim - 1)))
+    with pytest.raises(ValueError, match="ndim"):
+        conv_nd(4)
+
+
+def test_conv_applies_conv_then_norm_then_activation():
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(2, 4)
+    conv = Conv(3, 2, 4, kernel_size=3, padding=1, bias=False, norm=norm, activation=F.relu)
+    assert conv.norm is norm and conv.activation is F.relu
+    assert conv.bias is None and conv.weight.shape == (4, 2, 3, 3, 3) and conv.out_channels == 4
+    x = torch.randn(1, 2, 5, 6, 7)
+    expected = F.relu(norm(F.conv3d(x, conv.weight, padding=1)))
+    torch.testing.assert_close(conv(x), expected)
+    with pytest.raises(ValueError, match="shape"):
+        conv(torch.randn(1, 2, 5, 6))
+
+
+def test_cat_and_nonzero_tuple():
+    t = torch.arange(3)
+    assert cat([t]) is t
+    assert torch.equal(cat([t, t]), torch.cat([t, t]))
+    x = torch.tensor([[0, 1], [2, 0]])
+    rows, cols = nonzero_tuple(x)
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+    assert nonzero_tuple(torch.tensor(5))[0].tolist() == [0]
+
+
+def test_shape_spec_and_as_tuple():
+    s = ShapeSpec(channels=8, stride=as_tuple(4, 3))
+    assert s.stride == (4, 4, 4) and s.channels == 8
+    assert ShapeSpec().channels is None
+    assert as_tuple([1, 2, 2], 3) == (1, 2, 2)
+    with pytest.raises(ValueError, match=r"\[1, 2\]"):
+        as_tuple([1, 2], 3)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_frozen_bn_equals_eval_mode_bn(ndim):
+    torch.manual_seed(ndim)
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim](6, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.2, 3.0)
+    bn.eval()
+    frozen = FrozenBatchNorm.convert_frozen_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm) and frozen.eps == 1e-3
+    x = torch.randn(2, 6, *([5] * ndim))
+    torch.testing.assert_close(frozen(x), bn(x))
+    assert not any(p.requires_grad for p in frozen.parameters())
+    frozen.train()  # still frozen in train mode
+    torch.testing.assert_close(frozen(x), bn(x))
+
+
+def test_convert_frozen_recursive_and_state_dict():
+    model = nn.Sequential(nn.Conv3d(1, 4, 1), nn.BatchNorm3d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    converted = FrozenBatchNorm.convert_frozen_batchnorm(model)
+    assert converted is model
+    assert isinstance(model[1], FrozenBatchNorm) and isinstance(model[2][0], FrozenBatchNorm)
+    # A BatchNorm checkpoint (with num_batches_tracked) loads into FrozenBatchNorm.
+    bn = nn.BatchNorm3d(4)
+    bn.running_mean.fill_(0.5)
+    fbn = FrozenBatchNorm(4)
+    fbn.load_state_dict(bn.state_dict())
+    assert torch.equal(fbn.running_mean, torch.full((4,), 0.5))
+
+
+def test_frozen_bn_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="FrozenBatchNorm"):
+        FrozenBatchNorm(3)(torch.zeros(1, 4, 2, 2))
+
+
+def test_get_norm():
+    assert get_norm("", 8, ndim=3) is None and get_norm(None, 8) is None
+    assert isinstance(get_norm("BN", 8, ndim=3), nn.BatchNorm3d)
+    assert isinstance(get_norm("BN", 8, ndim=2), nn.BatchNorm2d)
+    assert isinstance(get_norm("SyncBN", 8, ndim=3), nn.SyncBatchNorm)
+    assert isinstance(get_norm("FrozenBN", 8, ndim=3), FrozenBatchNorm)
+    gn = get_norm("GN", 64, ndim=3)
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 32
+    assert get_norm("GN", 24, ndim=3).num_groups == 24  # fewer than 32 channels
+    assert get_norm("GN", 80, ndim=3).num_groups == 20  # 80 is not a multiple of 32
+    custom = get_norm(lambda c: nn.LayerNorm(c), 8, ndim=3)
+    assert isinstance(custom, nn.LayerNorm)
+    with pytest.raises(ValueError, match="'LN'"):
+        get_norm("LN", 8, ndim=3)
