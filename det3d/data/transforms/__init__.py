@@ -1,0 +1,23 @@
+"""Transforms (deterministic) and augmentations (random, drawing transforms) for volumes."""
+from .augmentation import (
+    AugInput,
+    Augmentation,
+    RandomCrop,
+    RandomFlip,
+    RandomIntensity,
+    RandomRotate90XY,
+    apply_augmentations,
+)
+from .transform import (
+    CropTransform,
+    FlipTransform,
+    IntensityTransform,
+    NoOpTransform,
+    PadTransform,
+    ResampleTransform,
+    Rot90Transform,
+    Transform,
+    TransformList,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
