@@ -1,0 +1,285 @@
+"""
+R-CNN meta-architectures, N-D: ``GeneralizedRCNN3D`` (backbone -> RPN -> ROI heads) and
+``ProposalNetwork3D`` (backbone -> RPN), with the same parameter names (``backbone.*``,
+``proposal_generator.*``, ``roi_heads.*``) so that checkpoints of one training stage load into the
+next.
+
+Staged training (see ``MODEL.FREEZE_MODULES``): (a) train ``ProposalNetwork3D``; (b) load it into
+``GeneralizedRCNN3D`` with ``backbone`` and ``proposal_generator`` frozen, so the heads learn on the
+live proposals of the frozen RPN, exactly those it gives at inference; (c) train everything.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from det3d.config import configurable
+from det3d.structures import ImageList, Instances
+
+from ..backbone import Backbone, build_backbone
+from ..postprocessing import detector_postprocess, instances_to_label_volume
+from ..proposal_generator import build_proposal_generator
+from ..registries import META_ARCH_REGISTRY
+from ..roi_heads import build_roi_heads
+from .build import freeze_modules
+
+__all__ = ["GeneralizedRCNN3D", "ProposalNetwork3D"]
+
+logger = logging.getLogger(__name__)
+
+
+def _original_size(input_dict: dict, image_size: Sequence[int]) -> tuple:
+    """The size the outputs are rescaled to: the input's "depth"/"height"/"width" if given."""
+    keys = ("depth", "height", "width")[-len(image_size):]
+    return tuple(int(input_dict.get(k, s)) for k, s in zip(keys, image_size))
+
+
+class _RCNNBase(nn.Module):
+    """
+    What both meta-architectures share: input normalisation and batching, and frozen modules
+    (``frozen_modules``: names of children that stay in eval mode and give no losses).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ndim: int = 3,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.ndim = ndim
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+                "must have one value per input channel"
+            )
+        shape = (-1,) + (1,) * ndim
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(shape), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(shape), False)
+        self.frozen_modules = ()
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def is_frozen(self, name: str) -> bool:
+        return name in self.frozen_modules
+
+    def train(self, mode: bool = True):
+        """Like ``nn.Module.train``, but frozen children stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            getattr(self, name).eval()
+        return self
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalises each ``"image"`` per channel and pads them into one batch."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            image = x["image"]
+            if image.dim() != self.ndim + 1 or image.shape[0] != self.pixel_mean.shape[0]:
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] has shape {tuple(image.shape)}; the model "
+                    f"expects (C={self.pixel_mean.shape[0]}, {self.ndim} spatial dims)"
+                )
+            image = image.to(self.device, dtype=torch.float32)
+            images.append((image - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=getattr(self.backbone, "padding_constraints", None),
+        )
+
+    def _gt_instances(self, batched_inputs: List[Dict]) -> List[Instances]:
+        for i, x in enumerate(batched_inputs):
+            if "instances" not in x:
+                raise KeyError(f"batched_inputs[{i}] has no 'instances': needed for training")
+        return [x["instances"].to(self.device) for x in batched_inputs]
+
+    def _features(self, images: ImageList) -> Dict[str, torch.Tensor]:
+        if self.is_frozen("backbone"):
+            with torch.no_grad():
+                return self.backbone(images.tensor)
+        return self.backbone(images.tensor)
+
+    def _proposals(self, images, features, gt_instances):
+        """
+        Training-time RPN call. A frozen RPN is in eval mode: it gives the proposals it gives at
+        inference and no losses, so the heads train on exactly what they will see.
+        """
+        if self.is_frozen("proposal_generator"):
+            with torch.no_grad():
+                proposals, _ = self.proposal_generator(images, features, None)
+            return proposals, {}
+        return self.proposal_generator(images, features, gt_instances)
+
+
+@META_ARCH_REGISTRY.register()
+class GeneralizedRCNN3D(_RCNNBase):
+    """
+    Backbone -> RPN -> ROI heads (box and mask branches).
+
+    Input: ``list[dict]`` (DESIGN.md "Model input"). Training returns the losses
+    (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]; none
+    from frozen modules). Inference returns, per input, ``{"instances", "instance_labels"}`` at the
+    original size (see :meth:`inference`).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        roi_heads: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ndim: int = 3,
+        mask_threshold: float = 0.5,
+        freeze: Sequence[str] = (),
+    ):
+        """
+        Args:
+            backbone, proposal_generator, roi_heads: the parts.
+            pixel_mean, pixel_std: one value per input channel.
+            ndim: number of spatial dims.
+            mask_threshold: mask probability at which a voxel joins its instance in
+                ``instance_labels``.
+            freeze: names of children to freeze (see :func:`freeze_modules`).
+        """
+        super().__init__(
+            backbone=backbone,
+            proposal_generator=proposal_generator,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            ndim=ndim,
+        )
+        self.roi_heads = roi_heads
+        self.mask_threshold = mask_threshold
+        freeze_modules(self, freeze)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+            "mask_threshold": cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
+            "freeze": cfg.MODEL.FREEZE_MODULES,
+        }
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: one dict per volume: ``"image"`` (C, *spatial), ``"instances"``
+                (training), and optionally the original ``"depth"``, ``"height"``, ``"width"``.
+
+        Returns:
+            training: dict of scalar losses; inference: see :meth:`inference`.
+        """
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = self._gt_instances(batched_inputs)
+        features = self._features(images)
+        proposals, proposal_losses = self._proposals(images, features, gt_instances)
+        losses = dict(proposal_losses)
+        if not self.is_frozen("roi_heads"):
+            _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+            losses.update(detector_losses)
+        return losses
+
+    def inference(
+        self, batched_inputs: List[Dict], do_postprocess: bool = True
+    ) -> List[Dict]:
+        """
+        Returns:
+            With ``do_postprocess`` (default): per input, ``{"instances": Instances,
+            "instance_labels": int32 Tensor}`` at the original size: boxes rescaled per axis to
+            the input's "depth"/"height"/"width" and clipped, ``pred_masks`` (N, *M) at RoI
+            resolution, and the label volume in which row ``i`` has label ``i + 1`` (pasted in
+            decreasing score; a voxel keeps the highest-score instance).
+            Without: ``list[Instances]`` at the network's input size.
+        """
+        assert not self.training
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        proposals, _ = self.proposal_generator(images, features, None)
+        results, _ = self.roi_heads(images, features, proposals, None)
+        if not do_postprocess:
+            return results
+        return self._postprocess(results, batched_inputs, images.image_sizes)
+
+    def _postprocess(self, instances, batched_inputs, image_sizes) -> List[Dict]:
+        processed = []
+        for results, input_dict, image_size in zip(instances, batched_inputs, image_sizes):
+            out_size = _original_size(input_dict, image_size)
+            r = detector_postprocess(results, out_size)
+            labels = instances_to_label_volume(r, out_size, self.mask_threshold)
+            processed.append({"instances": r, "instance_labels": labels})
+        return processed
+
+
+@META_ARCH_REGISTRY.register()
+class ProposalNetwork3D(_RCNNBase):
+    """
+    Backbone -> RPN only (training stage "rpn"). Training returns the RPN losses; inference
+    returns ``[{"proposals": Instances}]`` rescaled to the original size.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ndim: int = 3,
+        freeze: Sequence[str] = (),
+    ):
+        super().__init__(
+            backbone=backbone,
+            proposal_generator=proposal_generator,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            ndim=ndim,
+        )
+        freeze_modules(self, freeze)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+            "freeze": cfg.MODEL.FREEZE_MODULES,
+        }
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            gt_instances = self._gt_instances(batched_inputs)
+            features = self._features(images)
+            _, losses = self._proposals(images, features, gt_instances)
+            return losses
+        features = self.backbone(images.tensor)
+        proposals, _ = self.proposal_generator(images, features, None)
+        processed = []
+        for results, input_dict, image_size in zip(proposals, batched_inputs, images.image_sizes):
+            out_size = _original_size(input_dict, image_size)
+            processed.append({"proposals": detector_postprocess(results, out_size)})
+        return processed

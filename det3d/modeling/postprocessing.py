@@ -1,0 +1,155 @@
+"""
+Post-processing of detections: rescaling to the original volume and pasting per-instance masks
+into an instance label volume, N-D.
+
+Pasting works one instance at a time, each only inside its own box, so peak memory is one label
+volume plus one box-sized mask, never (number of instances x volume).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from det3d.structures import Instances
+from det3d.utils.axes import array_shape_to_box_order
+
+__all__ = ["detector_postprocess", "paste_mask", "instances_to_label_volume"]
+
+_INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Instances:
+    """
+    Rescales detections from the model's input size (``results.image_size``) to ``output_size``
+    (the original spatial shape, array order), each axis by its own factor, clips the boxes to it
+    and drops boxes that became empty. ``pred_masks`` stay at RoI resolution: they live in box
+    coordinates and need no rescaling.
+
+    Args:
+        results: ``pred_boxes`` (or ``proposal_boxes``) and other per-instance fields.
+        output_size: ``(D, H, W)`` / ``(H, W)``.
+
+    Returns:
+        Instances of image size ``output_size``.
+    """
+    output_size = tuple(int(s) for s in output_size)
+    input_size = tuple(results.image_size)
+    if len(output_size) != len(input_size):
+        raise ValueError(
+            f"detector_postprocess: output_size {output_size} and the results' image size "
+            f"{input_size} have different dimensionality"
+        )
+    factors = [
+        o / i
+        for o, i in zip(array_shape_to_box_order(output_size), array_shape_to_box_order(input_size))
+    ]
+    results = Instances(output_size, **results.get_fields())
+    if results.has("pred_boxes"):
+        boxes_field = "pred_boxes"
+    elif results.has("proposal_boxes"):
+        boxes_field = "proposal_boxes"
+    else:
+        return results
+    boxes = results.get(boxes_field).clone()
+    boxes.scale(*factors)
+    boxes.clip(output_size)
+    results.set(boxes_field, boxes)
+    return results[boxes.nonempty()]
+
+
+def _box_region(box: torch.Tensor, image_shape: Sequence[int]):
+    """Integer region of a box, per array axis: (start, stop) unclipped, and clipped."""
+    ndim = len(image_shape)
+    full, clipped = [], []
+    for axis in range(ndim):
+        k = ndim - 1 - axis  # box coordinate running along this axis
+        lo = int(torch.round(box[k]).item())
+        hi = int(torch.round(box[ndim + k]).item())
+        hi = max(hi, lo + 1)  # a box thinner than a voxel still covers the voxel it is in
+        full.append((lo, hi))
+        clipped.append((min(max(lo, 0), image_shape[axis]), min(max(hi, 0), image_shape[axis])))
+    return full, clipped
+
+
+def paste_mask(
+    mask: torch.Tensor,
+    box: torch.Tensor,
+    image_shape: Sequence[int],
+    threshold: float = 0.5,
+) -> Tuple[Tuple[slice, ...], torch.Tensor]:
+    """
+    Resamples one RoI mask into the voxels of its box.
+
+    The box is rounded to whole voxels per axis (``round(x0)`` to ``round(x1)``, at least one
+    voxel: the voxels whose centres lie in the box). The mask is resized to that integer extent
+    with ``F.interpolate`` (bilinear / trilinear, ``align_corners=False``), so the mask's cells
+    spread evenly over the box extent with cell centres at their natural positions; the result is
+    then cut to the image and thresholded (``>= threshold``).
+
+    Args:
+        mask: (*M) mask probabilities at RoI resolution.
+        box: (2*ndim,) box in image voxel coordinates.
+        image_shape: ``(D, H, W)`` / ``(H, W)``.
+        threshold: probability at and above which a voxel belongs to the instance.
+
+    Returns:
+        tuple[slice]: the region of the image (array order) the mask covers.
+        Tensor: bool, the shape of that region.
+    """
+    ndim = len(image_shape)
+    if mask.dim() != ndim or box.numel() != 2 * ndim:
+        raise ValueError(
+            f"paste_mask: mask {tuple(mask.shape)} and box {tuple(box.shape)} do not match "
+            f"image shape {tuple(image_shape)}"
+        )
+    full, clipped = _box_region(box, image_shape)
+    slices = tuple(slice(lo, hi) for lo, hi in clipped)
+    if any(hi <= lo for lo, hi in clipped):
+        return slices, torch.zeros([hi - lo for lo, hi in clipped], dtype=torch.bool)
+    size = [hi - lo for lo, hi in full]
+    resized = F.interpolate(
+        mask[None, None].float(), size=size, mode=_INTERP_MODE[ndim], align_corners=False
+    )[0, 0]
+    crop = tuple(slice(c_lo - f_lo, c_hi - f_lo) for (f_lo, _), (c_lo, c_hi) in zip(full, clipped))
+    return slices, resized[crop] >= threshold
+
+
+def instances_to_label_volume(
+    instances: Instances,
+    image_shape: Optional[Sequence[int]] = None,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """
+    Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``. Instances are
+    pasted in decreasing score and a voxel keeps the first (highest-score) instance that claims
+    it. Without ``pred_masks`` every voxel of the box is claimed.
+
+    Args:
+        instances: ``pred_boxes``, ``scores`` and optionally ``pred_masks`` (N, *M), boxes in the
+            coordinates of ``image_shape``.
+        image_shape: spatial shape of the output; default ``instances.image_size``.
+        threshold: mask probability threshold.
+
+    Returns:
+        Tensor: int32 ``image_shape`` volume, on the instances' device.
+    """
+    image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
+    boxes = instances.pred_boxes.tensor if len(instances) else torch.zeros((0, 2 * len(image_shape)))
+    labels = torch.zeros(image_shape, dtype=torch.int32, device=boxes.device)
+    if len(instances) == 0:
+        return labels
+    if instances.has("scores"):
+        order = torch.argsort(instances.scores, descending=True, stable=True).tolist()
+    else:
+        order = range(len(instances))
+    masks = instances.pred_masks if instances.has("pred_masks") else None
+    for i in order:
+        if masks is not None:
+            slices, local = paste_mask(masks[i], boxes[i], image_shape, threshold)
+        else:
+            _, clipped = _box_region(boxes[i], image_shape)
+            slices = tuple(slice(lo, hi) for lo, hi in clipped)
+            local = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
+        region = labels[slices]  # a view: writing into it writes into labels
+        region[local.to(region.device) & (region == 0)] = i + 1
+    return labels

@@ -1,0 +1,109 @@
+"""Box heads: pooled RoI features -> one feature vector per RoI."""
+from typing import List, Sequence
+
+import numpy as np
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from det3d.config import configurable
+from det3d.layers import Conv, ShapeSpec, get_norm
+from det3d.utils.axes import as_tuple
+
+from ..registries import ROI_BOX_HEAD_REGISTRY
+
+__all__ = ["FastRCNNConvFCHead3D", "build_box_head", "ROI_BOX_HEAD_REGISTRY"]
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class FastRCNNConvFCHead3D(nn.Sequential):
+    """
+    ``NUM_CONV`` 3x3(x3) convs then ``NUM_FC`` fully connected layers, all with ReLU. The output
+    is always flat: ``(M, output_shape.channels)`` (when ``NUM_FC`` is 0 it is the flattened conv
+    feature block), so any predictor can take it as a vector.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        pooler_resolution: Sequence[int],
+        conv_dims: List[int],
+        fc_dims: List[int],
+        conv_norm: str = "",
+        ndim: int = 3,
+    ):
+        """
+        Args:
+            input_shape: channels of the pooled features.
+            pooler_resolution: pooled size per axis (array order).
+            conv_dims: output channels of each conv layer.
+            fc_dims: output size of each fc layer.
+            conv_norm: normalisation after each conv (see ``get_norm``).
+            ndim: number of spatial dims.
+        """
+        super().__init__()
+        if len(conv_dims) + len(fc_dims) == 0:
+            raise ValueError("FastRCNNConvFCHead3D needs at least one conv or fc layer")
+        resolution = as_tuple(pooler_resolution, ndim)
+        channels = input_shape.channels
+        for k, conv_dim in enumerate(conv_dims):
+            conv = Conv(
+                ndim,
+                channels,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=not conv_norm,
+                norm=get_norm(conv_norm, conv_dim, ndim),
+                activation=F.relu,
+            )
+            self.add_module(f"conv{k + 1}", conv)
+            weight_init.c2_msra_fill(conv)
+            channels = conv_dim
+        size = channels * int(np.prod(resolution))
+        if fc_dims:
+            self.add_module("flatten", nn.Flatten())
+        for k, fc_dim in enumerate(fc_dims):
+            fc = nn.Linear(size, fc_dim)
+            self.add_module(f"fc{k + 1}", fc)
+            self.add_module(f"fc_relu{k + 1}", nn.ReLU())
+            weight_init.c2_xavier_fill(fc)
+            size = fc_dim
+        self._output_size = size
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        num_conv = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV
+        num_fc = cfg.MODEL.ROI_BOX_HEAD.NUM_FC
+        return {
+            "input_shape": input_shape,
+            "pooler_resolution": cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            "conv_dims": [cfg.MODEL.ROI_BOX_HEAD.CONV_DIM] * num_conv,
+            "fc_dims": [cfg.MODEL.ROI_BOX_HEAD.FC_DIM] * num_fc,
+            "conv_norm": cfg.MODEL.ROI_BOX_HEAD.NORM,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (M, C, *pooler_resolution)
+
+        Returns:
+            Tensor: (M, output_shape.channels)
+        """
+        for layer in self:
+            x = layer(x)
+        return torch.flatten(x, start_dim=1)
+
+    @property
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=self._output_size)
+
+
+def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:
+    """Builds the box head named by ``cfg.MODEL.ROI_BOX_HEAD.NAME``."""
+    return ROI_BOX_HEAD_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.NAME)(cfg, input_shape)

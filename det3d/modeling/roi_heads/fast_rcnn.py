@@ -1,0 +1,376 @@
+"""
+The Fast R-CNN box predictor: class scores and per-class box deltas for each RoI, its losses and
+its inference (decode, clip, threshold, per-class NMS), in N spatial dims.
+"""
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from det3d.config import configurable
+from det3d.layers import (
+    ShapeSpec,
+    batched_nms,
+    cat,
+    giou_loss,
+    huber_soft_clip_loss,
+    smooth_l1_loss,
+    softmax_focal_loss,
+)
+from det3d.structures import Boxes, Instances
+
+from ..box_regression import Box2BoxTransform, box_reg_weights
+
+__all__ = ["FastRCNNOutputLayers3D", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
+
+logger = logging.getLogger(__name__)
+
+_CLS_LOSS_TYPES = ("ce", "focal")
+_BOX_LOSS_TYPES = ("smooth_l1", "huber", "giou")
+
+
+def fast_rcnn_inference(
+    boxes: List[torch.Tensor],
+    scores: List[torch.Tensor],
+    image_shapes: List[Tuple[int, ...]],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> Tuple[List[Instances], List[torch.Tensor]]:
+    """
+    Per image: drop the background column, clip boxes, keep scores above ``score_thresh``, run NMS
+    per class and keep the ``topk_per_image`` best (all if < 0).
+
+    Args:
+        boxes: per image, (R, K * 2*ndim) or (R, 2*ndim) (class-agnostic) decoded boxes.
+        scores: per image, (R, K + 1) class probabilities, background last.
+        image_shapes: per image, the spatial shape boxes are clipped to.
+
+    Returns:
+        list[Instances]: ``pred_boxes``, ``scores``, ``pred_classes`` per image, decreasing score.
+        list[Tensor]: per image, the RoI index of each detection.
+    """
+    results = [
+        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+        for b, s, shape in zip(boxes, scores, image_shapes)
+    ]
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def fast_rcnn_inference_single_image(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    image_shape: Tuple[int, ...],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> Tuple[Instances, torch.Tensor]:
+    """See :func:`fast_rcnn_inference`; one image."""
+    box_dim = 2 * len(image_shape)
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid.all():
+        boxes, scores = boxes[valid], scores[valid]
+    scores = scores[:, :-1]
+    num_rois = boxes.shape[0]
+    boxes = Boxes(boxes.reshape(-1, box_dim))
+    boxes.clip(image_shape)
+    boxes = boxes.tensor.view(num_rois, -1, box_dim)  # (R, K or 1, 2*ndim)
+
+    filter_mask = scores > score_thresh  # (R, K)
+    filter_inds = filter_mask.nonzero()  # (n, 2): roi index, class
+    if boxes.shape[1] == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+    keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+
+    result = Instances(tuple(image_shape))
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = filter_inds[:, 1]
+    roi_inds = torch.nonzero(valid, as_tuple=True)[0][filter_inds[:, 0]]
+    return result, roi_inds
+
+
+class FastRCNNOutputLayers3D(nn.Module):
+    """
+    Two linear layers on the box-head vector: ``cls_score`` (K + 1 logits, background last) and
+    ``bbox_pred`` (K * 2*ndim deltas, or 2*ndim when class-agnostic).
+
+    Losses (both averaged over all sampled RoIs, as Detectron2 does):
+
+    * ``loss_cls``: softmax cross-entropy ("ce") or softmax focal loss ("focal"), times
+      ``ROI_HEADS.CLS_LOSS_WEIGHT``;
+    * ``loss_box_reg`` on foreground RoIs: "smooth_l1" or "huber" (soft-clipped
+      ``c * tanh(x / c)`` then Huber) on the encoded deltas, or "giou" on the decoded boxes,
+      times ``ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        box2box_transform: Box2BoxTransform,
+        num_classes: int,
+        ndim: int = 3,
+        test_score_thresh: float = 0.0,
+        test_nms_thresh: float = 0.5,
+        test_topk_per_image: int = 500,
+        cls_agnostic_bbox_reg: bool = False,
+        smooth_l1_beta: float = 0.0,
+        cls_loss_type: str = "ce",
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        box_reg_loss_type: str = "smooth_l1",
+        huber_clip: float = 3.0,
+        huber_delta: float = 1.0,
+        loss_weight: Dict[str, float] = None,
+    ):
+        """
+        Args:
+            input_shape: ``channels`` = length of the box-head vector.
+            box2box_transform: encodes / decodes box deltas (2*ndim weights).
+            num_classes: foreground classes K.
+            test_score_thresh, test_nms_thresh, test_topk_per_image: inference filtering.
+            cls_loss_type: "ce" or "focal"; box_reg_loss_type: "smooth_l1", "huber" or "giou".
+            loss_weight: ``{"loss_cls": w, "loss_box_reg": w}``; missing keys weigh 1.
+        """
+        super().__init__()
+        if cls_loss_type not in _CLS_LOSS_TYPES:
+            raise ValueError(
+                f"ROI_BOX_HEAD.CLS_LOSS_TYPE {cls_loss_type!r} is not one of {_CLS_LOSS_TYPES}"
+            )
+        if box_reg_loss_type not in _BOX_LOSS_TYPES:
+            raise ValueError(
+                f"ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE {box_reg_loss_type!r} is not one of "
+                f"{_BOX_LOSS_TYPES}"
+            )
+        input_size = input_shape.channels
+        self.ndim = ndim
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(input_size, num_classes + 1)
+        num_bbox_reg_classes = 1 if cls_agnostic_bbox_reg else num_classes
+        self.bbox_pred = nn.Linear(input_size, num_bbox_reg_classes * 2 * ndim)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.constant_(layer.bias, 0)
+
+        self.box2box_transform = box2box_transform
+        self.smooth_l1_beta = smooth_l1_beta
+        self.test_score_thresh = test_score_thresh
+        self.test_nms_thresh = test_nms_thresh
+        self.test_topk_per_image = test_topk_per_image
+        self.cls_loss_type = cls_loss_type
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.box_reg_loss_type = box_reg_loss_type
+        self.huber_clip = huber_clip
+        self.huber_delta = huber_delta
+        self.loss_weight = {"loss_cls": 1.0, "loss_box_reg": 1.0}
+        self.loss_weight.update(loss_weight or {})
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        ndim = cfg.MODEL.SPATIAL_DIMS
+        box_head = cfg.MODEL.ROI_BOX_HEAD
+        if box_head.USE_FED_LOSS or box_head.USE_SIGMOID_CE:
+            raise NotImplementedError(
+                "ROI_BOX_HEAD.USE_FED_LOSS / USE_SIGMOID_CE are not supported by det3d; "
+                "use ROI_BOX_HEAD.CLS_LOSS_TYPE ('ce' or 'focal')"
+            )
+        return {
+            "input_shape": input_shape,
+            "box2box_transform": Box2BoxTransform(
+                weights=box_reg_weights(box_head.BBOX_REG_WEIGHTS, ndim)
+            ),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "ndim": ndim,
+            "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
+            "smooth_l1_beta": box_head.SMOOTH_L1_BETA,
+            "cls_loss_type": box_head.CLS_LOSS_TYPE,
+            "focal_loss_alpha": box_head.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": box_head.FOCAL_LOSS_GAMMA,
+            "box_reg_loss_type": box_head.BBOX_REG_LOSS_TYPE,
+            "huber_clip": box_head.HUBER_CLIP,
+            "huber_delta": box_head.HUBER_DELTA,
+            "loss_weight": {
+                "loss_cls": cfg.MODEL.ROI_HEADS.CLS_LOSS_WEIGHT,
+                "loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT,
+            },
+        }
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: (M, C) box-head vectors (higher-rank input is flattened).
+
+        Returns:
+            (scores (M, K + 1), proposal_deltas (M, K * 2*ndim or 2*ndim))
+        """
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            predictions: output of :meth:`forward`.
+            proposals: sampled proposals with ``proposal_boxes``, ``gt_boxes``, ``gt_classes``
+                (``gt_classes == K`` marks background).
+
+        Returns:
+            dict with ``loss_cls`` and ``loss_box_reg``.
+        """
+        scores, proposal_deltas = predictions
+        box_dim = 2 * self.ndim
+        gt_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if len(proposals)
+            else torch.empty(0, dtype=torch.int64, device=scores.device)
+        )
+        if len(proposals):
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            proposal_boxes = gt_boxes = scores.new_zeros((0, box_dim))
+
+        if gt_classes.numel() == 0:
+            loss_cls = scores.sum() * 0.0
+        elif self.cls_loss_type == "ce":
+            loss_cls = F.cross_entropy(scores, gt_classes, reduction="mean")
+        else:
+            loss_cls = softmax_focal_loss(
+                scores,
+                gt_classes,
+                alpha=self.focal_loss_alpha,
+                gamma=self.focal_loss_gamma,
+                reduction="mean",
+            )
+        loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
+        return {
+            "loss_cls": loss_cls * self.loss_weight["loss_cls"],
+            "loss_box_reg": loss_box_reg * self.loss_weight["loss_box_reg"],
+        }
+
+    def box_reg_loss(
+        self,
+        proposal_boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        pred_deltas: torch.Tensor,
+        gt_classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Box regression loss on foreground RoIs, summed and divided by the number of sampled RoIs
+        (so that foreground and background RoIs weigh the same per RoI, as in Detectron2).
+
+        Args:
+            proposal_boxes, gt_boxes: (R, 2*ndim); pred_deltas: (R, K * 2*ndim) or (R, 2*ndim);
+            gt_classes: (R,).
+        """
+        box_dim = 2 * self.ndim
+        fg_inds = torch.nonzero((gt_classes >= 0) & (gt_classes < self.num_classes), as_tuple=True)[0]
+        if pred_deltas.shape[1] == box_dim:  # class-agnostic
+            fg_pred_deltas = pred_deltas[fg_inds]
+        else:
+            fg_pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[
+                fg_inds, gt_classes[fg_inds]
+            ]
+        normalizer = max(gt_classes.numel(), 1.0)
+        if fg_inds.numel() == 0:
+            return pred_deltas.sum() * 0.0
+        if self.box_reg_loss_type == "giou":
+            fg_pred_boxes = self.box2box_transform.apply_deltas(
+                fg_pred_deltas, proposal_boxes[fg_inds]
+            )
+            loss = giou_loss(fg_pred_boxes, gt_boxes[fg_inds], reduction="sum")
+        else:
+            gt_deltas = self.box2box_transform.get_deltas(
+                proposal_boxes[fg_inds], gt_boxes[fg_inds]
+            )
+            if self.box_reg_loss_type == "smooth_l1":
+                loss = smooth_l1_loss(
+                    fg_pred_deltas, gt_deltas, self.smooth_l1_beta, reduction="sum"
+                )
+            else:
+                loss = huber_soft_clip_loss(
+                    fg_pred_deltas,
+                    gt_deltas,
+                    clip=self.huber_clip,
+                    delta=self.huber_delta,
+                    reduction="sum",
+                )
+        return loss / normalizer
+
+    # --------------------------------------------------------------- inference
+    def inference(
+        self, predictions, proposals: List[Instances]
+    ) -> Tuple[List[Instances], List[torch.Tensor]]:
+        """
+        Returns:
+            list[Instances]: detections per image (see :func:`fast_rcnn_inference`).
+            list[Tensor]: per image, the index of the proposal each detection comes from.
+        """
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.predict_probs(predictions, proposals)
+        image_shapes = [x.image_size for x in proposals]
+        return fast_rcnn_inference(
+            boxes,
+            scores,
+            image_shapes,
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
+        )
+
+    def predict_boxes(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+        """
+        Returns:
+            list[Tensor]: per image, (R, K * 2*ndim) (or (R, 2*ndim) class-agnostic) boxes.
+        """
+        if not len(proposals):
+            return []
+        _, proposal_deltas = predictions
+        num_prop_per_image = [len(p) for p in proposals]
+        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+        predict_boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
+        return list(predict_boxes.split(num_prop_per_image))
+
+    def predict_boxes_for_gt_classes(self, predictions, proposals: List[Instances]):
+        """
+        Returns:
+            list[Tensor]: per image, (R, 2*ndim): the box decoded for each RoI's gt class.
+        """
+        if not len(proposals):
+            return []
+        box_dim = 2 * self.ndim
+        boxes = cat(self.predict_boxes(predictions, proposals), dim=0)
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        k = boxes.shape[1] // box_dim
+        if k > 1:
+            gt_classes = gt_classes.clamp(0, k - 1)
+            boxes = boxes.view(-1, k, box_dim)[torch.arange(boxes.shape[0]), gt_classes]
+        return list(boxes.split([len(p) for p in proposals]))
+
+    def predict_probs(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+        """
+        Returns:
+            list[Tensor]: per image, (R, K + 1) softmax probabilities.
+        """
+        scores, _ = predictions
+        probs = F.softmax(scores, dim=-1)
+        return list(probs.split([len(p) for p in proposals], dim=0))

@@ -1,0 +1,208 @@
+"""Mask heads: pooled RoI features -> per-class mask logits at twice the pooled resolution."""
+from typing import List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from det3d.config import configurable
+from det3d.layers import Conv, ShapeSpec, cat, conv_nd, conv_transpose_nd, dice_loss, get_norm
+from det3d.structures import Instances
+
+from ..registries import ROI_MASK_HEAD_REGISTRY
+
+__all__ = [
+    "MaskRCNNConvUpsampleHead3D",
+    "build_mask_head",
+    "mask_rcnn_loss",
+    "mask_rcnn_inference",
+    "ROI_MASK_HEAD_REGISTRY",
+]
+
+_MASK_LOSS_TYPES = ("bce", "bce_dice")
+
+
+def mask_rcnn_loss(
+    pred_mask_logits: torch.Tensor,
+    instances: List[Instances],
+    loss_type: str = "bce",
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+) -> torch.Tensor:
+    """
+    Mask loss of foreground RoIs against their gt masks cropped to the RoI box and resized to the
+    mask resolution (``BitMasks.crop_and_resize``, thresholded at 0.5).
+
+    Args:
+        pred_mask_logits: (R, C, *M) with C = K classes or 1 (class-agnostic).
+        instances: per image, foreground proposals with ``proposal_boxes``, ``gt_classes``,
+            ``gt_masks``; their total length is R.
+        loss_type: "bce" (mean binary cross-entropy over voxels) or "bce_dice"
+            (``bce_weight * BCE + dice_weight * Dice``, Dice averaged over RoIs).
+
+    Returns:
+        scalar Tensor (0, attached to the graph, when there is no foreground RoI).
+    """
+    if loss_type not in _MASK_LOSS_TYPES:
+        raise ValueError(f"ROI_MASK_HEAD.LOSS_TYPE {loss_type!r} is not one of {_MASK_LOSS_TYPES}")
+    cls_agnostic = pred_mask_logits.shape[1] == 1
+    mask_size = tuple(pred_mask_logits.shape[2:])
+    gt_classes, gt_masks = [], []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        if not cls_agnostic:
+            gt_classes.append(inst.gt_classes.to(torch.int64))
+        crops = inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, mask_size)
+        gt_masks.append(crops.to(device=pred_mask_logits.device))
+    if len(gt_masks) == 0:
+        return pred_mask_logits.sum() * 0.0
+    gt_masks = (cat(gt_masks, dim=0) >= 0.5).to(pred_mask_logits.dtype)
+    if cls_agnostic:
+        logits = pred_mask_logits[:, 0]
+    else:
+        classes = cat(gt_classes, dim=0)
+        logits = pred_mask_logits[torch.arange(pred_mask_logits.shape[0]), classes]
+    loss = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="mean")
+    if loss_type == "bce_dice":
+        loss = bce_weight * loss + dice_weight * dice_loss(logits, gt_masks, reduction="mean")
+    return loss
+
+
+def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
+    """
+    Stores ``pred_masks`` (N, *M): the sigmoid probabilities of each detection's predicted class,
+    at RoI resolution (not pasted into the image; see ``postprocessing.paste_mask``).
+
+    Args:
+        pred_mask_logits: (N_total, C, *M), C = K or 1 (class-agnostic).
+        pred_instances: per image, detections with ``pred_classes``; modified in place.
+    """
+    num_masks = pred_mask_logits.shape[0]
+    if pred_mask_logits.shape[1] == 1:
+        probs = pred_mask_logits[:, 0].sigmoid()
+    else:
+        classes = cat([i.pred_classes for i in pred_instances]) if pred_instances else None
+        if num_masks == 0:
+            probs = pred_mask_logits[:, 0].sigmoid()
+        else:
+            probs = pred_mask_logits[torch.arange(num_masks), classes].sigmoid()
+    for masks, inst in zip(probs.split([len(i) for i in pred_instances], dim=0), pred_instances):
+        inst.pred_masks = masks
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskRCNNConvUpsampleHead3D(nn.Module):
+    """
+    ``NUM_CONV`` 3x3(x3) convs with ReLU, a stride-2 transposed conv (doubling every axis) with
+    ReLU, then a 1x1(x1) predictor to K mask logits (1 if ``CLS_AGNOSTIC_MASK``).
+    Loss ``loss_mask`` = ``LOSS_WEIGHT * mask_rcnn_loss(...)``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        num_classes: int,
+        conv_dims: List[int],
+        conv_norm: str = "",
+        ndim: int = 3,
+        loss_type: str = "bce",
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        loss_weight: float = 1.0,
+    ):
+        """
+        Args:
+            input_shape: channels of the pooled features.
+            num_classes: number of mask classes (1 when class-agnostic).
+            conv_dims: output channels of each conv, then of the transposed conv (last entry);
+                at least one entry.
+            conv_norm: normalisation after each conv (see ``get_norm``).
+            loss_type, bce_weight, dice_weight: see :func:`mask_rcnn_loss`.
+            loss_weight: multiplies the mask loss.
+        """
+        super().__init__()
+        if len(conv_dims) < 1:
+            raise ValueError("MaskRCNNConvUpsampleHead3D: conv_dims must have at least 1 entry")
+        if loss_type not in _MASK_LOSS_TYPES:
+            raise ValueError(
+                f"ROI_MASK_HEAD.LOSS_TYPE {loss_type!r} is not one of {_MASK_LOSS_TYPES}"
+            )
+        self.ndim = ndim
+        self.loss_type = loss_type
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+        self.loss_weight = loss_weight
+
+        channels = input_shape.channels
+        self.conv_norm_relus = []
+        for k, conv_dim in enumerate(conv_dims[:-1]):
+            conv = Conv(
+                ndim,
+                channels,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=not conv_norm,
+                norm=get_norm(conv_norm, conv_dim, ndim),
+                activation=F.relu,
+            )
+            self.add_module(f"mask_fcn{k + 1}", conv)
+            self.conv_norm_relus.append(conv)
+            channels = conv_dim
+        self.deconv = conv_transpose_nd(ndim)(
+            channels, conv_dims[-1], kernel_size=2, stride=2, padding=0
+        )
+        self.predictor = conv_nd(ndim)(conv_dims[-1], num_classes, kernel_size=1)
+
+        for layer in self.conv_norm_relus + [self.deconv]:
+            weight_init.c2_msra_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        head = cfg.MODEL.ROI_MASK_HEAD
+        return {
+            "input_shape": input_shape,
+            "num_classes": 1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "conv_dims": [head.CONV_DIM] * (head.NUM_CONV + 1),
+            "conv_norm": head.NORM,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+            "loss_type": head.LOSS_TYPE,
+            "bce_weight": head.BCE_WEIGHT,
+            "dice_weight": head.DICE_WEIGHT,
+            "loss_weight": head.LOSS_WEIGHT,
+        }
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, C, *P) pooled features -> (R, num_classes, *2P) mask logits."""
+        for layer in self.conv_norm_relus:
+            x = layer(x)
+        x = F.relu(self.deconv(x))
+        return self.predictor(x)
+
+    def forward(self, x: torch.Tensor, instances: List[Instances]):
+        """
+        Args:
+            x: (R, C, *P) pooled features of the RoIs in ``instances`` (in order).
+            instances: training: foreground proposals with ``gt_*`` fields;
+                inference: detections with ``pred_classes``.
+
+        Returns:
+            training: ``{"loss_mask": Tensor}``; inference: ``instances`` with ``pred_masks``.
+        """
+        x = self.layers(x)
+        if self.training:
+            loss = mask_rcnn_loss(x, instances, self.loss_type, self.bce_weight, self.dice_weight)
+            return {"loss_mask": loss * self.loss_weight}
+        mask_rcnn_inference(x, instances)
+        return instances
+
+
+def build_mask_head(cfg, input_shape: ShapeSpec) -> nn.Module:
+    """Builds the mask head named by ``cfg.MODEL.ROI_MASK_HEAD.NAME``."""
+    return ROI_MASK_HEAD_REGISTRY.get(cfg.MODEL.ROI_MASK_HEAD.NAME)(cfg, input_shape)

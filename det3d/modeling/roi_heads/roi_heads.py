@@ -1,0 +1,372 @@
+"""
+ROI heads: sample proposals against the ground truth, pool their features, and run the box and
+mask branches. N-D (2 or 3 spatial dims) from one code path.
+"""
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from det3d.config import configurable
+from det3d.layers import ShapeSpec, nonzero_tuple
+from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+
+from ..matcher import Matcher
+from ..poolers import ROIPooler
+from ..proposal_generator.proposal_utils import add_ground_truth_to_proposals
+from ..registries import ROI_HEADS_REGISTRY
+from ..sampling import subsample_labels
+from .box_head import build_box_head
+from .fast_rcnn import FastRCNNOutputLayers3D
+from .mask_head import build_mask_head
+
+__all__ = [
+    "ROIHeads3D",
+    "StandardROIHeads3D",
+    "build_roi_heads",
+    "select_foreground_proposals",
+    "ROI_HEADS_REGISTRY",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def build_roi_heads(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """Builds the ROI heads named by ``cfg.MODEL.ROI_HEADS.NAME``."""
+    return ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)(cfg, input_shape)
+
+
+def select_foreground_proposals(
+    proposals: List[Instances], bg_label: int
+) -> Tuple[List[Instances], List[torch.Tensor]]:
+    """
+    Args:
+        proposals: per image, sampled proposals with ``gt_classes``.
+        bg_label: the background class index (K).
+
+    Returns:
+        list[Instances]: the foreground proposals of each image.
+        list[Tensor]: per image, the bool mask that selected them.
+    """
+    fg_proposals, fg_masks = [], []
+    for p in proposals:
+        gt_classes = p.gt_classes
+        fg = (gt_classes != -1) & (gt_classes != bg_label)
+        fg_proposals.append(p[nonzero_tuple(fg)[0]])
+        fg_masks.append(fg)
+    return fg_proposals, fg_masks
+
+
+def _pooler_scales(input_shape: Dict[str, ShapeSpec], in_features: List[str], ndim: int):
+    scales = []
+    for f in in_features:
+        if f not in input_shape:
+            raise KeyError(
+                f"ROI_HEADS.IN_FEATURES names {f!r}, which the backbone does not output "
+                f"(it has {sorted(input_shape)})"
+            )
+        stride = input_shape[f].stride
+        stride = (stride,) * ndim if isinstance(stride, (int, float)) else tuple(stride)
+        scales.append(tuple(1.0 / s for s in stride))
+    return scales
+
+
+def _input_channels(input_shape: Dict[str, ShapeSpec], in_features: List[str]) -> int:
+    channels = {input_shape[f].channels for f in in_features}
+    if len(channels) != 1:
+        raise ValueError(f"ROI heads need the same channels on {in_features}, got {channels}")
+    return channels.pop()
+
+
+class ROIHeads3D(nn.Module):
+    """
+    Base of ROI heads: proposal sampling shared by all of them. Subclasses implement
+    :meth:`forward`.
+
+    Training contract (as Detectron2's): ``forward(images, features, proposals, targets)``
+    calls :meth:`label_and_sample_proposals`, then the branches, and returns
+    ``(proposals, losses)``; inference returns ``(instances, {})``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        proposal_matcher: Matcher,
+        proposal_append_gt: bool = True,
+        ndim: int = 3,
+    ):
+        """
+        Args:
+            num_classes: foreground classes K (background is K).
+            batch_size_per_image: RoIs sampled per image for training.
+            positive_fraction: largest fraction of foreground RoIs among them.
+            proposal_matcher: matches proposals to gt boxes (label 1 = fg, 0 = bg, -1 = ignore).
+            proposal_append_gt: add the gt boxes to the proposals before sampling.
+            ndim: number of spatial dims.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.proposal_matcher = proposal_matcher
+        self.proposal_append_gt = proposal_append_gt
+        self.ndim = ndim
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "batch_size_per_image": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "positive_fraction": cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+            "proposal_append_gt": cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
+            "proposal_matcher": Matcher(
+                cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS,
+                cfg.MODEL.ROI_HEADS.IOU_LABELS,
+                allow_low_quality_matches=False,
+            ),
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+        }
+
+    def _sample_proposals(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Returns:
+            Tensor: indices of the sampled proposals.
+            Tensor: their classes (K = background).
+        """
+        has_gt = gt_classes.numel() > 0
+        if has_gt:
+            gt_classes = gt_classes[matched_idxs]
+            gt_classes[matched_labels == 0] = self.num_classes
+            gt_classes[matched_labels == -1] = -1
+        else:
+            gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+        fg_inds, bg_inds = subsample_labels(
+            gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
+        )
+        sampled = torch.cat([fg_inds, bg_inds], dim=0)
+        return sampled, gt_classes[sampled]
+
+    @torch.no_grad()
+    def label_and_sample_proposals(
+        self, proposals: List[Instances], targets: List[Instances]
+    ) -> List[Instances]:
+        """
+        Matches proposals to the ground truth and samples ``batch_size_per_image`` of them per
+        image with at most ``positive_fraction`` foreground.
+
+        Args:
+            proposals: per image, ``proposal_boxes`` (and ``objectness_logits``).
+            targets: per image, ``gt_boxes``, ``gt_classes`` (and ``gt_masks``).
+
+        Returns:
+            list[Instances]: the sampled proposals with ``gt_classes`` (K = background) and, for
+            matched ones, every other ``gt_*`` field of their gt instance (background RoIs carry
+            an all-zero ``gt_boxes`` row when the image has no gt).
+        """
+        if self.proposal_append_gt:
+            proposals = add_ground_truth_to_proposals(targets, proposals)
+        sampled_proposals = []
+        num_fg, num_bg = [], []
+        for proposals_per_image, targets_per_image in zip(proposals, targets):
+            has_gt = len(targets_per_image) > 0
+            iou = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
+            matched_idxs, matched_labels = self.proposal_matcher(iou)
+            sampled_idxs, gt_classes = self._sample_proposals(
+                matched_idxs, matched_labels, targets_per_image.gt_classes
+            )
+            proposals_per_image = proposals_per_image[sampled_idxs]
+            proposals_per_image.gt_classes = gt_classes
+            if has_gt:
+                sampled_targets = matched_idxs[sampled_idxs]
+                for name, value in targets_per_image.get_fields().items():
+                    if name.startswith("gt_") and not proposals_per_image.has(name):
+                        proposals_per_image.set(name, value[sampled_targets])
+            else:
+                proposals_per_image.gt_boxes = Boxes(
+                    proposals_per_image.proposal_boxes.tensor.new_zeros(
+                        (len(sampled_idxs), 2 * self.ndim)
+                    )
+                )
+            num_bg.append(int((gt_classes == self.num_classes).sum().item()))
+            num_fg.append(len(gt_classes) - num_bg[-1])
+            sampled_proposals.append(proposals_per_image)
+        self.last_sampling_stats = {"num_fg_samples": num_fg, "num_bg_samples": num_bg}
+        return sampled_proposals
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
+        raise NotImplementedError
+
+
+@ROI_HEADS_REGISTRY.register()
+class StandardROIHeads3D(ROIHeads3D):
+    """
+    Box branch (pooler -> box head -> :class:`FastRCNNOutputLayers3D`) and optional mask branch
+    (pooler -> mask head), each on its own pooled features, as Detectron2's StandardROIHeads.
+
+    In training the mask branch sees the foreground sampled proposals only; in inference it runs
+    on the final detections. Mask output size = 2x the mask pooler resolution on every axis.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_in_features: List[str],
+        box_pooler: ROIPooler,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_in_features: Optional[List[str]] = None,
+        mask_pooler: Optional[ROIPooler] = None,
+        mask_head: Optional[nn.Module] = None,
+        train_on_pred_boxes: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            box_in_features / mask_in_features: feature names the branches pool from.
+            box_pooler, box_head, box_predictor: the box branch.
+            mask_pooler, mask_head: the mask branch (None = no masks).
+            train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
+            kwargs: see :class:`ROIHeads3D`.
+        """
+        super().__init__(**kwargs)
+        self.in_features = self.box_in_features = box_in_features
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_on = mask_head is not None
+        if self.mask_on:
+            self.mask_in_features = mask_in_features
+            self.mask_pooler = mask_pooler
+            self.mask_head = mask_head
+        self.train_on_pred_boxes = train_on_pred_boxes
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg)
+        ret["train_on_pred_boxes"] = cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES
+        ret.update(cls._init_box_head(cfg, input_shape))
+        if cfg.MODEL.MASK_ON:
+            ret.update(cls._init_mask_head(cfg, input_shape))
+        return ret
+
+    @staticmethod
+    def _pooler(cfg, node, input_shape, in_features) -> ROIPooler:
+        ndim = cfg.MODEL.SPATIAL_DIMS
+        return ROIPooler(
+            output_size=node.POOLER_RESOLUTION,
+            scales=_pooler_scales(input_shape, in_features, ndim),
+            sampling_ratio=node.POOLER_SAMPLING_RATIO,
+            pooler_type=node.POOLER_TYPE,
+            canonical_box_size=cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE,
+            canonical_level=cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL,
+            ndim=ndim,
+        )
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        box_pooler = cls._pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
+        channels = _input_channels(input_shape, in_features)
+        box_head = build_box_head(cfg, ShapeSpec(channels=channels))
+        box_predictor = FastRCNNOutputLayers3D(cfg, box_head.output_shape)
+        return {
+            "box_in_features": in_features,
+            "box_pooler": box_pooler,
+            "box_head": box_head,
+            "box_predictor": box_predictor,
+        }
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        mask_pooler = cls._pooler(cfg, cfg.MODEL.ROI_MASK_HEAD, input_shape, in_features)
+        channels = _input_channels(input_shape, in_features)
+        return {
+            "mask_in_features": in_features,
+            "mask_pooler": mask_pooler,
+            "mask_head": build_mask_head(cfg, ShapeSpec(channels=channels)),
+        }
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        """
+        Args:
+            images: the batch (only its length and sizes matter here).
+            features: backbone features by name, each (N, C, *spatial).
+            proposals: per image, ``proposal_boxes`` and ``objectness_logits``.
+            targets: per image gt ``Instances`` (training only).
+
+        Returns:
+            training: (sampled proposals, losses ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]);
+            inference: (detections with ``pred_boxes``, ``scores``, ``pred_classes``
+            [, ``pred_masks``], {}).
+        """
+        del images
+        if self.training:
+            if targets is None:
+                raise ValueError("StandardROIHeads3D needs targets (gt instances) in training")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            del targets
+            losses = self._forward_box(features, proposals)
+            losses.update(self._forward_mask(features, proposals))
+            return proposals, losses
+        pred_instances = self._forward_box(features, proposals)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
+
+    def forward_with_given_boxes(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+    ) -> List[Instances]:
+        """Runs the mask branch on given detections (``pred_boxes``, ``pred_classes``)."""
+        assert not self.training
+        return self._forward_mask(features, instances)
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        feats = [features[f] for f in self.box_in_features]
+        box_features = self.box_pooler(feats, [x.proposal_boxes for x in proposals])
+        box_features = self.box_head(box_features)
+        predictions = self.box_predictor(box_features)
+        del box_features
+        if self.training:
+            losses = self.box_predictor.losses(predictions, proposals)
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(
+                        predictions, proposals
+                    )
+                    for p, boxes in zip(proposals, pred_boxes):
+                        p.proposal_boxes = Boxes(boxes)
+            return losses
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        return pred_instances
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        if not self.mask_on:
+            return {} if self.training else instances
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+            boxes = [x.proposal_boxes for x in instances]
+        else:
+            boxes = [x.pred_boxes for x in instances]
+        feats = [features[f] for f in self.mask_in_features]
+        mask_features = self.mask_pooler(feats, boxes)
+        return self.mask_head(mask_features, instances)
