@@ -1,0 +1,72 @@
+"""Tiny configs and synthetic inputs shared by the R-CNN tests (modeling B)."""
+import torch
+
+from det3d.config import get_cfg
+from det3d.structures import BitMasks, Boxes, Instances
+
+
+def tiny_cfg(ndim: int = 3, levels: int = 4):
+    """
+    A small Mask R-CNN config: ResNet-18 with 8/16-channel stages, FPN of 16 channels, anchors
+    of 8..64 voxels, 32-wide box head, 8-channel mask head. ``levels`` FPN levels from res2 on
+    (``levels=2``: p2, p3 only, no p6).
+    """
+    cfg = get_cfg()
+    cfg.MODEL.SPATIAL_DIMS = ndim
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.RESNETS.NORM = "BN"
+    res = ["res2", "res3", "res4", "res5"][:levels]
+    cfg.MODEL.RESNETS.OUT_FEATURES = res
+    cfg.MODEL.FPN.IN_FEATURES = res
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.FPN.TOP_BLOCK = levels == 4
+    p = [f"p{k}" for k in range(2, 2 + levels)]
+    cfg.MODEL.RPN.IN_FEATURES = p + (["p6"] if levels == 4 else [])
+    sizes = [[8], [16], [32], [64], [128]]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = sizes[: len(cfg.MODEL.RPN.IN_FEATURES)]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 50
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = p
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE = 16
+    cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL = 3
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 3
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 4
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 1
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
+    return cfg
+
+
+def synthetic_input(shape=(16, 32, 32), seed: int = 0, num_objects: int = 2, num_classes: int = 2):
+    """
+    One model input dict with bright boxes on noise: ``"image"`` (1, *shape) and ``"instances"``
+    (``gt_boxes``, ``gt_classes``, ``gt_masks``). Objects are cuboids, ``num_objects`` of them,
+    side ~ a third to a half of each axis.
+    """
+    g = torch.Generator().manual_seed(seed)
+    ndim = len(shape)
+    image = torch.rand((1,) + tuple(shape), generator=g) * 0.2
+    masks = torch.zeros((num_objects,) + tuple(shape), dtype=torch.bool)
+    for i in range(num_objects):
+        region = []
+        for s in shape:
+            size = max(2, s // 3)
+            start = int(torch.randint(0, s - size + 1, (1,), generator=g))
+            region.append(slice(start, start + size))
+        masks[(i,) + tuple(region)] = True
+        image[(0,) + tuple(region)] += 0.8
+    bitmasks = BitMasks(masks)
+    inst = Instances(tuple(shape))
+    inst.gt_boxes = bitmasks.get_bounding_boxes()
+    inst.gt_classes = torch.arange(num_objects) % num_classes
+    inst.gt_masks = bitmasks
+    assert isinstance(inst.gt_boxes, Boxes) and inst.gt_boxes.ndim == ndim
+    return {"image": image, "instances": inst}
