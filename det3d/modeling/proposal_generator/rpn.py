@@ -16,7 +16,28 @@ from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
 from .proposal_utils import find_top_rpn_proposals
 
-__all__ = ["StandardRPNHead3D", "RPN3D", "build_rpn_head"]
+__all__ = [
+    "StandardRPNHead3D",
+    "RPN3D",
+    "build_rpn_head",
+    "flatten_objectness_logits",
+    "flatten_anchor_deltas",
+]
+
+
+def flatten_objectness_logits(x: torch.Tensor) -> torch.Tensor:
+    """
+    (N, A, *spatial) -> (N, prod(spatial) * A): locations in array C-order, then the cell anchors
+    of each location — the order of ``DefaultAnchorGenerator3D``'s anchors.
+    """
+    return x.permute(0, *range(2, x.dim()), 1).flatten(1)
+
+
+def flatten_anchor_deltas(x: torch.Tensor, box_dim: int) -> torch.Tensor:
+    """(N, A * box_dim, *spatial) -> (N, prod(spatial) * A, box_dim), in the anchors' order."""
+    n, spatial = x.shape[0], x.shape[2:]
+    x = x.view(n, -1, box_dim, *spatial)  # (N, A, B, *S)
+    return x.permute(0, *range(3, x.dim()), 1, 2).flatten(1, -2)  # (N, *S, A, B) -> (N, S*A, B)
 
 
 def build_rpn_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
@@ -400,15 +421,9 @@ class RPN3D(nn.Module):
                 )
         anchors = self.anchor_generator(features)
         pred_objectness_logits, pred_anchor_deltas = self.rpn_head(features)
-        spatial_last = lambda t: t.permute(0, *range(2, t.dim()), 1)  # noqa: E731
-        # (N, A, *S) -> (N, prod(S) * A): locations in C-order, then cell anchors (= anchor order)
-        pred_objectness_logits = [spatial_last(score).flatten(1) for score in pred_objectness_logits]
-        # (N, A*B, *S) -> (N, A, B, *S) -> (N, *S, A, B) -> (N, prod(S) * A, B)
+        pred_objectness_logits = [flatten_objectness_logits(x) for x in pred_objectness_logits]
         pred_anchor_deltas = [
-            x.view(x.shape[0], -1, self.anchor_generator.box_dim, *x.shape[2:])
-            .permute(0, *range(3, x.dim() + 1), 1, 2)
-            .flatten(1, -2)
-            for x in pred_anchor_deltas
+            flatten_anchor_deltas(x, self.anchor_generator.box_dim) for x in pred_anchor_deltas
         ]
 
         if self.training and gt_instances is not None:
