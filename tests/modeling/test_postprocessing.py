@@ -1,0 +1,132 @@
+"""Box rescaling, mask pasting and label volumes (det3d.modeling.postprocessing)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from det3d.modeling.postprocessing import (
+    detector_postprocess,
+    instances_to_label_volume,
+    paste_mask,
+)
+from det3d.structures import Boxes, Instances
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 10), (8, 10)])
+def test_paste_mask_of_full_box_reproduces_mask(shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g)
+    box = torch.tensor([0.0] * len(shape) + list(reversed(shape)), dtype=torch.float32)
+    slices, local = paste_mask(mask, box, shape, threshold=0.5)
+    assert slices == tuple(slice(0, s) for s in shape)
+    assert local.dtype == torch.bool
+    assert torch.equal(local, mask >= 0.5)
+
+
+def test_paste_mask_upsamples_over_box_and_clips_to_image():
+    # A 2x2 mask with one "on" cell fills the matching quadrant of a 4x4 box.
+    mask = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    slices, local = paste_mask(mask, torch.tensor([3.0, 5.0, 7.0, 9.0]), (20, 20), 0.5)
+    assert slices == (slice(5, 9), slice(3, 7))
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:2, :2] = True
+    assert torch.equal(local, expected)
+
+    # A box hanging over the image border: only the inside part is returned, cut consistently.
+    mask = torch.zeros(4, 4, 4)
+    mask[:, :, 2:] = 1.0  # the right half along x
+    slices, local = paste_mask(mask, torch.tensor([-2.0, 0, 0, 2, 4, 4]), (4, 4, 4), 0.5)
+    assert slices == (slice(0, 4), slice(0, 4), slice(0, 2))
+    assert local.shape == (4, 4, 2) and bool(local.all())
+
+    # Entirely outside: an empty region.
+    slices, local = paste_mask(mask, torch.tensor([10.0, 0, 0, 14, 4, 4]), (4, 4, 4), 0.5)
+    assert local.numel() == 0
+
+
+def test_label_volume_overlaps_resolved_by_score():
+    shape = (8, 8, 8)
+    inst = Instances(shape)
+    # Row 0 (low score) and row 1 (high score) overlap on x in [3, 5).
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 0, 5, 4, 4], [3.0, 0, 0, 8, 4, 4]]))
+    inst.scores = torch.tensor([0.3, 0.9])
+    inst.pred_classes = torch.tensor([0, 0])
+    inst.pred_masks = torch.ones(2, 4, 4, 4)
+    labels = instances_to_label_volume(inst, shape, threshold=0.5)
+    assert labels.dtype == torch.int32 and labels.shape == shape
+    assert (labels[:4, :4, 0:3] == 1).all()
+    assert (labels[:4, :4, 3:8] == 2).all()  # the overlap belongs to the higher score
+    assert (labels[4:] == 0).all() and (labels[:, 4:] == 0).all()
+
+    # Without masks every voxel of the box is claimed; with no instances the volume is empty.
+    inst.remove("pred_masks")
+    assert torch.equal(instances_to_label_volume(inst, shape), labels)
+    assert instances_to_label_volume(inst[:0], shape).sum() == 0
+
+
+def test_label_volume_uses_masks_inside_boxes_only():
+    shape = (4, 8, 8)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 0, 4, 4, 2]]))
+    inst.scores = torch.tensor([0.5])
+    m = torch.zeros(2, 4, 4)
+    m[:, :2, :2] = 1.0
+    inst.pred_masks = m[None]
+    labels = instances_to_label_volume(inst, shape, 0.5)
+    assert labels.sum() == 2 * 2 * 2
+    assert (labels[:2, :2, :2] == 1).all()
+
+
+def test_detector_postprocess_rescales_per_axis():
+    inst = Instances((8, 16, 32))
+    inst.pred_boxes = Boxes(torch.tensor([[4.0, 2, 1, 8, 4, 2], [30.0, 15, 7, 40, 20, 9], [40.0, 0, 0, 50, 1, 1]]))
+    inst.scores = torch.tensor([0.9, 0.8, 0.7])
+    out = detector_postprocess(inst, (16, 16, 16))  # x halves, y stays, z doubles
+    assert out.image_size == (16, 16, 16)
+    assert len(out) == 2  # the third box lies outside the volume: empty after clipping
+    torch.testing.assert_close(out.pred_boxes.tensor[0], torch.tensor([2.0, 2, 2, 4, 4, 4]))
+    torch.testing.assert_close(out.pred_boxes.tensor[1], torch.tensor([15.0, 15, 14, 16, 16, 16]))
+    torch.testing.assert_close(out.scores, torch.tensor([0.9, 0.8]))
+    assert inst.pred_boxes.tensor[0, 0] == 4.0  # the input is left alone
+
+    proposals = Instances((10, 10))
+    proposals.proposal_boxes = Boxes(torch.tensor([[1.0, 1, 5, 5]]))
+    out = detector_postprocess(proposals, (20, 40))
+    torch.testing.assert_close(out.proposal_boxes.tensor, torch.tensor([[4.0, 2, 20, 10]]))
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, torch
+    from det3d.modeling.postprocessing import instances_to_label_volume
+    from det3d.structures import Boxes, Instances
+    torch.manual_seed(0)
+    n, shape = 300, (64, 256, 256)
+    lo = torch.rand(n, 3) * torch.tensor([224.0, 224.0, 32.0])
+    size = 8 + torch.rand(n, 3) * torch.tensor([24.0, 24.0, 24.0])
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.cat([lo, lo + size], dim=1))
+    inst.scores = torch.rand(n)
+    inst.pred_masks = torch.rand(n, 14, 28, 28)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    labels = instances_to_label_volume(inst, shape, 0.5)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert labels.shape == shape and int(labels.max()) > 0
+    print((after - before) // 1024)
+    """
+)
+
+
+def test_label_volume_memory_does_not_grow_with_instances_times_volume():
+    # 300 instances on a 64x256x256 volume: an (N, D, H, W) bool tensor would be 1.2 GB. The
+    # label volume itself is 16 MB; allow generous slack for allocator noise, not N x volume.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    peak_growth_mb = int(out.stdout.strip().splitlines()[-1])
+    assert peak_growth_mb < 200, f"post-processing grew peak memory by {peak_growth_mb} MB"
