@@ -324,6 +324,8 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.SOLVER, "BEST_CHECKPOINT_METRIC", "")  # e.g. "segm/AP50"; empty disables
     _add(_C.SOLVER, "BEST_CHECKPOINT_MODE", "max")
     _add(_C.SOLVER, "LOG_PERIOD", 20)
+    # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
+    _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
 
     # Synthetic data (det3d.data.synthetic) used by the builtin "synthetic_*" splits
     _add(_C, "SYNTHETIC", CN())
