@@ -1,0 +1,14 @@
+"""Training: the loop and its hooks, the default trainer and set-up, and multi-process launch."""
+from .launch import launch
+from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
+
+from . import hooks  # isort: skip
+from .defaults import (  # isort: skip
+    DefaultTrainer,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,0 +1,491 @@
+"""
+The defaults most training scripts share: an argument parser, a ``default_setup`` (logging,
+seeds, config dump), default metric writers, and ``DefaultTrainer``, a trainer built from a
+config whose parts (model, optimizer, loaders, evaluators) are override points.
+"""
+import argparse
+import logging
+import os
+import sys
+import weakref
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from det3d.checkpoint import DetectionCheckpointer
+from det3d.checkpoint.detection_checkpoint import atomic_write
+from det3d.solver import build_lr_scheduler, build_optimizer
+from det3d.utils import comm
+from det3d.utils.collect_env import collect_env_info
+from det3d.utils.env import seed_all_rng
+from det3d.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
+from det3d.utils.logger import setup_logger
+
+from . import hooks
+from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+
+__all__ = [
+    "create_ddp_model",
+    "default_argument_parser",
+    "default_setup",
+    "default_writers",
+    "DefaultTrainer",
+]
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """
+    Wraps ``model`` in ``DistributedDataParallel`` when more than one process trains; returns it
+    unchanged otherwise.
+
+    Args:
+        kwargs: for ``DistributedDataParallel`` (e.g. ``find_unused_parameters``).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    return DistributedDataParallel(model, **kwargs)
+
+
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """
+    Detectron2's command line:
+
+    .. code-block:: none
+
+        train_net.py --config-file cfg.yaml [--resume] [--eval-only] [--num-gpus N]
+                     [--num-machines M --machine-rank R --dist-url tcp://host:port] [KEY VALUE ...]
+
+    Trailing ``KEY VALUE`` pairs override config entries (``opts``).
+    """
+    parser = argparse.ArgumentParser(
+        epilog=epilog
+        or f"""
+Examples:
+
+Run on one machine:
+    $ {sys.argv[0]} --num-gpus 8 --config-file cfg.yaml
+
+Change some config options:
+    $ {sys.argv[0]} --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth SOLVER.BASE_LR 0.001
+
+Run on multiple machines:
+    (machine0)$ {sys.argv[0]} --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]
+    (machine1)$ {sys.argv[0]} --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Resume from the checkpoint named in OUTPUT_DIR/last_checkpoint (model, optimizer, "
+        "scheduler, iteration). Without it, MODEL.WEIGHTS is loaded and training starts at 0.",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)"
+    )
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)"
+    )
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="initialization URL for pytorch distributed backend, e.g. tcp://10.0.0.1:29500; "
+        "'auto' picks a free port on 127.0.0.1 (one machine only). See "
+        "https://pytorch.org/docs/stable/distributed.html",
+    )
+    parser.add_argument(
+        "opts",
+        help="Modify config options at the end of the command, as space-separated "
+        '"PATH.KEY VALUE" pairs, e.g. SOLVER.MAX_ITER 100',
+        default=None,
+        nargs=argparse.REMAINDER,
+    )
+    return parser
+
+
+def default_setup(cfg, args) -> None:
+    """
+    What every run does first:
+
+    1. creates ``cfg.OUTPUT_DIR``; sets up the ``det3d`` and ``fvcore`` loggers (console on the
+       main rank, ``OUTPUT_DIR/log.txt`` on every rank);
+    2. logs the environment (``collect_env_info``), the command line and the config, and writes
+       the full config to ``OUTPUT_DIR/config.yaml`` (main rank);
+    3. seeds python / numpy / torch with ``cfg.SEED + rank`` (``SEED < 0``: a random seed, logged);
+    4. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only).
+
+    Args:
+        cfg (CfgNode): the full config.
+        args (argparse.Namespace): the parsed command line (``config_file``, ``eval_only``, ...).
+    """
+    output_dir = cfg.OUTPUT_DIR
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    comm.synchronize()  # other ranks write their logs into the directory rank 0 created
+
+    rank = comm.get_rank()
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    logger = setup_logger(output_dir, distributed_rank=rank)
+
+    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
+    logger.info("Environment info:\n" + collect_env_info())
+    logger.info("Command line arguments: " + str(args))
+    config_file = getattr(args, "config_file", "")
+    if config_file:
+        with open(config_file) as f:
+            logger.info(f"Contents of args.config_file={config_file}:\n{f.read()}")
+
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        dumped = cfg.dump()
+        atomic_write(path, lambda f: f.write(dumped), mode="w")
+        logger.info(f"Full config saved to {path}")
+    logger.info(f"Running with full config:\n{cfg.dump()}")
+
+    seed = cfg.SEED
+    used_seed = seed_all_rng(None if seed < 0 else seed + rank)
+    logger.info(f"Random seed of this process: {used_seed}")
+
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    if cfg.FLOAT32_PRECISION:
+        torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+
+
+def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:
+    """
+    The writers of a training run: ``CommonMetricPrinter`` (console), ``JSONWriter``
+    (``output_dir/metrics.json``) and, when the ``tensorboard`` package is installed,
+    ``TensorboardXWriter`` (event files in ``output_dir``).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    writers: List[EventWriter] = [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(os.path.join(output_dir, "metrics.json")),
+    ]
+    tb = TensorboardXWriter(output_dir)
+    if tb.enabled:
+        writers.append(tb)
+    return writers
+
+
+class DefaultTrainer(TrainerBase):
+    """
+    A trainer with the default behaviour, built from a config:
+
+    * model, optimizer, LR scheduler and train loader from ``build_*`` (override points);
+    * ``SimpleTrainer`` (``AMPTrainer`` with ``SOLVER.AMP.ENABLED``), inside DDP when more than
+      one process trains;
+    * hooks from ``build_hooks``: iteration timer, LR scheduler, periodic checkpoints, evaluation
+      every ``TEST.EVAL_PERIOD`` and at the end, best checkpoint (``SOLVER.BEST_CHECKPOINT_*``),
+      metric writers every ``SOLVER.LOG_PERIOD``;
+    * ``resume_or_load``: ``MODEL.WEIGHTS``, or with ``resume`` the last checkpoint of
+      ``OUTPUT_DIR`` with optimizer, scheduler and iteration.
+
+    A project subclasses it and overrides what differs (see ``tools/train_net.py``):
+
+    .. code-block:: python
+
+        class Trainer(DefaultTrainer):
+            @classmethod
+            def build_evaluator(cls, cfg, dataset_name):
+                return COCO3DEvaluator(dataset_name, output_dir=cfg.OUTPUT_DIR)
+
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+
+    ``find_unused_parameters`` of DDP is on when ``MODEL.DDP_FIND_UNUSED_PARAMETERS`` is set or
+    ``MODEL.FREEZE_MODULES`` is not empty (a partly frozen graph can leave trainable parameters
+    without gradient); it costs an extra graph traversal per iteration, so it is off otherwise.
+
+    Attributes:
+        scheduler, checkpointer (DetectionCheckpointer), cfg (CfgNode), model, optimizer.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        logger = logging.getLogger("det3d")
+        if not logger.isEnabledFor(logging.INFO):  # default_setup was not called
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        model = create_ddp_model(
+            model, broadcast_buffers=False, find_unused_parameters=self._find_unused_parameters(cfg)
+        )
+        trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_type(model, data_loader, optimizer)
+        # The inner trainer calls after_backward on the same hooks as this one.
+        self._trainer._hooks = self._hooks
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            # weakref: the checkpointer must not keep the trainer alive
+            model,
+            cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self._last_eval_results: Optional[Dict] = None
+
+        self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def _find_unused_parameters(cfg) -> bool:
+        return bool(cfg.MODEL.get("DDP_FIND_UNUSED_PARAMETERS", False)) or bool(
+            cfg.MODEL.get("FREEZE_MODULES", [])
+        )
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """
+        With ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``: restores the model, optimizer,
+        scheduler, hook states and iteration from it, and training continues at the next
+        iteration. Otherwise loads ``MODEL.WEIGHTS`` (model only; may be "") and starts at 0.
+        """
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint holds the iteration that had just finished.
+            self.start_iter = self.iter + 1
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """
+        The default hooks, in this order: IterationTimer, LRScheduler, PeriodicCheckpointer (main
+        rank), EvalHook, BestCheckpointer (main rank, if SOLVER.BEST_CHECKPOINT_METRIC),
+        PeriodicWriter (main rank).
+        """
+        cfg = self.cfg
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            logging.getLogger(__name__).warning("TEST.PRECISE_BN is not implemented in det3d; ignored")
+        ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        # Every rank evaluates (evaluation is distributed); only rank 0 gets the results.
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process() and cfg.SOLVER.BEST_CHECKPOINT_METRIC:
+            ret.append(
+                hooks.BestCheckpointer(
+                    cfg.TEST.EVAL_PERIOD,
+                    self.checkpointer,
+                    cfg.SOLVER.BEST_CHECKPOINT_METRIC,
+                    mode=cfg.SOLVER.BEST_CHECKPOINT_MODE,
+                )
+            )
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+        return ret
+
+    def build_writers(self) -> List[EventWriter]:
+        """The writers of the run; by default ``default_writers(OUTPUT_DIR, MAX_ITER)``."""
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+
+    def train(self) -> Optional[Dict]:
+        """
+        Runs training from ``start_iter`` to ``SOLVER.MAX_ITER``.
+
+        Returns:
+            dict or None: the results of the last evaluation (main rank).
+        """
+        super().train(self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            assert hasattr(self, "_last_eval_results"), "No evaluation results obtained during training!"
+            verify_results(self.cfg, self._last_eval_results)
+        return self._last_eval_results
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    @property
+    def data_loader(self):
+        return self._trainer.data_loader
+
+    # ------------------------------------------------------------ override points
+    @classmethod
+    def build_model(cls, cfg) -> torch.nn.Module:
+        """``det3d.modeling.build_model(cfg)``; logs the model."""
+        from det3d.modeling import build_model
+
+        model = build_model(cfg)
+        logging.getLogger(__name__).info(f"Model:\n{model}")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """``det3d.solver.build_optimizer`` (with gradient clipping from SOLVER.CLIP_GRADIENTS)."""
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):
+        """``det3d.solver.build_lr_scheduler``."""
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """``det3d.data.build_detection_train_loader(cfg)``: an endless iterable of batches."""
+        from det3d.data import build_detection_train_loader
+
+        return build_detection_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        """``det3d.data.build_detection_test_loader(cfg, dataset_name)``."""
+        from det3d.data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str):
+        """
+        Returns:
+            DatasetEvaluator or None: the evaluator of ``dataset_name``. There is no default:
+            a project decides what to measure (``tools/train_net.py`` reads TEST.EVALUATORS).
+        """
+        raise NotImplementedError(
+            "DefaultTrainer has no evaluator: implement build_evaluator() in a subclass "
+            "(see tools/train_net.py) or pass evaluators to DefaultTrainer.test()."
+        )
+
+    @classmethod
+    def test(cls, cfg, model: torch.nn.Module, evaluators=None) -> Dict:
+        """
+        Evaluates ``model`` on every dataset of ``cfg.DATASETS.TEST``.
+
+        Args:
+            evaluators (list[DatasetEvaluator] or None): one per test dataset; None: from
+                ``build_evaluator``.
+
+        Returns:
+            dict: ``{dataset_name: results}``, or the results themselves for a single dataset.
+        """
+        from det3d.evaluation import inference_on_dataset, print_csv_format
+
+        logger = logging.getLogger(__name__)
+        datasets = list(cfg.DATASETS.TEST)
+        if evaluators is not None:
+            if not isinstance(evaluators, (list, tuple)):
+                evaluators = [evaluators]
+            if len(evaluators) != len(datasets):
+                raise ValueError(
+                    f"{len(evaluators)} evaluators given for {len(datasets)} test datasets "
+                    f"{datasets}"
+                )
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(datasets):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, dataset_name)
+                except NotImplementedError:
+                    logger.warning(
+                        "No evaluator found. Use `DefaultTrainer.test(evaluators=)`, "
+                        "or implement its `build_evaluator` method."
+                    )
+                    results[dataset_name] = {}
+                    continue
+            results_i = inference_on_dataset(model, data_loader, evaluator)
+            results[dataset_name] = results_i
+            if comm.is_main_process():
+                if not isinstance(results_i, dict):
+                    raise TypeError(
+                        f"Evaluator must return a dict on the main process; got {results_i!r}"
+                    )
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(results_i)
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results
+
+    @staticmethod
+    def auto_scale_workers(cfg, num_workers: int):
+        """
+        When ``SOLVER.REFERENCE_WORLD_SIZE`` is set and differs from ``num_workers``, returns a
+        config scaled to ``num_workers`` processes by the linear scaling rule: batch size and
+        learning rate scaled by ``num_workers / REFERENCE_WORLD_SIZE``, iteration counts
+        (MAX_ITER, WARMUP_ITERS, STEPS, EVAL_PERIOD, CHECKPOINT_PERIOD) by its inverse.
+        Otherwise returns ``cfg`` unchanged.
+        """
+        old_world_size = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        if old_world_size == 0 or old_world_size == num_workers:
+            return cfg
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        if cfg.SOLVER.IMS_PER_BATCH % old_world_size != 0:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by "
+                f"SOLVER.REFERENCE_WORLD_SIZE {old_world_size}"
+            )
+        scale = num_workers / old_world_size
+        bs = cfg.SOLVER.IMS_PER_BATCH = int(round(cfg.SOLVER.IMS_PER_BATCH * scale))
+        lr = cfg.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * scale
+        max_iter = cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.MAX_ITER / scale))
+        warmup_iter = cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_ITERS / scale))
+        cfg.SOLVER.STEPS = tuple(int(round(s / scale)) for s in cfg.SOLVER.STEPS)
+        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+        cfg.SOLVER.CHECKPOINT_PERIOD = int(round(cfg.SOLVER.CHECKPOINT_PERIOD / scale))
+        cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
+        logging.getLogger(__name__).info(
+            f"Auto-scaling the config to batch_size={bs}, learning_rate={lr}, "
+            f"max_iter={max_iter}, warmup={warmup_iter}."
+        )
+        if frozen:
+            cfg.freeze()
+        return cfg
+
+
+def verify_results(cfg, results: Dict) -> bool:
+    """
+    Checks ``results`` against ``cfg.TEST.EXPECTED_RESULTS``, a list of
+    ``[task, metric, expected, tolerance]``; raises ``AssertionError`` listing the failures.
+    """
+    expected_results = cfg.TEST.EXPECTED_RESULTS
+    if not len(expected_results):
+        return True
+    failures = []
+    for task, metric, expected, tolerance in expected_results:
+        actual = results.get(task, {}).get(metric, None)
+        if actual is None or not abs(actual - expected) <= tolerance:
+            failures.append(f"{task}/{metric}: expected {expected} +- {tolerance}, got {actual}")
+    logger = logging.getLogger(__name__)
+    if failures:
+        logger.error("Result verification failed:\n" + "\n".join(failures))
+        raise AssertionError("Result verification failed: " + "; ".join(failures))
+    logger.info("Results verification passed.")
+    return True

@@ -1,0 +1,359 @@
+"""
+Hooks that ``DefaultTrainer`` registers: timing, LR scheduling, checkpointing (periodic and
+best-so-far), evaluation and metric writing. See ``HookBase`` for the order of calls.
+"""
+import datetime
+import logging
+import math
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _PeriodicCheckpointer
+from fvcore.common.param_scheduler import ParamScheduler
+from fvcore.common.timer import Timer
+
+from det3d.solver import LRMultiplier
+from det3d.utils import comm
+from det3d.utils.events import EventWriter
+
+from .train_loop import HookBase
+
+__all__ = [
+    "CallbackHook",
+    "IterationTimer",
+    "PeriodicWriter",
+    "PeriodicCheckpointer",
+    "BestCheckpointer",
+    "LRScheduler",
+    "EvalHook",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class CallbackHook(HookBase):
+    """A hook made of plain functions, each called with the trainer."""
+
+    def __init__(self, *, before_train=None, after_train=None, before_step=None, after_step=None):
+        self._before_train = before_train
+        self._after_train = after_train
+        self._before_step = before_step
+        self._after_step = after_step
+
+    def before_train(self) -> None:
+        if self._before_train:
+            self._before_train(self.trainer)
+
+    def after_train(self) -> None:
+        if self._after_train:
+            self._after_train(self.trainer)
+        # The functions may hold references to the trainer or model: let them go.
+        del self._before_train, self._after_train
+        del self._before_step, self._after_step
+
+    def before_step(self) -> None:
+        if self._before_step:
+            self._before_step(self.trainer)
+
+    def after_step(self) -> None:
+        if self._after_step:
+            self._after_step(self.trainer)
+
+
+class IterationTimer(HookBase):
+    """
+    Records the time of each iteration (``time`` in the storage, hooks registered after this one
+    included) and logs the total training time at the end. The first ``warmup_iter`` iterations
+    are left out of the reported speed (they include start-up costs).
+
+    Register it first, so that it times the other hooks too.
+    """
+
+    def __init__(self, warmup_iter: int = 3):
+        self._warmup_iter = warmup_iter
+        self._step_timer = Timer()
+        self._start_time = time.perf_counter()
+        self._total_timer = Timer()
+
+    def before_train(self) -> None:
+        self._start_time = time.perf_counter()
+        self._total_timer.reset()
+        self._total_timer.pause()
+
+    def after_train(self) -> None:
+        total_time = time.perf_counter() - self._start_time
+        total_time_minus_hooks = self._total_timer.seconds()
+        hook_time = total_time - total_time_minus_hooks
+        num_iter = self.trainer.iter - self.trainer.start_iter - self._warmup_iter
+        if num_iter > 0 and total_time_minus_hooks > 0:
+            logger.info(
+                "Overall training speed: {} iterations in {} ({:.4f} s / it)".format(
+                    num_iter,
+                    str(datetime.timedelta(seconds=int(total_time_minus_hooks))),
+                    total_time_minus_hooks / num_iter,
+                )
+            )
+        logger.info(
+            "Total training time: {} ({} on hooks)".format(
+                str(datetime.timedelta(seconds=int(total_time))),
+                str(datetime.timedelta(seconds=int(hook_time))),
+            )
+        )
+
+    def before_step(self) -> None:
+        self._step_timer.reset()
+        self._total_timer.resume()
+
+    def after_step(self) -> None:
+        # +1: the current iteration has finished
+        iter_done = self.trainer.storage.iter - self.trainer.start_iter + 1
+        if iter_done >= self._warmup_iter:
+            sec = self._step_timer.seconds()
+            self.trainer.storage.put_scalars(time=sec)
+        else:
+            self._start_time = time.perf_counter()
+            self._total_timer.reset()
+        self._total_timer.pause()
+
+
+class PeriodicWriter(HookBase):
+    """Runs ``writers`` every ``period`` iterations, after the last one, and closes them at the end."""
+
+    def __init__(self, writers: List[EventWriter], period: int = 20):
+        for w in writers:
+            if not isinstance(w, EventWriter):
+                raise TypeError(f"{type(w).__name__} is not an EventWriter")
+        self._writers = writers
+        self._period = period
+
+    def after_step(self) -> None:
+        if (self.trainer.iter + 1) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                writer.write()
+
+    def after_train(self) -> None:
+        for writer in self._writers:
+            # Metrics put after the last after_step (e.g. the final evaluation) are written too.
+            writer.write()
+            writer.close()
+
+
+class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
+    """
+    fvcore's ``PeriodicCheckpointer`` as a hook: saves ``model_<iter>.pth`` every ``period``
+    iterations and ``model_final.pth`` after the last one, each holding ``iteration``.
+    """
+
+    def before_train(self) -> None:
+        self.max_iter = self.trainer.max_iter
+
+    def after_step(self) -> None:
+        # No checkpoint at iteration 0 etc.: step() saves when (iter + 1) % period == 0.
+        self.step(self.trainer.iter)
+
+
+class BestCheckpointer(HookBase):
+    """
+    Saves ``<file_prefix>.pth`` whenever the evaluation metric ``val_metric`` (a key of the
+    storage, e.g. ``"segm/AP50"``) improves. Register it after the ``EvalHook`` whose results it
+    reads, with the same ``eval_period``.
+
+    The file is not tagged in ``last_checkpoint``: ``--resume`` continues from the latest
+    checkpoint, not from the best one.
+    """
+
+    def __init__(
+        self,
+        eval_period: int,
+        checkpointer,
+        val_metric: str,
+        mode: str = "max",
+        file_prefix: str = "model_best",
+    ):
+        """
+        Args:
+            eval_period (int): iterations between evaluations (``TEST.EVAL_PERIOD``).
+            checkpointer: a ``DetectionCheckpointer``.
+            val_metric (str): name of the metric in the storage.
+            mode (str): ``"max"`` or ``"min"``: whether larger or smaller values are better.
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestCheckpointer mode must be 'max' or 'min', got {mode!r}")
+        self._period = eval_period
+        self._val_metric = val_metric
+        self._mode = mode
+        self._compare = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+        self._checkpointer = checkpointer
+        self._file_prefix = file_prefix
+        self.best_metric: Optional[float] = None
+        self.best_iter: Optional[int] = None
+        self._last_checked_iter = -1
+
+    def _best_checking(self) -> None:
+        metric_tuple = self.trainer.storage.latest().get(self._val_metric)
+        if metric_tuple is None:
+            logger.warning(
+                f"BestCheckpointer: metric {self._val_metric!r} was not found in the storage; "
+                f"check SOLVER.BEST_CHECKPOINT_METRIC. Known metrics: "
+                f"{sorted(self.trainer.storage.latest().keys())}"
+            )
+            return
+        value, metric_iter = metric_tuple
+        if metric_iter <= self._last_checked_iter:
+            return  # no new evaluation since the last check
+        self._last_checked_iter = metric_iter
+        if not math.isfinite(value):
+            logger.warning(f"BestCheckpointer: {self._val_metric} = {value} at {metric_iter}")
+            return
+        if self.best_metric is None or self._compare(value, self.best_metric):
+            previous = self.best_metric
+            self.best_metric, self.best_iter = value, metric_iter
+            save_kwargs = {"iteration": metric_iter, "best_metric": value}
+            try:
+                self._checkpointer.save(self._file_prefix, tag_last=False, **save_kwargs)
+            except TypeError:  # an fvcore Checkpointer without tag_last
+                self._checkpointer.save(self._file_prefix, **save_kwargs)
+            logger.info(
+                f"Saved best model: {self._val_metric} = {value:.5g} at iteration {metric_iter} "
+                f"(previous best: {previous})"
+            )
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+            self._best_checking()
+
+    def after_train(self) -> None:
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._best_checking()
+
+    def state_dict(self) -> dict:
+        if self.best_metric is None:
+            return {}
+        return {"best_metric": self.best_metric, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_metric = state_dict.get("best_metric")
+        self.best_iter = state_dict.get("best_iter")
+        if self.best_iter is not None:
+            self._last_checked_iter = self.best_iter
+
+
+class LRScheduler(HookBase):
+    """
+    Records the learning rate (``lr``) and steps the LR scheduler after every iteration. The
+    scheduler's state is saved with the trainer's, so ``--resume`` continues the schedule.
+    """
+
+    def __init__(self, optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None):
+        """
+        Args:
+            optimizer: default: the trainer's.
+            scheduler: a torch LR scheduler, or an fvcore ``ParamScheduler`` (wrapped in an
+                ``LRMultiplier`` at ``before_train``); default: the trainer's ``scheduler``.
+        """
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+
+    def before_train(self) -> None:
+        self._optimizer = self._optimizer or self.trainer.optimizer
+        if isinstance(self.scheduler, ParamScheduler):
+            self._scheduler = LRMultiplier(
+                self._optimizer, self.scheduler, self.trainer.max_iter, last_iter=self.trainer.iter - 1
+            )
+        self._best_param_group_id = LRScheduler.get_best_param_group_id(self._optimizer)
+
+    @staticmethod
+    def get_best_param_group_id(optimizer: torch.optim.Optimizer) -> int:
+        """The param group whose lr is reported: the largest one (biases may have their own)."""
+        largest_group = max(len(g["params"]) for g in optimizer.param_groups)
+        for i, g in enumerate(optimizer.param_groups):
+            if len(g["params"]) == largest_group:
+                return i
+        return 0
+
+    def after_step(self) -> None:
+        lr = self._optimizer.param_groups[self._best_param_group_id]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self.scheduler.step()
+
+    @property
+    def scheduler(self):
+        return self._scheduler or self.trainer.scheduler
+
+    def state_dict(self) -> dict:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+            return self.scheduler.state_dict()
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+            logger.info("Loading scheduler from state_dict ...")
+            self.scheduler.load_state_dict(state_dict)
+
+
+class EvalHook(HookBase):
+    """
+    Runs ``eval_function`` every ``eval_period`` iterations and after the last one, and puts its
+    results (a nested dict of numbers, as evaluators return) into the storage as flat keys
+    ``"<task>/<metric>"`` (e.g. ``"segm/AP50"``), so that writers and ``BestCheckpointer`` see them.
+
+    Every rank must run this hook: evaluation itself is distributed.
+    """
+
+    def __init__(self, eval_period: int, eval_function: Callable[[], Dict], eval_after_train: bool = True):
+        """
+        Args:
+            eval_period (int): 0 or less: evaluate only after training (if ``eval_after_train``).
+            eval_function: called with no arguments; returns the results (or None / {}).
+        """
+        self._period = eval_period
+        self._func = eval_function
+        self._eval_after_train = eval_after_train
+        self.last_results: Optional[Dict] = None
+
+    def _do_eval(self) -> None:
+        results = self._func()
+        self.last_results = results
+        if results:
+            if not isinstance(results, dict):
+                raise TypeError(f"Eval function must return a dict, got {type(results).__name__}")
+            flattened = flatten_results_dict(results)
+            for k, v in flattened.items():
+                try:
+                    flattened[k] = float(v)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(
+                        f"[EvalHook] eval_function should return a nested dict of float; got "
+                        f"{k!r}: {v!r}"
+                    ) from e
+            self.trainer.storage.put_scalars(**flattened, smoothing_hint=False)
+        # Evaluation may take different time on different ranks; keep them in step.
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._period > 0 and next_iter % self._period == 0:
+            # The last iteration is evaluated in after_train.
+            if next_iter != self.trainer.max_iter:
+                self._do_eval()
+
+    def after_train(self) -> None:
+        # trainer.iter + 1 < max_iter: training failed; evaluating would only waste time.
+        if self._eval_after_train and self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._do_eval()
+        # The function may hold the model and data: let them go.
+        del self._func
+
+
+def flatten_results_dict(results: Dict) -> Dict[str, float]:
+    """``{"segm": {"AP": 1.0}}`` -> ``{"segm/AP": 1.0}``."""
+    r = {}
+    for k, v in results.items():
+        if isinstance(v, dict):
+            for kk, vv in flatten_results_dict(v).items():
+                r[f"{k}/{kk}"] = vv
+        else:
+            r[k] = v
+    return r
