@@ -1,4 +1,4 @@
-"""N-D data structures: boxes, batched images, per-image instances, masks."""
+"""N-D data structures: boxes, batched images, per-image instances, masks and their RLE."""
 from .boxes import (
     Boxes,
     BoxMode,
@@ -9,5 +9,15 @@ from .boxes import (
 )
 from .image_list import ImageList
 from .instances import Instances
+from .masks import (
+    BitMasks,
+    decode_rle,
+    encode_rle,
+    label_volume_to_rles,
+    rle_area,
+    rle_iou,
+    rle_to_bbox,
+    rle_to_coco,
+)
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -306,7 +306,7 @@ class Boxes:
         ``boxes[i]`` (a Boxes of one box), ``boxes[2:10]``, ``boxes[bool_mask]``,
         ``boxes[long_index_tensor]``. The result may share storage with this Boxes.
         """
-        if isinstance(item, int):
+        if isinstance(item, (int, np.integer)):
             return Boxes(self.tensor[item].view(1, -1))
         b = self.tensor[item]
         if b.dim() != 2:
