@@ -137,7 +137,8 @@ def label_volume_to_instances(
         ``[a, b + 1)``), ``gt_classes`` (int64), ``gt_masks`` (BitMasks ``(N, *spatial)``),
         instances in increasing id order.
     """
-    from det3d.structures import BitMasks, Boxes, Instances
+    from det3d.structures import Boxes, Instances
+    from det3d.structures.masks import BitMasks
 
     labels = labels_to_int32(np.asarray(labels))
     ndim = labels.ndim

@@ -1,0 +1,230 @@
+"""
+:class:`DatasetMapper3D`: one dataset record -> one model input dict (DESIGN.md "Model input").
+"""
+import copy
+import logging
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from det3d.config import configurable
+
+from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
+from .io import read_volume
+from .transforms import (
+    AugInput,
+    Augmentation,
+    RandomCrop,
+    RandomFlip,
+    RandomIntensity,
+    RandomRotate90XY,
+    ResampleTransform,
+    apply_augmentations,
+)
+
+__all__ = ["DatasetMapper3D", "normalize_percentiles", "build_augmentations"]
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_percentiles(image: np.ndarray, percentiles: Sequence[float], name: str = "image") -> np.ndarray:
+    """
+    Per channel ``(x - p_low) / (p_high - p_low)`` in float32; a constant channel becomes
+    ``x - p_low`` (zeros). Raises ValueError (naming ``name``) on NaN/Inf voxels.
+    """
+    image = np.asarray(image)
+    out = image.astype(np.float32)  # always a copy we may write to
+    if not np.all(np.isfinite(out)):
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
+    if not percentiles:
+        return out
+    lo_p, hi_p = percentiles
+    for c in range(out.shape[0]):
+        lo, hi = np.percentile(out[c], [lo_p, hi_p])
+        out[c] -= lo
+        if hi > lo:
+            out[c] /= hi - lo
+    return out
+
+
+def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
+    """The training augmentations after cropping, from ``cfg.INPUT.*`` (empty for testing)."""
+    if not is_train:
+        return []
+    ndim = cfg.MODEL.SPATIAL_DIMS
+    augs: List[Augmentation] = []
+    flip_axes = [a for a in cfg.INPUT.RANDOM_FLIP_AXES if a < ndim]
+    if flip_axes:
+        augs.append(RandomFlip(flip_axes))
+    if cfg.INPUT.ROTATE90_XY:
+        augs.append(RandomRotate90XY())
+    augs.append(
+        RandomIntensity(cfg.INPUT.INTENSITY_SCALE, cfg.INPUT.INTENSITY_SHIFT, cfg.INPUT.GAMMA,
+                        cfg.INPUT.NOISE_STD)
+    )
+    return augs
+
+
+class DatasetMapper3D:
+    """
+    Reads a record's volume and ground truth and turns them into a model input:
+
+    1. read the image ``(C, D, H, W)`` (memory-mapped / lazy where possible), check the channel
+       count and NaN/Inf voxels, normalise each channel by its percentiles;
+    2. optionally resample to ``target_spacing`` (image linear, labels nearest); the output's
+       ``"depth"/"height"/"width"`` stay the record's ORIGINAL size, so the model rescales its
+       predictions back to the original grid;
+    3. training: read the labels (``instance_label_file``, ``annotations`` RLEs), randomly crop
+       to ``crop_size`` (padding axes that are shorter; the crop contains a random instance voxel
+       with probability 0.5), then flips / 90-degree xy rotations / intensity changes.
+       Instances cut by the crop keep their visible part; a cut remnant with fewer than
+       ``crop_min_visible_fraction`` of the instance's voxels (counted on the whole volume) or
+       fewer than ``min_instance_voxels`` voxels is dropped from the targets: its voxels stay in
+       the image and become background (label 0) in the targets;
+    4. targets ``Instances`` (``gt_boxes`` tight around ``gt_masks``, ``gt_classes``).
+
+    Randomness: all draws come from ``self.rng``; :meth:`reseed` (called by the training loader
+    before each sample with a seed derived from the loader seed and the sample's position) makes
+    batches reproducible. Records with sparse ground truth (``seg_slices``) cannot be used for
+    training (their unannotated slices are unknown, not background): the mapper raises, and the
+    training loader drops them.
+
+    Output dict: ``"image"`` float32 tensor ``(C, D, H, W)`` (``(C, H, W)`` with 2 spatial dims),
+    ``"instances"`` (training), ``"depth"``, ``"height"``, ``"width"`` (original), ``"file_name"``,
+    ``"image_id"``, ``"spacing"`` (of the returned image: the target spacing when resampled).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: Sequence[Augmentation] = (),
+        norm_percentiles: Sequence[float] = (1.0, 99.8),
+        target_spacing: Sequence[float] = (),
+        crop_size: Sequence[int] = (),
+        crop_min_visible_fraction: float = 0.25,
+        min_instance_voxels: int = 8,
+        in_channels: Optional[int] = None,
+        spatial_dims: int = 3,
+        seed: int = 0,
+    ):
+        self.is_train = is_train
+        self.augmentations = list(augmentations)
+        self.norm_percentiles = tuple(norm_percentiles)
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.crop_size = tuple(int(c) for c in crop_size)
+        self.crop_min_visible_fraction = float(crop_min_visible_fraction)
+        self.min_instance_voxels = int(min_instance_voxels)
+        self.in_channels = in_channels
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"DatasetMapper3D: spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims = spatial_dims
+        if self.crop_size and len(self.crop_size) == 1:
+            self.crop_size = self.crop_size * spatial_dims
+        if self.crop_size and len(self.crop_size) != spatial_dims:
+            raise ValueError(f"DatasetMapper3D: crop_size {self.crop_size} needs {spatial_dims} values")
+        self.reseed(seed)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentations(cfg, is_train),
+            "norm_percentiles": cfg.INPUT.NORM_PERCENTILES,
+            "target_spacing": cfg.INPUT.TARGET_SPACING,
+            "crop_size": cfg.INPUT.CROP_SIZE if is_train else (),
+            "crop_min_visible_fraction": cfg.INPUT.CROP_MIN_VISIBLE_FRACTION,
+            "min_instance_voxels": cfg.INPUT.MIN_INSTANCE_VOXELS,
+            "in_channels": cfg.INPUT.IN_CHANNELS,
+            "spatial_dims": cfg.MODEL.SPATIAL_DIMS,
+            "seed": max(cfg.SEED, 0),
+        }
+
+    def reseed(self, seed: int) -> None:
+        """Resets the random generator all augmentations draw from."""
+        self.rng = np.random.default_rng(seed)
+
+    # ------------------------------------------------------------------------------------- #
+    def _read_image(self, record: dict) -> np.ndarray:
+        path = record["file_name"]
+        vol = read_volume(path)
+        if self.in_channels is not None and vol.shape[0] != self.in_channels:
+            raise ValueError(
+                f"{path}: image has {vol.shape[0]} channels, INPUT.IN_CHANNELS is {self.in_channels}"
+            )
+        expected = tuple(int(record[k]) for k in ("depth", "height", "width") if k in record)
+        if len(expected) == 3 and tuple(vol.shape[1:]) != expected:
+            raise ValueError(
+                f"{path}: image is (D, H, W) = {tuple(vol.shape[1:])}, the record says {expected}"
+            )
+        return normalize_percentiles(np.asarray(vol), self.norm_percentiles, path)
+
+    def _to_spatial_dims(self, image: np.ndarray, labels: Optional[np.ndarray], path: str):
+        if self.spatial_dims == 3:
+            return image, labels
+        if image.shape[1] != 1:
+            raise ValueError(f"{path}: SPATIAL_DIMS is 2 but the image has depth {image.shape[1]}")
+        return image[:, 0], (labels[0] if labels is not None else None)
+
+    def _drop_cut_remnants(self, labels: np.ndarray, full_counts: np.ndarray) -> np.ndarray:
+        visible = np.bincount(labels.ravel(), minlength=full_counts.size)[: full_counts.size]
+        cut = (visible > 0) & (visible < full_counts)
+        drop = cut & (
+            (visible < self.crop_min_visible_fraction * full_counts)
+            | (visible < self.min_instance_voxels)
+        )
+        drop[0] = False
+        if drop.any():
+            labels = np.where(drop[labels], 0, labels).astype(labels.dtype)
+        return labels
+
+    def __call__(self, record: dict) -> dict:
+        record = copy.copy(record)  # the caller's record is never modified
+        path = record["file_name"]
+        image = self._read_image(record)
+        labels = classes = None
+        if self.is_train:
+            if is_sparse_record(record):
+                raise ValueError(
+                    f"{path}: ground truth covers only z-slices {record['seg_slices']}; such records "
+                    f"are for evaluation, not training"
+                )
+            labels, classes = load_record_labels(record)
+            if labels.shape != image.shape[1:]:
+                raise ValueError(
+                    f"Shape mismatch: image {path} is {image.shape[1:]}, labels "
+                    f"{record.get('instance_label_file', 'annotations')} are {labels.shape}"
+                )
+        image, labels = self._to_spatial_dims(image, labels, path)
+        ndim = self.spatial_dims
+        spacing = tuple(float(s) for s in record.get("spacing", (1.0, 1.0, 1.0)))
+        aug_input = AugInput(image, labels)
+        if self.target_spacing:
+            target = self.target_spacing[-ndim:]
+            zoom = [s / t for s, t in zip(spacing[-ndim:], target)]
+            aug_input.transform(ResampleTransform(image.shape[1:], zoom))
+            spacing = spacing[: 3 - ndim] + tuple(target)
+        if self.is_train:
+            if self.crop_size:
+                full_counts = np.bincount(aug_input.labels.ravel())
+                RandomCrop(self.crop_size)(aug_input, self.rng)
+                aug_input.labels = self._drop_cut_remnants(aug_input.labels, full_counts)
+            apply_augmentations(self.augmentations, aug_input, self.rng)
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(aug_input.image, dtype=np.float32)),
+            "file_name": path,
+            "image_id": record.get("image_id"),
+            "spacing": spacing,
+        }
+        for k in ("depth", "height", "width"):
+            if k in record:
+                out[k] = int(record[k])
+        if ndim == 2:
+            out.pop("depth", None)
+        if self.is_train:
+            lab = np.ascontiguousarray(aug_input.labels)
+            out["instances"] = label_volume_to_instances(lab, classes, lab.shape)
+        return out

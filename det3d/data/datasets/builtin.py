@@ -1,0 +1,128 @@
+"""
+Builtin datasets, registered when ``det3d.data`` is imported.
+
+Synthetic splits (:mod:`det3d.data.synthetic`, 3 classes: ellipsoid, cuboid, blob; anisotropic
+spacing ``(1.0, 0.5, 0.5)`` µm) are generated on the first ``DatasetCatalog.get`` into
+``<root>/<split>/{images,labels,classes}`` with ``<root>`` = :func:`set_synthetic_root`'s
+argument (the engine passes ``cfg.SYNTHETIC.ROOT``), else ``$DET3D_DATASETS/synthetic``, else
+``datasets/synthetic``. A split is (re)generated when its ``meta.json`` is missing or records
+other generator parameters/version; generation writes into a temporary folder renamed into place,
+so concurrent processes never see half-written splits.
+"""
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from ..catalog import DatasetCatalog, MetadataCatalog
+from ..synthetic import GENERATOR_VERSION, SHAPE_CLASSES, make_synthetic_dataset, read_synthetic_meta
+from .label_volumes import load_label_volume_dataset
+
+__all__ = ["register_all_synthetic", "set_synthetic_root", "get_synthetic_root", "SYNTHETIC_SPLITS"]
+
+logger = logging.getLogger(__name__)
+
+_SPACING = (1.0, 0.5, 0.5)
+_COMMON = dict(classes=SHAPE_CLASSES, size_range=(2.5, 5.0), spacing=_SPACING, blur_sigma=0.5,
+               noise="gaussian", noise_level=0.05, touching=False)
+SYNTHETIC_SPLITS = {
+    "synthetic_train": dict(num_volumes=16, seed=1, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON),
+    "synthetic_val": dict(num_volumes=4, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON),
+    "synthetic_tiny_train": dict(num_volumes=4, seed=3, shape=(16, 32, 32), num_objects=(2, 3),
+                                 **dict(_COMMON, size_range=(2.0, 3.5))),
+    "synthetic_tiny_val": dict(num_volumes=2, seed=4, shape=(16, 32, 32), num_objects=(2, 3),
+                               **dict(_COMMON, size_range=(2.0, 3.5))),
+}
+
+_ROOT: Optional[str] = None
+
+
+def set_synthetic_root(root: Optional[str]) -> None:
+    """Where the synthetic splits live (None: ``$DET3D_DATASETS/synthetic`` or ``datasets/synthetic``)."""
+    global _ROOT
+    _ROOT = root
+
+
+def get_synthetic_root() -> str:
+    if _ROOT:
+        return _ROOT
+    env = os.environ.get("DET3D_DATASETS")
+    return os.path.join(env, "synthetic") if env else os.path.join("datasets", "synthetic")
+
+
+def _jsonable(params: dict) -> dict:
+    return json.loads(json.dumps(params))  # tuples -> lists, as in meta.json
+
+
+def _expected_meta(params: dict) -> dict:
+    p = dict(params)
+    return {"generator_version": GENERATOR_VERSION, **_jsonable(p)}
+
+
+def _is_current(split_dir: str, params: dict) -> bool:
+    meta = read_synthetic_meta(split_dir)
+    if meta is None:
+        return False
+    want = _expected_meta(params)
+    return meta.get("request") == want
+
+
+def ensure_synthetic_split(name: str, root: Optional[str] = None) -> str:
+    """Generates split ``name`` under ``root`` unless it is there and current; returns its folder."""
+    params = SYNTHETIC_SPLITS[name]
+    root = root or get_synthetic_root()
+    split_dir = os.path.join(root, name)
+    if _is_current(split_dir, params):
+        return split_dir
+    logger.info(f"Generating synthetic split {name!r} in {split_dir}")
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
+    try:
+        kwargs = dict(params)
+        meta = make_synthetic_dataset(tmp, **kwargs)
+        meta["request"] = _expected_meta(params)
+        from ..io import write_json_atomic
+
+        write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+        if os.path.isdir(split_dir):
+            if _is_current(split_dir, params):  # another process finished first
+                shutil.rmtree(tmp)
+                return split_dir
+            stale = tempfile.mkdtemp(prefix=f".{name}.stale-", dir=root)
+            os.replace(split_dir, os.path.join(stale, "old"))
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, split_dir)
+        except OSError:  # another process renamed its copy first
+            if not _is_current(split_dir, params):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return split_dir
+
+
+def _load_synthetic(name: str):
+    split_dir = ensure_synthetic_split(name)
+    return load_label_volume_dataset(
+        os.path.join(split_dir, "images"),
+        os.path.join(split_dir, "labels"),
+        spacing=_SPACING,
+        class_map=os.path.join(split_dir, "classes"),
+        thing_classes=list(SHAPE_CLASSES),
+    )
+
+
+def register_all_synthetic() -> None:
+    for name in SYNTHETIC_SPLITS:
+        if name in DatasetCatalog:
+            continue
+        DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(SHAPE_CLASSES),
+            spacing=_SPACING,
+            evaluator_type="coco3d",
+        )
