@@ -112,11 +112,15 @@ class ImageList:
                 max_size[a] = (max_size[a] + div - 1) // div * div
 
         if len(tensors) == 1:
-            # F.pad avoids a full copy when no padding is needed (Detectron2 does the same).
+            # A single image that needs no padding is used as is (a view, no copy): common at
+            # inference on whole volumes, where a copy would double peak memory.
             pad = []
             for a in reversed(range(ndim)):
                 pad += [0, max_size[a] - image_sizes[0][a]]
-            batched = F.pad(tensors[0], pad, value=pad_value).unsqueeze(0)
+            if any(pad):
+                batched = F.pad(tensors[0], pad, value=pad_value).unsqueeze(0)
+            else:
+                batched = tensors[0].unsqueeze(0)
         else:
             batched = first.new_full((len(tensors), first.shape[0], *max_size), pad_value)
             for i, t in enumerate(tensors):

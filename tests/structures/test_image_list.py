@@ -26,6 +26,9 @@ def test_from_tensors_int_divisibility_2d():
     il = ImageList.from_tensors([a], size_divisibility=4)
     assert il.tensor.shape == (1, 1, 8, 8)
     assert il.tensor.sum() == 35 and torch.equal(il[0], a)
+    # no padding needed: the single image is not copied
+    b = torch.ones(1, 8, 8)
+    assert ImageList.from_tensors([b], size_divisibility=4).tensor.data_ptr() == b.data_ptr()
 
 
 def test_padding_constraints_override():
