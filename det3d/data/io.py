@@ -131,6 +131,12 @@ def _open_zarr(path: str, component: Optional[str]):
     except Exception as e:
         raise OSError(f"{path}: cannot open as a zarr array ({type(e).__name__}: {e})") from e
     attrs = {}
+    if comp and hasattr(node, "shape"):  # OME-Zarr keeps the axes on the parent group
+        parent = comp.rstrip("/").rsplit("/", 1)[0] if "/" in comp.rstrip("/") else ""
+        try:
+            attrs = dict(zarr.open_group(store=store, mode="r", path=parent).attrs)
+        except Exception:
+            attrs = {}
     if not hasattr(node, "shape"):  # a group: OME-Zarr "0", else its only array
         attrs = dict(node.attrs)
         keys = sorted(node.array_keys())
@@ -464,7 +470,7 @@ def write_volume(
             metadata = {"axes": axes}
             if spacing is not None:
                 metadata["spacing"] = list(spacing)
-            tifffile.imwrite(tmp, array, metadata=metadata, **kwargs)
+            tifffile.imwrite(tmp, array, metadata=metadata, photometric="minisblack", **kwargs)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
