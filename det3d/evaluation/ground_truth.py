@@ -10,7 +10,18 @@ from scipy import ndimage
 
 from .rle import labels_to_rles, paint_rles, rle_areas
 
-__all__ = ["records_by_id", "gt_label_volume", "gt_coco_annotations", "fit_shape"]
+__all__ = [
+    "records_by_id",
+    "gt_label_volume",
+    "gt_coco_annotations",
+    "labels_to_coco_annotations",
+    "annotated_slices",
+    "fit_shape",
+    "SLICES_KEY",
+]
+
+# Record keys of CTC time points annotated on some z-slices only (det3d.data.datasets.ctc).
+SLICES_KEY = "seg_slices"
 
 
 def records_by_id(dataset_name: str) -> Dict[object, dict]:
@@ -55,10 +66,19 @@ def gt_label_volume(record: dict) -> np.ndarray:
     """
     The instance label volume of a record, int32. From ``annotations``, non-crowd instances are
     painted in order with ids ``1..N`` (a voxel keeps the first instance that claims it); crowd
-    regions are left as background.
+    regions are left as background. A record annotated on some z-slices only (CTC,
+    ``record["seg_slices"]`` and ``record["seg_slice_files"]``) gives those slices and zeros
+    elsewhere; evaluators then score the annotated slices only (see :func:`annotated_slices`).
     """
-    if "instance_label_file" in record:
+    if record.get("instance_label_file") is not None:
         return fit_shape(_read_labels(record), record_shape(record), record["instance_label_file"])
+    if record.get(SLICES_KEY) is not None:
+        from det3d.data.io import read_labels
+
+        labels = np.zeros(record_shape(record), np.int32)
+        for z, path in zip(record[SLICES_KEY], record["seg_slice_files"]):
+            labels[int(z)] = fit_shape(read_labels(path), labels.shape[1:], path)
+        return labels
     if "annotations" not in record:
         raise KeyError(
             f"Record {record.get('file_name', record.get('image_id'))!r} has neither "
@@ -74,6 +94,13 @@ def gt_label_volume(record: dict) -> np.ndarray:
     return paint_rles([a["segmentation"] for a in anns], record_shape(record), range(1, len(anns) + 1))
 
 
+def annotated_slices(record: dict) -> Optional[List[int]]:
+    """The z-slices that carry ground truth when only some do (CTC), else None (all of it)."""
+    if record.get("instance_label_file") is not None or record.get(SLICES_KEY) is None:
+        return None
+    return [int(z) for z in record[SLICES_KEY]]
+
+
 def _corner_size(box, mode, ndim: int) -> List[float]:
     from det3d.structures import BoxMode
 
@@ -81,17 +108,21 @@ def _corner_size(box, mode, ndim: int) -> List[float]:
     return [float(v) for v in BoxMode.convert(list(box), BoxMode(mode), target)]
 
 
-def gt_coco_annotations(record: dict, category_offset: int = 0) -> Tuple[List[dict], Tuple[int, ...]]:
+def gt_coco_annotations(record: dict, shape: Optional[Sequence[int]] = None) -> Tuple[List[dict], Tuple[int, ...]]:
     """
     COCO-style ground truth of a record: dicts with ``category_id``, ``bbox`` (corner + size,
     ``[x, y, (z,) w, h, (d)]``), ``area`` (mask voxels, or box volume without a mask),
     ``iscrowd`` and ``segmentation`` (N-D RLE, or None without a mask).
 
+    Args:
+        shape: the prediction's spatial shape; a label volume is fitted to it (a 2D image is
+            ``(1, H, W)`` on disk). Default: the record's.
+
     Returns:
         (annotations, spatial shape)
     """
-    shape = record_shape(record)
-    if "instance_label_file" in record:
+    shape = tuple(shape) if shape is not None else record_shape(record)
+    if record.get("instance_label_file") is not None:
         labels = fit_shape(_read_labels(record), shape, record["instance_label_file"])
         return labels_to_coco_annotations(labels, record.get("instance_classes")), labels.shape
     if "annotations" not in record:
@@ -99,7 +130,6 @@ def gt_coco_annotations(record: dict, category_offset: int = 0) -> Tuple[List[di
             f"Record {record.get('file_name', record.get('image_id'))!r} has neither "
             f"'annotations' nor 'instance_label_file'"
         )
-    ndim = None
     out = []
     for a in record["annotations"]:
         seg = a.get("segmentation")

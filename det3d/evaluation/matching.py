@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from det3d.utils import comm
 
 from .evaluator import DatasetEvaluator
-from .ground_truth import fit_shape, gt_label_volume, records_by_id
+from .ground_truth import annotated_slices, fit_shape, gt_label_volume, records_by_id
 from .overlap import LabelOverlap, label_overlap
 
 __all__ = [
@@ -163,7 +163,7 @@ def _to_numpy(x) -> np.ndarray:
 class InstanceMatchingEvaluator(DatasetEvaluator):
     """
     Instance matching over a dataset: TP, FP, FN and matched IoU are summed over volumes, then
-    turned into metrics. Predictions come from ``outputs[i]["instance_labels"]``; ground truth from
+    turned into metrics. A CTC record annotated on some z-slices only is matched slice by slice. Predictions come from ``outputs[i]["instance_labels"]``; ground truth from
     the dataset's records (``instance_label_file`` or painted ``annotations``).
 
     Results: ``{"matching": {"precision@0.5": ..., "recall@0.5", "f1@0.5", "accuracy@0.5",
@@ -205,7 +205,13 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
             record = self._record(inp["image_id"])
             pred = _pred_labels(out, inp)
             gt = fit_shape(gt_label_volume(record), pred.shape, str(record.get("file_name")))
-            counts = matching_counts(label_overlap(gt, pred), self._thresholds)
+            slices = annotated_slices(record)
+            if slices is None:
+                counts = matching_counts(label_overlap(gt, pred), self._thresholds)
+            else:  # partial CTC ground truth: each annotated slice is a 2D image of its own
+                counts = _add_counts(
+                    [matching_counts(label_overlap(gt[z], pred[z]), self._thresholds) for z in slices]
+                )
             self._per_volume.append(
                 {"image_id": inp["image_id"], "file_name": inp.get("file_name"), "counts": counts}
             )
@@ -219,11 +225,7 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                 return None
         if not per_volume:
             logger.warning("InstanceMatchingEvaluator: no volumes were processed")
-        total = {t: {k: 0 for k in _COUNT_KEYS} for t in self._thresholds}
-        for v in per_volume:
-            for t in self._thresholds:
-                for k in _COUNT_KEYS:
-                    total[t][k] += v["counts"][t][k]
+        total = _add_counts([v["counts"] for v in per_volume], self._thresholds)
         metrics = {t: metrics_from_counts(c) for t, c in total.items()}
         result = {}
         for t in self._thresholds:
@@ -245,6 +247,17 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                 },
             )
         return {"matching": result}
+
+
+def _add_counts(parts: List[Dict[float, dict]], thresholds: Optional[Sequence[float]] = None):
+    """Sums per-threshold counts (from :func:`matching_counts`)."""
+    thresholds = thresholds if thresholds is not None else (list(parts[0]) if parts else [])
+    total = {t: {k: 0 for k in _COUNT_KEYS} for t in thresholds}
+    for part in parts:
+        for t in thresholds:
+            for k in _COUNT_KEYS:
+                total[t][k] += part[t][k]
+    return total
 
 
 def _pred_labels(output: dict, inp: dict) -> np.ndarray:

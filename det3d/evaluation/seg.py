@@ -22,16 +22,13 @@ import numpy as np
 from det3d.utils import comm
 
 from .evaluator import DatasetEvaluator
-from .ground_truth import fit_shape, gt_label_volume, records_by_id
+from .ground_truth import SLICES_KEY, annotated_slices, fit_shape, gt_label_volume, records_by_id
 from .matching import _pred_labels
 from .overlap import check_label_pair, label_overlap
 
 __all__ = ["SEGJaccard", "seg_jaccard", "seg_score", "SEGEvaluator", "SLICES_KEY"]
 
 logger = logging.getLogger(__name__)
-
-# Record key listing the annotated z-slices of a volume whose ground truth is partial.
-SLICES_KEY = "seg_slices"
 
 
 class SEGJaccard(NamedTuple):
@@ -105,7 +102,8 @@ class SEGEvaluator(DatasetEvaluator):
     """
     CTC SEG over a dataset, pooled over all reference objects of all volumes. Predictions come
     from ``outputs[i]["instance_labels"]``; ground truth from the records (``instance_label_file``
-    or painted ``annotations``), restricted to ``record["seg_slices"]`` when present.
+    or painted ``annotations``); a CTC record annotated on some z-slices only
+    (``record["seg_slices"]``) is scored on those slices, each as a 2D image.
 
     Results: ``{"seg": {"SEG": ...}}`` (0-1; NaN when the dataset has no reference object).
     Writes ``seg_results.json`` (with per-volume SEG and object counts) to ``output_dir``.
@@ -130,7 +128,7 @@ class SEGEvaluator(DatasetEvaluator):
             record = self._records[inp["image_id"]]
             pred = _pred_labels(out, inp)
             gt = fit_shape(gt_label_volume(record), pred.shape, str(record.get("file_name")))
-            jac = seg_jaccard(gt, pred, record.get(SLICES_KEY)).jaccard
+            jac = seg_jaccard(gt, pred, annotated_slices(record)).jaccard
             self._per_volume.append(
                 {
                     "image_id": inp["image_id"],
