@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from det3d.data import make_synthetic_dataset, make_synthetic_volume, read_labels, read_volume
+
+
+def _touching_pairs(labels):
+    n = 0
+    for ax in range(labels.ndim):
+        a = np.moveaxis(labels, ax, 0)
+        x, y = a[1:], a[:-1]
+        n += int(((x != y) & (x > 0) & (y > 0)).sum())
+    return n
+
+
+def test_deterministic_and_counts():
+    kw = dict(shape=(16, 48, 48), num_objects=6, spacing=(2.0, 0.5, 0.5), size_range=(2.0, 4.0))
+    im1, lab1, cls1 = make_synthetic_volume(seed=3, **kw)
+    im2, lab2, cls2 = make_synthetic_volume(seed=3, **kw)
+    np.testing.assert_array_equal(im1, im2)
+    np.testing.assert_array_equal(lab1, lab2)
+    assert cls1 == cls2
+    im3, lab3, _ = make_synthetic_volume(seed=4, **kw)
+    assert not np.array_equal(lab1, lab3)
+    assert im1.shape == (1, 16, 48, 48) and im1.dtype == np.float32 and lab1.dtype == np.int32
+    assert sorted(np.unique(lab1)[1:].tolist()) == list(range(1, 7))
+    assert set(cls1) == set(range(1, 7)) and set(cls1.values()) <= {0, 1, 2}
+
+
+def test_touching_flag():
+    kw = dict(shape=(16, 48, 48), num_objects=6, size_range=(3.0, 5.0), seed=0)
+    _, sep, _ = make_synthetic_volume(touching=False, **kw)
+    assert _touching_pairs(sep) == 0
+    _, tch, _ = make_synthetic_volume(touching=True, **kw)
+    assert _touching_pairs(tch) > 0
+    assert len(np.unique(tch)) == 7
+
+
+def test_anisotropy_flattens_objects():
+    # spheres of radius 4 µm: 4 voxels in z at 1 µm, 1-2 voxels at 4 µm
+    _, iso, _ = make_synthetic_volume((24, 24, 24), 1, ("ellipsoid",), (4.0, 4.0), seed=0)
+    _, ani, _ = make_synthetic_volume((12, 24, 24), 1, ("ellipsoid",), (4.0, 4.0),
+                                      spacing=(4.0, 1.0, 1.0), seed=0)
+    z_iso = np.flatnonzero(iso.any(axis=(1, 2))).size
+    z_ani = np.flatnonzero(ani.any(axis=(1, 2))).size
+    assert z_ani < z_iso / 2
+    assert np.flatnonzero(ani.any(axis=(0, 1))).size == np.flatnonzero(iso.any(axis=(0, 1))).size
+
+
+def test_uint16_and_too_many_objects():
+    im, _, _ = make_synthetic_volume((8, 16, 16), 1, size_range=(2, 3), dtype="uint16", noise="poisson")
+    assert im.dtype == np.uint16
+    with pytest.raises(RuntimeError, match="placed only"):
+        make_synthetic_volume((8, 16, 16), 50, size_range=(3, 4), max_tries=200)
+
+
+def test_make_dataset(tmp_path):
+    meta = make_synthetic_dataset(str(tmp_path), 2, seed=1, shape=(8, 24, 24), num_objects=2,
+                                  size_range=(2.0, 3.0), spacing=(1.0, 1.0, 1.0))
+    assert meta["thing_classes"] == ["ellipsoid", "cuboid", "blob"]
+    assert read_volume(str(tmp_path / "images" / "vol_001.tif")).shape == (1, 8, 24, 24)
+    assert read_labels(str(tmp_path / "labels" / "vol_001.tif")).max() == 2
+    assert (tmp_path / "classes" / "vol_000.json").exists() and (tmp_path / "meta.json").exists()
