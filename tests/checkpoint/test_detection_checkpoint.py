@@ -1,0 +1,160 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from det3d.checkpoint import CheckpointError, DetectionCheckpointer
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+def _train_a_bit(model, opt, steps=3):
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).pow(2).mean().backward()
+        opt.step()
+
+
+def _same_state(a, b):
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_and_resume_restores_model_optimizer_and_extra(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_bit(model, opt)
+    DetectionCheckpointer(model, str(tmp_path), optimizer=opt).save("model_0000009", iteration=9)
+
+    model2 = _model(seed=1)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.5, momentum=0.9)
+    extra = DetectionCheckpointer(model2, str(tmp_path), optimizer=opt2).resume_or_load("", resume=True)
+    assert extra["iteration"] == 9
+    assert _same_state(model.state_dict(), model2.state_dict())
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for k in s1["state"]:
+        assert torch.equal(s1["state"][k]["momentum_buffer"], s2["state"][k]["momentum_buffer"])
+
+
+def test_without_resume_only_weights_are_loaded(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_bit(model, opt)
+    ck = DetectionCheckpointer(model, str(tmp_path), optimizer=opt)
+    ck.save("weights")
+    model2 = _model(1)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.5)
+    extra = DetectionCheckpointer(model2, str(tmp_path / "elsewhere"), optimizer=opt2).resume_or_load(
+        str(tmp_path / "weights.pth"), resume=True  # no last_checkpoint there: loads weights only
+    )
+    assert "optimizer" in extra  # not applied, handed back
+    assert opt2.param_groups[0]["lr"] == 0.5
+    assert _same_state(model.state_dict(), model2.state_dict())
+
+
+def test_failure_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = _model()
+    ck = DetectionCheckpointer(model, str(tmp_path))
+    ck.save("model_final", iteration=1)
+    before = (tmp_path / "model_final.pth").read_bytes()
+
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"PARTIAL")  # bytes reach the temporary file, then the "disk" fails
+        raise OSError("disk full")
+
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save("model_final", iteration=2)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no temp left
+    assert DetectionCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)["iteration"] == 1
+
+
+def test_kill_between_write_and_rename_leaves_target_whole(tmp_path, monkeypatch):
+    ck = DetectionCheckpointer(_model(), str(tmp_path))
+    ck.save("model_0000001", iteration=1)
+    before = (tmp_path / "model_0000001.pth").read_bytes()
+
+    def no_replace(src, dst):
+        raise KeyboardInterrupt  # killed just before the rename
+
+    monkeypatch.setattr(os, "replace", no_replace)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save("model_0000001", iteration=2)
+    monkeypatch.undo()
+    assert (tmp_path / "model_0000001.pth").read_bytes() == before
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint", None], ids=["empty", "garbage", "truncated"]
+)
+def test_corrupt_checkpoint_error_names_file(tmp_path, content):
+    path = tmp_path / "model_final.pth"
+    if content is None:
+        torch.save({"model": _model().state_dict()}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="model_final.pth"):
+        DetectionCheckpointer(_model()).load(str(path))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _model().state_dict(), "obj": _Unsafe()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth.*weights_only"):
+        DetectionCheckpointer(_model()).load(str(path))
+
+
+class _Unsafe:
+    pass
+
+
+def test_missing_checkpoint_error_names_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        DetectionCheckpointer(_model()).load(str(tmp_path / "nope.pth"))
+
+
+def test_partial_load_records_missing_unexpected_and_shapes(tmp_path):
+    src = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    path = tmp_path / "src.pth"
+    torch.save({"model": {**src.state_dict(), "extra.weight": torch.zeros(1)}}, path)
+    dst = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5), nn.Linear(5, 1))
+    ck = DetectionCheckpointer(dst)
+    ck.load(str(path))
+    inc = ck.incompatible_keys
+    assert torch.equal(dst[0].weight, src[0].weight)
+    assert {k for k, _, _ in inc.incorrect_shapes} == {"1.weight", "1.bias"}
+    assert set(inc.missing_keys) == {"1.weight", "1.bias", "2.weight", "2.bias"}
+    assert inc.unexpected_keys == ["extra.weight"]
+
+
+def test_ddp_prefix_and_bare_state_dict(tmp_path):
+    src = _model()
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)  # bare, prefixed
+    dst = _model(seed=3)
+    ck = DetectionCheckpointer(dst)
+    ck.load(str(path))
+    assert _same_state(src.state_dict(), dst.state_dict())
+    assert not ck.incompatible_keys.missing_keys
+
+
+def test_save_to_disk_false_and_no_dir(tmp_path):
+    DetectionCheckpointer(_model(), str(tmp_path), save_to_disk=False).save("x")
+    DetectionCheckpointer(_model(), "").save("x")
+    assert os.listdir(tmp_path) == []

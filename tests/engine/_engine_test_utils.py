@@ -1,0 +1,46 @@
+"""Tiny models and loaders for engine tests: no det3d.modeling or det3d.data needed."""
+import itertools
+
+import torch
+from torch import nn
+
+
+class LinearLossModel(nn.Module):
+    """Takes ``list[dict]`` with ``"x"`` (4,) and ``"y"`` (1,); returns two losses in training."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.linear = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(1, 4, generator=g))
+            self.linear.bias.zero_()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, batch):
+        x = torch.stack([d["x"] for d in batch])
+        y = torch.stack([d["y"] for d in batch])
+        pred = self.linear(self.norm(x))
+        if self.training:
+            return {"loss_mse": ((pred - y) ** 2).mean(), "loss_l1": 0.1 * (pred - y).abs().mean()}
+        return [{"pred": p} for p in pred]
+
+
+def make_dataset(n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    data = []
+    for _ in range(n):
+        x = torch.randn(4, generator=g)
+        data.append({"x": x, "y": (x @ w).reshape(1)})
+    return data
+
+
+class ListLoader:
+    """An endless loader over fixed batches, restarting from the first batch at each iter()."""
+
+    def __init__(self, data, batch_size: int = 4):
+        self.batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
+
+    def __iter__(self):
+        return itertools.cycle(self.batches)
