@@ -1,0 +1,174 @@
+import json
+import os
+
+import pytest
+import torch
+
+from det3d.config import get_cfg
+from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
+from det3d.engine.defaults import verify_results
+
+from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
+
+
+class DummyTrainer(DefaultTrainer):
+    """DefaultTrainer with a dummy model and loader: exercises the engine without modeling/data."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        torch.manual_seed(0)
+        return LinearLossModel()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return ListLoader(make_dataset(), batch_size=4)
+
+
+def _cfg(tmp_path, **solver):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.SOLVER.BASE_LR = 0.02
+    cfg.SOLVER.MAX_ITER = 10
+    cfg.SOLVER.STEPS = (5,)
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg.SOLVER.LOG_PERIOD = 5
+    cfg.DATASETS.TEST = ()
+    for k, v in solver.items():
+        setattr(cfg.SOLVER, k, v)
+    return cfg
+
+
+def test_argument_parser_detectron2_style():
+    args = default_argument_parser().parse_args(
+        "--config-file a.yaml --num-gpus 2 --num-machines 2 --machine-rank 1 --resume "
+        "--dist-url tcp://10.0.0.1:1234 SOLVER.BASE_LR 0.1 MODEL.WEIGHTS w.pth".split()
+    )
+    assert args.config_file == "a.yaml" and args.num_gpus == 2 and args.num_machines == 2
+    assert args.machine_rank == 1 and args.resume and not args.eval_only
+    assert args.dist_url == "tcp://10.0.0.1:1234"
+    assert args.opts == ["SOLVER.BASE_LR", "0.1", "MODEL.WEIGHTS", "w.pth"]
+    defaults = default_argument_parser().parse_args(["--eval-only"])
+    assert defaults.eval_only and defaults.dist_url == "auto" and defaults.num_gpus == 1
+    assert defaults.opts == []
+
+
+def test_default_setup_writes_config_log_and_seeds(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.SEED = 7
+    args = default_argument_parser().parse_args([])
+    default_setup(cfg, args)
+    assert (tmp_path / "config.yaml").is_file()
+    reread = get_cfg()
+    reread.merge_from_file(str(tmp_path / "config.yaml"))
+    assert reread.SOLVER.MAX_ITER == 10
+    a = torch.rand(3)
+    default_setup(cfg, args)
+    assert torch.equal(a, torch.rand(3))  # same seed, same numbers
+    log = (tmp_path / "log.txt").read_text()
+    assert "Environment info" in log and "Random seed of this process: 7" in log
+
+
+def test_default_setup_random_seed_is_logged(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.SEED = -1
+    default_setup(cfg, default_argument_parser().parse_args([]))
+    assert "Using a generated random seed" in (tmp_path / "log.txt").read_text()
+
+
+def test_default_trainer_trains_checkpoints_and_writes_metrics(tmp_path):
+    trainer = DummyTrainer(_cfg(tmp_path))
+    trainer.resume_or_load(resume=False)
+    assert trainer.start_iter == 0
+    trainer.train()
+    names = set(os.listdir(tmp_path))
+    assert {"model_0000003.pth", "model_0000007.pth", "model_final.pth", "metrics.json"} <= names
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert lines[-1]["iteration"] == 9 and "lr" in lines[-1] and "time" in lines[-1]
+    types = [type(h).__name__ for h in trainer._hooks]
+    assert types == ["IterationTimer", "LRScheduler", "PeriodicCheckpointer", "EvalHook", "PeriodicWriter"]
+
+
+def test_resume_continues_from_saved_iteration_with_same_state(tmp_path):
+    # Reference: 10 uninterrupted iterations.
+    ref = DummyTrainer(_cfg(tmp_path / "ref"))
+    ref.resume_or_load(resume=False)
+    ref.train()
+
+    # Interrupted: fails in iteration 6, after the checkpoint of iteration 3.
+    cfg = _cfg(tmp_path / "run")
+    first = DummyTrainer(cfg)
+    first.resume_or_load(resume=False)
+
+    def crash(trainer):
+        if trainer.iter == 6:
+            raise RuntimeError("killed")
+
+    first.register_hooks([hooks.CallbackHook(after_step=crash)])
+    with pytest.raises(RuntimeError, match="killed"):
+        first.train()
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == "model_0000003.pth"
+
+    second = DummyTrainer(cfg)
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 4
+    saved = torch.load(tmp_path / "run" / "model_0000003.pth", weights_only=True)
+    opt_state = second.optimizer.state_dict()
+    assert opt_state["param_groups"] == saved["trainer"]["_trainer"]["optimizer"]["param_groups"]
+    for k, v in saved["trainer"]["_trainer"]["optimizer"]["state"].items():
+        assert torch.equal(opt_state["state"][k]["momentum_buffer"], v["momentum_buffer"])
+    assert second.scheduler.last_epoch == 4
+    second.train()
+
+    for (name, a), (_, b) in zip(ref.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-7), name
+    lr_ref = [v for v, it in ref.storage.history("lr").values() if it >= 4]
+    lr_res = [v for v, _ in second.storage.history("lr").values()]
+    assert lr_res == pytest.approx(lr_ref)
+
+
+def test_resume_without_checkpoint_starts_at_zero(tmp_path):
+    trainer = DummyTrainer(_cfg(tmp_path))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 0
+
+
+def test_best_checkpointer_registered_from_cfg(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.SOLVER.BEST_CHECKPOINT_METRIC = "val/score"
+    cfg.TEST.EVAL_PERIOD = 5
+    scores = iter([0.2, 0.9])
+
+    class T(DummyTrainer):
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            return {"val": {"score": next(scores)}}
+
+    trainer = T(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert results == {"val": {"score": 0.9}}
+    assert torch.load(tmp_path / "model_best.pth", weights_only=True)["iteration"] == 10
+
+
+def test_auto_scale_workers():
+    cfg = get_cfg()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.MAX_ITER = 1000
+    cfg.SOLVER.STEPS = (600, 800)
+    cfg.freeze()
+    scaled = DefaultTrainer.auto_scale_workers(cfg, 4)
+    assert scaled.SOLVER.IMS_PER_BATCH == 8 and scaled.SOLVER.BASE_LR == pytest.approx(0.02)
+    assert scaled.SOLVER.MAX_ITER == 500 and scaled.SOLVER.STEPS == (300, 400)
+    assert scaled.is_frozen() and cfg.SOLVER.MAX_ITER == 1000
+    assert DefaultTrainer.auto_scale_workers(cfg, 2) is cfg
+
+
+def test_verify_results():
+    cfg = get_cfg()
+    cfg.TEST.EXPECTED_RESULTS = [["segm", "AP", 50.0, 1.0]]
+    assert verify_results(cfg, {"segm": {"AP": 50.5}})
+    with pytest.raises(AssertionError, match="segm/AP"):
+        verify_results(cfg, {"segm": {"AP": 40.0}})
