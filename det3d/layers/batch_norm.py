@@ -10,8 +10,9 @@ __all__ = ["FrozenBatchNorm", "get_norm"]
 class FrozenBatchNorm(nn.Module):
     """
     BatchNorm whose statistics and affine parameters are fixed buffers (Detectron2's
-    ``FrozenBatchNorm2d`` for any number of spatial dims): ``y = (x - mean) / sqrt(var + eps) * w + b``
-    computed as one per-channel scale and shift, broadcast over every dim after the channel dim.
+    ``FrozenBatchNorm2d`` for any number of spatial dims):
+    ``y = (x - mean) / sqrt(var + eps) * w + b``, computed as one per-channel scale and shift
+    broadcast over every dim after the channel dim.
     Input: ``(N, C, *spatial)`` (or ``(N, C)``).
     """
 
@@ -53,10 +54,10 @@ class FrozenBatchNorm(nn.Module):
     @classmethod
     def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
         """
-        Returns ``module`` with every ``BatchNorm{1,2,3}d`` / ``SyncBatchNorm`` replaced, recursively,
-        by a ``FrozenBatchNorm`` holding the same statistics and affine parameters. If ``module``
-        itself is a batch norm, a new module is returned; otherwise ``module`` is changed in place
-        and returned.
+        Returns ``module`` with every ``BatchNorm{1,2,3}d`` / ``SyncBatchNorm`` replaced,
+        recursively, by a ``FrozenBatchNorm`` holding the same statistics and affine parameters.
+        If ``module`` itself is a batch norm, a new module is returned; otherwise ``module`` is
+        changed in place and returned.
         """
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             frozen = cls(module.num_features, module.eps)

@@ -247,7 +247,8 @@ class Boxes:
         """
         if len(box_size) != self.ndim:
             raise ValueError(
-                f"Boxes.clip: box_size={tuple(box_size)} must have {self.ndim} entries (array order)"
+                f"Boxes.clip: box_size={tuple(box_size)} must have {self.ndim} entries "
+                f"(array order)"
             )
         if not torch.isfinite(self.tensor).all():
             raise ValueError("Boxes.clip: box tensor contains NaN or Inf")
@@ -296,7 +297,9 @@ class Boxes:
         if len(factors) == 1:
             factors = factors * d
         if len(factors) != d:
-            raise ValueError(f"Boxes.scale: expected 1 or {d} factors (sx, sy[, sz]), got {factors}")
+            raise ValueError(
+                f"Boxes.scale: expected 1 or {d} factors (sx, sy[, sz]), got {factors}"
+            )
         for k, f in enumerate(factors):
             self.tensor[:, k] *= f
             self.tensor[:, d + k] *= f

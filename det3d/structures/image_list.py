@@ -23,7 +23,9 @@ class ImageList:
 
     def __init__(self, tensor: torch.Tensor, image_sizes: List[Tuple[int, ...]]):
         if tensor.dim() < 3:
-            raise ValueError(f"ImageList: tensor must be (N, C, *spatial), got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"ImageList: tensor must be (N, C, *spatial), got {tuple(tensor.shape)}"
+            )
         if len(image_sizes) != tensor.shape[0]:
             raise ValueError(
                 f"ImageList: {len(image_sizes)} image_sizes for a batch of {tensor.shape[0]}"
@@ -81,7 +83,8 @@ class ImageList:
         first = tensors[0]
         if first.dim() < 2:
             raise ValueError(
-                f"ImageList.from_tensors: tensors[0] must be (C, *spatial), got {tuple(first.shape)}"
+                f"ImageList.from_tensors: tensors[0] must be (C, *spatial), "
+                f"got {tuple(first.shape)}"
             )
         for i, t in enumerate(tensors):
             if t.dim() != first.dim():

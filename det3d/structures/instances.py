@@ -138,7 +138,9 @@ class Instances:
         names = set(instance_lists[0]._fields)
         for i in instance_lists[1:]:
             if i.image_size != image_size:
-                raise ValueError(f"Instances.cat: image sizes {image_size} and {i.image_size} differ")
+                raise ValueError(
+                    f"Instances.cat: image sizes {image_size} and {i.image_size} differ"
+                )
             if set(i._fields) != names:
                 raise ValueError(
                     f"Instances.cat: fields {sorted(names)} and {sorted(i._fields)} differ"

@@ -200,7 +200,9 @@ class BitMasks:
         if isinstance(labels, np.ndarray):
             labels = torch.from_numpy(np.ascontiguousarray(labels))
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-            raise ValueError(f"from_label_volume: labels must be an integer array, got {labels.dtype}")
+            raise ValueError(
+                f"from_label_volume: labels must be an integer array, got {labels.dtype}"
+            )
         if labels.dim() not in (2, 3):
             raise ValueError(
                 f"from_label_volume: labels must be (H, W) or (D, H, W), got {tuple(labels.shape)}"
@@ -350,8 +352,8 @@ def label_volume_to_rles(
     """
     RLE of every instance of a label volume, in one pass: the volume is read in RLE order once,
     its runs of equal value are found, and each id's runs become its RLE. Cost: O(volume) time
-    and one copy of the volume (in its dtype) in memory, plus O(number of runs); no per-id full-volume
-    boolean is built.
+    and one copy of the volume (in its dtype) in memory, plus O(number of runs); no per-id
+    full-volume boolean is built.
 
     Args:
         labels: int array of spatial shape; 0 = background.

@@ -37,7 +37,9 @@ def as_tuple(x: Union[T, Sequence[T]], ndim: int, name: str = "value") -> Tuple[
         x = x.tolist()  # numpy / torch scalars and 1-D arrays
     if isinstance(x, (list, tuple)):
         if len(x) != ndim:
-            raise ValueError(f"{name}={list(x)!r} has length {len(x)}, expected {ndim} (one per axis)")
+            raise ValueError(
+                f"{name}={list(x)!r} has length {len(x)}, expected {ndim} (one per axis)"
+            )
         return tuple(x)
     return (x,) * ndim
 

@@ -33,7 +33,8 @@ def test_from_tensors_int_divisibility_2d():
 
 def test_padding_constraints_override():
     a = torch.ones(1, 3, 5, 7)
-    il = ImageList.from_tensors([a], size_divisibility=0, padding_constraints={"size_divisibility": 2})
+    constraints = {"size_divisibility": 2}
+    il = ImageList.from_tensors([a], size_divisibility=0, padding_constraints=constraints)
     assert il.tensor.shape == (1, 1, 4, 6, 8)
     il = ImageList.from_tensors([a], padding_constraints={"square_size": 9})
     assert il.tensor.shape == (1, 1, 9, 9, 9)
