@@ -75,14 +75,15 @@ def get_detection_dataset_dicts(
                 f"z-slices (seg_slices); they are for evaluation only"
             )
         kept = [r for r in records if not is_sparse_record(r)]
-        empty = [r["file_name"] for r in kept if not record_has_instances(r)]
+        has = [record_has_instances(r) for r in kept]
+        # name the label files: they are what is empty
+        empty = [r.get("instance_label_file") or r["file_name"] for r, h in zip(kept, has) if not h]
         if empty:
             logger.info(
                 f"Removed {len(empty)} of {len(kept)} volumes of {list(names)} without instances, "
                 f"e.g. {empty[:3]}"
             )
-        empty_set = set(empty)
-        kept = [r for r in kept if r["file_name"] not in empty_set]
+        kept = [r for r, h in zip(kept, has) if h]
         if not kept:
             raise ValueError(
                 f"No volume of {list(names)} has any instance to train on (empty label volumes: "
