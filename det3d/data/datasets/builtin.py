@@ -4,8 +4,9 @@ Builtin datasets, registered when ``det3d.data`` is imported.
 Synthetic splits (:mod:`det3d.data.synthetic`, 3 classes: ellipsoid, cuboid, blob; anisotropic
 spacing ``(1.0, 0.5, 0.5)`` µm) are generated on the first ``DatasetCatalog.get`` into
 ``<root>/<split>/{images,labels,classes}`` with ``<root>`` = :func:`set_synthetic_root`'s
-argument (the engine passes ``cfg.SYNTHETIC.ROOT``), else ``$DET3D_DATASETS/synthetic``, else
-``datasets/synthetic``. A split is (re)generated when its ``meta.json`` is missing or records
+argument (the engine passes ``cfg.SYNTHETIC.ROOT``) when it is not the default
+``datasets/synthetic``, else ``$DET3D_DATASETS/synthetic`` when that variable is set, else
+``datasets/synthetic`` (relative to the working directory). A split is (re)generated when its ``meta.json`` is missing or records
 other generator parameters/version; generation writes into a temporary folder renamed into place,
 so concurrent processes never see half-written splits.
 """
@@ -45,11 +46,15 @@ def set_synthetic_root(root: Optional[str]) -> None:
     _ROOT = root
 
 
+_DEFAULT_ROOT = os.path.join("datasets", "synthetic")  # = the default of cfg.SYNTHETIC.ROOT
+
+
 def get_synthetic_root() -> str:
-    if _ROOT:
+    """A root set to something other than the default wins; then ``$DET3D_DATASETS/synthetic``."""
+    if _ROOT and os.path.normpath(_ROOT) != _DEFAULT_ROOT:
         return _ROOT
     env = os.environ.get("DET3D_DATASETS")
-    return os.path.join(env, "synthetic") if env else os.path.join("datasets", "synthetic")
+    return os.path.join(env, "synthetic") if env else _DEFAULT_ROOT
 
 
 def _jsonable(params: dict) -> dict:
