@@ -47,9 +47,7 @@ def make_pair(shape, n_objects, seed=0):
     gt = np.zeros(shape, np.int32)
     pred = np.zeros(shape, np.int32)
     centers = np.stack([rng.integers(0, s, n_objects) for s in shape], 1)
-    radii = np.stack(
-        [rng.uniform(4, 8, n_objects), rng.uniform(8, 15, n_objects), rng.uniform(8, 15, n_objects)], 1
-    )
+    radii = np.stack([rng.uniform(lo, hi, n_objects) for lo, hi in ((4, 8), (8, 15), (8, 15))], 1)
     pred_ids = rng.permutation(np.arange(1, 3 * n_objects + 1))  # shuffled, non-consecutive
     next_id = iter(pred_ids)
     for k in range(n_objects):
@@ -108,12 +106,16 @@ def main():
         total += best
         print(f"{name:<34s}{best:>10.2f}")
     print(f"{'total':<34s}{total:>10.2f}")
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (incl. generation)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak RSS {peak:.2f} GiB (including generation)")
     print(f"SEG = {seg:.4f}")
     print("thr   precision recall  f1      PQ")
     for t in (0.5, 0.7, 0.9):
         r = m[t]
-        print(f"{t:<5g} {r['precision']:.4f}    {r['recall']:.4f}  {r['f1']:.4f}  {r['panoptic_quality']:.4f}")
+        print(
+            f"{t:<5g} {r['precision']:.4f}    {r['recall']:.4f}  {r['f1']:.4f}  "
+            f"{r['panoptic_quality']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def instances_to_coco3d_json(
 def _save_atomic(obj, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -175,7 +177,10 @@ class COCO3DEvaluator(DatasetEvaluator):
                 inst = out["instances"].to("cpu")
                 pred["image_size"] = tuple(int(s) for s in inst.image_size)
                 pred["instances"] = instances_to_coco3d_json(
-                    inst, inp["image_id"], out.get("instance_labels"), with_masks="segm" in self._tasks
+                    inst,
+                    inp["image_id"],
+                    out.get("instance_labels"),
+                    with_masks="segm" in self._tasks,
                 )
             self._predictions.append(pred)
 
@@ -208,7 +213,11 @@ class COCO3DEvaluator(DatasetEvaluator):
 
         if self._records is None:
             self._records = records_by_id(self._dataset_name)
-        partial = [p["image_id"] for p in predictions if annotated_slices(self._records.get(p["image_id"], {}))]
+        partial = [
+            p["image_id"]
+            for p in predictions
+            if annotated_slices(self._records.get(p["image_id"], {}))
+        ]
         if partial:
             # AP needs every object of a volume annotated; slice-annotated volumes cannot give it.
             logger.warning(
@@ -253,7 +262,9 @@ class COCO3DEvaluator(DatasetEvaluator):
         for task in self._tasks:
             if not dts:
                 logger.warning("COCO3DEvaluator: no detections; %s metrics are NaN", task)
-            coco_eval = COCOeval3D(gts, dts, img_ids, cat_ids, task, ndim, area_ranges, self._max_dets)
+            coco_eval = COCOeval3D(
+                gts, dts, img_ids, cat_ids, task, ndim, area_ranges, self._max_dets
+            )
             coco_eval.evaluate()
             coco_eval.accumulate()
             stats = coco_eval.summarize()
@@ -271,7 +282,9 @@ class COCO3DEvaluator(DatasetEvaluator):
             from det3d.data.io import write_json_atomic
 
             write_json_atomic(os.path.join(self._output_dir, "coco3d_instances_results.json"), dts)
-            write_json_atomic(os.path.join(self._output_dir, "coco3d_results.json"), _nan_to_none(dump))
+            write_json_atomic(
+                os.path.join(self._output_dir, "coco3d_results.json"), _nan_to_none(dump)
+            )
         return results
 
 

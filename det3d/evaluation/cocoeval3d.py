@@ -27,7 +27,9 @@ from .rle import rle_to_2d
 
 __all__ = ["COCOeval3D", "default_area_ranges", "box_iou_coco", "STAT_NAMES"]
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "ARmax", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "ARmax", "ARs", "ARm", "ARl"
+)
 
 
 def default_area_ranges(ndim: int) -> tuple:
@@ -114,7 +116,8 @@ class COCOeval3D(COCOeval):
         p.imgIds = list(img_ids)
         p.catIds = list(cat_ids)
         p.maxDets = [int(m) for m in max_dets]
-        p.areaRng = [[bounds[0], bounds[3]], [bounds[0], bounds[1]], [bounds[1], bounds[2]], [bounds[2], bounds[3]]]
+        b = bounds
+        p.areaRng = [[b[0], b[3]], [b[0], b[1]], [b[1], b[2]], [b[2], b[3]]]
         p.areaRngLbl = ["all", "small", "medium", "large"]
         width = 2 * self.ndim
         self._gt_list = [dict(g, id=i + 1) for i, g in enumerate(gts)]
@@ -122,17 +125,27 @@ class COCOeval3D(COCOeval):
         for i, d in enumerate(dts):
             d = dict(d, id=i + 1)
             if len(d["bbox"]) != width:
-                raise ValueError(f"Detection {i} (image {d['image_id']!r}) has a box of {len(d['bbox'])} values; expected {width}")
+                raise ValueError(
+                    f"Detection {i} (image {d['image_id']!r}) has a box of {len(d['bbox'])} "
+                    f"values; expected {width}"
+                )
             if iou_type == "bbox":
                 d["area"] = float(np.prod(d["bbox"][self.ndim :]))
             elif d.get("segmentation") is None:
-                raise KeyError(f"Detection {i} (image {d['image_id']!r}) has no segmentation for segm")
+                raise KeyError(
+                    f"Detection {i} (image {d['image_id']!r}) has no segmentation for segm"
+                )
             self._dt_list.append(d)
         for i, g in enumerate(self._gt_list):
             if len(g["bbox"]) != width:
-                raise ValueError(f"Ground truth {i} (image {g['image_id']!r}) has a box of {len(g['bbox'])} values; expected {width}")
+                raise ValueError(
+                    f"Ground truth {i} (image {g['image_id']!r}) has a box of "
+                    f"{len(g['bbox'])} values; expected {width}"
+                )
             if iou_type == "segm" and g.get("segmentation") is None:
-                raise KeyError(f"Ground truth {i} (image {g['image_id']!r}) has no segmentation for segm")
+                raise KeyError(
+                    f"Ground truth {i} (image {g['image_id']!r}) has no segmentation for segm"
+                )
 
     # pycocotools prints progress; keep the logs clean.
     def evaluate(self):
@@ -183,13 +196,14 @@ class COCOeval3D(COCOeval):
         return np.asarray(mask_util.iou(d, g, iscrowd), dtype=np.float64).reshape(len(dt), len(gt))
 
     def evaluateImg(self, imgId, catId, aRng, maxDet):
-        """COCO's per-image greedy matching (see pycocotools), visiting only pairs that can match."""
+        """COCO's per-image greedy matching (as pycocotools), visiting only pairs that can match."""
         p = self.params
         gt, dt = self._sorted(imgId, catId)
         if len(gt) == 0 and len(dt) == 0:
             return None
         g_ignore = np.array(
-            [int(bool(g["ignore"]) or g["area"] < aRng[0] or g["area"] > aRng[1]) for g in gt], dtype=np.int64
+            [int(bool(g["ignore"]) or g["area"] < aRng[0] or g["area"] > aRng[1]) for g in gt],
+            dtype=np.int64,
         )
         gtind = np.argsort(g_ignore, kind="mergesort")
         gt = [gt[i] for i in gtind]

@@ -31,15 +31,19 @@ def records_by_id(dataset_name: str) -> Dict[object, dict]:
     out: Dict[object, dict] = {}
     for record in DatasetCatalog.get(dataset_name):
         if "image_id" not in record:
-            raise KeyError(f"Dataset {dataset_name!r}: a record has no 'image_id': {sorted(record)}")
+            raise KeyError(
+                f"Dataset {dataset_name!r}: a record has no 'image_id': {sorted(record)}"
+            )
         if record["image_id"] in out:
-            raise ValueError(f"Dataset {dataset_name!r}: image_id {record['image_id']!r} is repeated")
+            raise ValueError(
+                f"Dataset {dataset_name!r}: image_id {record['image_id']!r} is repeated"
+            )
         out[record["image_id"]] = record
     return out
 
 
 def record_shape(record: dict) -> Tuple[int, ...]:
-    """Spatial shape of a record: ``(depth, height, width)``, or ``(height, width)`` without depth."""
+    """Spatial shape of a record: ``(depth, height, width)``, or ``(height, width)`` if no depth."""
     if "depth" in record:
         return (int(record["depth"]), int(record["height"]), int(record["width"]))
     return (int(record["height"]), int(record["width"]))
@@ -53,7 +57,9 @@ def fit_shape(labels: np.ndarray, shape: Sequence[int], what: str) -> np.ndarray
         return labels
     if [s for s in labels.shape if s != 1] == [s for s in shape if s != 1]:
         return labels.reshape(shape)
-    raise ValueError(f"{what}: ground truth has shape {labels.shape} but the prediction has {shape}")
+    raise ValueError(
+        f"{what}: ground truth has shape {labels.shape} but the prediction has {shape}"
+    )
 
 
 def _read_labels(record: dict) -> np.ndarray:
@@ -91,7 +97,8 @@ def gt_label_volume(record: dict) -> np.ndarray:
                 f"Record {record.get('file_name')!r}: an annotation has no 'segmentation'; "
                 f"instance matching and SEG need masks"
             )
-    return paint_rles([a["segmentation"] for a in anns], record_shape(record), range(1, len(anns) + 1))
+    rles = [a["segmentation"] for a in anns]
+    return paint_rles(rles, record_shape(record), range(1, len(anns) + 1))
 
 
 def annotated_slices(record: dict) -> Optional[List[int]]:
@@ -108,7 +115,9 @@ def _corner_size(box, mode, ndim: int) -> List[float]:
     return [float(v) for v in BoxMode.convert(list(box), BoxMode(mode), target)]
 
 
-def gt_coco_annotations(record: dict, shape: Optional[Sequence[int]] = None) -> Tuple[List[dict], Tuple[int, ...]]:
+def gt_coco_annotations(
+    record: dict, shape: Optional[Sequence[int]] = None
+) -> Tuple[List[dict], Tuple[int, ...]]:
     """
     COCO-style ground truth of a record: dicts with ``category_id``, ``bbox`` (corner + size,
     ``[x, y, (z,) w, h, (d)]``), ``area`` (mask voxels, or box volume without a mask),
@@ -158,7 +167,9 @@ def gt_coco_annotations(record: dict, shape: Optional[Sequence[int]] = None) -> 
     return out, shape
 
 
-def labels_to_coco_annotations(labels: np.ndarray, instance_classes: Optional[dict] = None) -> List[dict]:
+def labels_to_coco_annotations(
+    labels: np.ndarray, instance_classes: Optional[dict] = None
+) -> List[dict]:
     """Annotations (see :func:`gt_coco_annotations`) of every object of a label volume."""
     classes = {int(k): int(v) for k, v in (instance_classes or {}).items()}
     sizes = np.bincount(labels.reshape(-1)) if labels.size else np.zeros(1, np.int64)

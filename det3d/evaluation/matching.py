@@ -6,11 +6,11 @@ Definition, for one threshold ``t`` in (0, 1]:
 * A gt object and a predicted object may be matched when ``IoU >= t`` (greater or equal, as in
   StarDist's ``matching``); every object is matched at most once.
 * Among all one-to-one matchings, the one with the **most** matches is taken, and among those the
-  one with the **largest total IoU** (Hungarian assignment, ``scipy.optimize.linear_sum_assignment``,
-  with cost ``-(1 + IoU / (2n))`` on admissible pairs). The number of matches equals StarDist's;
-  StarDist breaks ties by the IoU of *all* assigned pairs, including those below ``t``, so its
-  matched-IoU sum can differ from this one in rare tied cases when ``t <= 0.5``. For ``t > 0.5``
-  the matching is unique.
+  one with the **largest total IoU** (Hungarian assignment,
+  ``scipy.optimize.linear_sum_assignment``, with cost ``-(1 + IoU / (2n))`` on admissible pairs).
+  The number of matches equals StarDist's; StarDist breaks ties by the IoU of *all* assigned
+  pairs, including those below ``t``, so its matched-IoU sum can differ from this one in rare
+  tied cases when ``t <= 0.5``. For ``t > 0.5`` the matching is unique.
 * TP = matches, FP = ``n_pred - TP``, FN = ``n_true - TP``;
   precision = TP / (TP + FP), recall = TP / (TP + FN), f1 = 2TP / (2TP + FP + FN),
   accuracy = TP / (TP + FP + FN), mean_matched_iou = sum of matched IoU / TP,
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _COUNT_KEYS = ("n_true", "n_pred", "tp", "fp", "fn", "sum_matched_iou")
+_METRIC_KEYS = ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "panoptic_quality")
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> List[float]:
@@ -91,7 +92,9 @@ def _best_matching(gi: np.ndarray, pj: np.ndarray, iou: np.ndarray, n_g: int, n_
     return np.concatenate(matched)
 
 
-def matching_counts(ov: LabelOverlap, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[float, dict]:
+def matching_counts(
+    ov: LabelOverlap, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> Dict[float, dict]:
     """
     TP/FP/FN and the matched-IoU sum per threshold, from a :func:`label_overlap` result.
     These add up across volumes; turn them into metrics with :func:`metrics_from_counts`.
@@ -163,8 +166,9 @@ def _to_numpy(x) -> np.ndarray:
 class InstanceMatchingEvaluator(DatasetEvaluator):
     """
     Instance matching over a dataset: TP, FP, FN and matched IoU are summed over volumes, then
-    turned into metrics. A CTC record annotated on some z-slices only is matched slice by slice. Predictions come from ``outputs[i]["instance_labels"]``; ground truth from
-    the dataset's records (``instance_label_file`` or painted ``annotations``).
+    turned into metrics. Predictions come from ``outputs[i]["instance_labels"]``; ground truth
+    from the dataset's records (``instance_label_file`` or painted ``annotations``). A CTC record
+    annotated on some z-slices only is matched slice by slice, each slice a 2D image.
 
     Results: ``{"matching": {"precision@0.5": ..., "recall@0.5", "f1@0.5", "accuracy@0.5",
     "mean_matched_iou@0.5", "panoptic_quality@0.5", ...}}`` for every threshold (0-1 scale).
@@ -198,7 +202,9 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
         try:
             return self._records[image_id]
         except KeyError:
-            raise KeyError(f"image_id {image_id!r} is not in dataset {self._dataset_name!r}") from None
+            raise KeyError(
+                f"image_id {image_id!r} is not in dataset {self._dataset_name!r}"
+            ) from None
 
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
         for inp, out in zip(inputs, outputs):
@@ -210,7 +216,10 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                 counts = matching_counts(label_overlap(gt, pred), self._thresholds)
             else:  # partial CTC ground truth: each annotated slice is a 2D image of its own
                 counts = _add_counts(
-                    [matching_counts(label_overlap(gt[z], pred[z]), self._thresholds) for z in slices]
+                    [
+                        matching_counts(label_overlap(gt[z], pred[z]), self._thresholds)
+                        for z in slices
+                    ]
                 )
             self._per_volume.append(
                 {"image_id": inp["image_id"], "file_name": inp.get("file_name"), "counts": counts}
@@ -229,7 +238,7 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
         metrics = {t: metrics_from_counts(c) for t, c in total.items()}
         result = {}
         for t in self._thresholds:
-            for k in ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "panoptic_quality"):
+            for k in _METRIC_KEYS:
                 result[f"{k}@{t:g}"] = metrics[t][k]
         if self._output_dir:
             from det3d.data.io import write_json_atomic

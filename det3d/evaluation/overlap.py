@@ -24,7 +24,7 @@ class LabelOverlap(NamedTuple):
     Overlap of two label volumes. Index ``i`` of the gt side is object ``gt_ids[i]``.
 
     Attributes:
-        gt_ids (ndarray): (G,) int64 ids present in the ground truth, increasing, background excluded.
+        gt_ids (ndarray): (G,) int64 ids present in the ground truth, increasing, without 0.
         pred_ids (ndarray): (P,) int64 ids present in the prediction.
         overlap (scipy.sparse.csr_matrix): (G, P) int64, voxels shared by each pair; only pairs
             that touch are stored.

@@ -130,7 +130,10 @@ def box_mask_to_rle(local: np.ndarray, offset: Sequence[int], shape: Sequence[in
     r, _ = _view_shape(shape)
     coords = np.nonzero(local)
     coords = [c.astype(np.int64) + int(o) for c, o in zip(coords, offset)]
-    row = np.zeros_like(coords[-1]) if len(shape) == 1 else np.ravel_multi_index(coords[:-1], shape[:-1])
+    if len(shape) == 1:
+        row = np.zeros_like(coords[-1])
+    else:
+        row = np.ravel_multi_index(coords[:-1], shape[:-1])
     pos = np.sort(row + r * coords[-1])
     if pos.size == 0:
         return runs_to_rle(pos, pos, shape)
@@ -179,7 +182,9 @@ def paint_rles(rles: Sequence[dict], shape: Sequence[int], values: Sequence[int]
     flat = np.zeros(r * w, dtype=np.int32)  # in RLE order
     for rle, value in zip(rles, values):
         if [int(s) for s in rle["size"]] != [int(s) for s in shape]:
-            raise ValueError(f"RLE of size {rle['size']} does not fit a volume of shape {tuple(shape)}")
+            raise ValueError(
+                f"RLE of size {rle['size']} does not fit a volume of shape {tuple(shape)}"
+            )
         counts = rle_counts(rle)
         bounds = np.cumsum(counts)
         starts, ends = bounds[0::2][: counts[1::2].size], bounds[1::2]

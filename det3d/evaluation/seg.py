@@ -2,8 +2,8 @@
 The Cell Tracking Challenge SEG measure.
 
 For every reference (gt) object ``R``, the predicted object ``S`` matches it when
-``|R ∩ S| > 0.5 · |R|`` (strictly greater, so at most one ``S`` can match, and an overlap of exactly
-half does not). Its Jaccard index is ``J = |R ∩ S| / |R ∪ S|`` when matched and 0 otherwise.
+``|R ∩ S| > 0.5 · |R|`` (strictly greater, so at most one ``S`` can match, and an overlap of
+exactly half does not). Its Jaccard index is ``J = |R ∩ S| / |R ∪ S|`` when matched, 0 otherwise.
 SEG is the mean of ``J`` over all reference objects (over a dataset: over all reference objects of
 all volumes, pooled). With no reference object SEG is undefined: :func:`seg_score` returns NaN
 and warns.
@@ -93,7 +93,9 @@ def seg_score(gt_labels, pred_labels, slices: Optional[Sequence[int]] = None) ->
     """
     jac = seg_jaccard(gt_labels, pred_labels, slices).jaccard
     if jac.size == 0:
-        warnings.warn("seg_score: the ground truth has no objects; SEG is undefined (NaN)", RuntimeWarning)
+        warnings.warn(
+            "seg_score: the ground truth has no objects; SEG is undefined (NaN)", RuntimeWarning
+        )
         return float("nan")
     return float(jac.mean())
 
@@ -109,7 +111,9 @@ class SEGEvaluator(DatasetEvaluator):
     Writes ``seg_results.json`` (with per-volume SEG and object counts) to ``output_dir``.
     """
 
-    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, distributed: bool = True):
+    def __init__(
+        self, dataset_name: str, output_dir: Optional[str] = None, distributed: bool = True
+    ):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
@@ -124,7 +128,9 @@ class SEGEvaluator(DatasetEvaluator):
             self._records = records_by_id(self._dataset_name)
         for inp, out in zip(inputs, outputs):
             if inp["image_id"] not in self._records:
-                raise KeyError(f"image_id {inp['image_id']!r} is not in dataset {self._dataset_name!r}")
+                raise KeyError(
+                    f"image_id {inp['image_id']!r} is not in dataset {self._dataset_name!r}"
+                )
             record = self._records[inp["image_id"]]
             pred = _pred_labels(out, inp)
             gt = fit_shape(gt_label_volume(record), pred.shape, str(record.get("file_name")))
@@ -148,7 +154,9 @@ class SEGEvaluator(DatasetEvaluator):
                 return None
         n = sum(v["n_objects"] for v in per_volume)
         if n == 0:
-            logger.warning("SEGEvaluator: no reference objects in %s; SEG is NaN", self._dataset_name)
+            logger.warning(
+                "SEGEvaluator: no reference objects in %s; SEG is NaN", self._dataset_name
+            )
         seg = sum(v["sum_jaccard"] for v in per_volume) / n if n else float("nan")
         if self._output_dir:
             from det3d.data.io import write_json_atomic

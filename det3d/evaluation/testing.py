@@ -1,4 +1,4 @@
-"""Printing evaluation results and checking them against expected values (``TEST.EXPECTED_RESULTS``)."""
+"""Printing evaluation results and checking them against ``TEST.EXPECTED_RESULTS``."""
 import logging
 import math
 import sys
@@ -21,7 +21,9 @@ def print_csv_format(results: Dict[str, Dict[str, float]]) -> None:
     Per-class entries (``AP-<class>``) are left out, as in Detectron2.
     """
     if not isinstance(results, Mapping):
-        raise TypeError(f"print_csv_format expects a dict of task -> metrics, got {type(results).__name__}")
+        raise TypeError(
+            f"print_csv_format expects a dict of task -> metrics, got {type(results).__name__}"
+        )
     for task, res in results.items():
         if isinstance(res, Mapping):
             items = [(k, v) for k, v in res.items() if "-" not in k]
@@ -50,7 +52,12 @@ def verify_results(cfg, results: Dict[str, Dict[str, float]]) -> bool:
         if actual is None or not math.isfinite(actual) or abs(actual - expected) > tolerance:
             ok = False
             logger.error(
-                "Result verification failed: %s/%s = %s, expected %s +- %s", task, metric, actual, expected, tolerance
+                "Result verification failed: %s/%s = %s, expected %s +- %s",
+                task,
+                metric,
+                actual,
+                expected,
+                tolerance,
             )
     if not ok:
         logger.error("Results were:\n%s", results)
