@@ -319,6 +319,8 @@ class EvalHook(HookBase):
         if results:
             if not isinstance(results, dict):
                 raise TypeError(f"Eval function must return a dict, got {type(results).__name__}")
+            from det3d.evaluation.testing import flatten_results_dict
+
             flattened = flatten_results_dict(results)
             for k, v in flattened.items():
                 try:
@@ -346,14 +348,3 @@ class EvalHook(HookBase):
         # The function may hold the model and data: let them go.
         del self._func
 
-
-def flatten_results_dict(results: Dict) -> Dict[str, float]:
-    """``{"segm": {"AP": 1.0}}`` -> ``{"segm/AP": 1.0}``."""
-    r = {}
-    for k, v in results.items():
-        if isinstance(v, dict):
-            for kk, vv in flatten_results_dict(v).items():
-                r[f"{k}/{kk}"] = vv
-        else:
-            r[k] = v
-    return r

@@ -6,7 +6,6 @@ import torch
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
-from det3d.engine.defaults import verify_results
 
 from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
@@ -165,10 +164,3 @@ def test_auto_scale_workers():
     assert scaled.is_frozen() and cfg.SOLVER.MAX_ITER == 1000
     assert DefaultTrainer.auto_scale_workers(cfg, 2) is cfg
 
-
-def test_verify_results():
-    cfg = get_cfg()
-    cfg.TEST.EXPECTED_RESULTS = [["segm", "AP", 50.0, 1.0]]
-    assert verify_results(cfg, {"segm": {"AP": 50.5}})
-    with pytest.raises(AssertionError, match="segm/AP"):
-        verify_results(cfg, {"segm": {"AP": 40.0}})
