@@ -1,0 +1,146 @@
+"""
+End to end through tools/train_net.py's main(): the instant schedules train a few iterations on
+the tiny synthetic splits, evaluate, reload with --eval-only, resume, and run a staged schedule.
+"""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from det3d.engine import default_argument_parser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INSTANT = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R18_FPN_3d_instant_test.yaml")
+RPN_INSTANT = os.path.join(ROOT, "configs", "quick_schedules", "rpn_R18_FPN_3d_instant_test.yaml")
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("det3d_train_net", os.path.join(ROOT, "tools", "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_train_net()
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from det3d.data import set_synthetic_root
+
+    yield str(tmp_path_factory.mktemp("synthetic"))
+    set_synthetic_root(None)  # leave the process as other tests expect it
+
+
+def _args(config, *opts, flags=()):
+    return default_argument_parser().parse_args([*flags, "--config-file", config, *opts])
+
+
+def _same_results(a, b):
+    assert a.keys() == b.keys()
+    for task in a:
+        assert a[task].keys() == b[task].keys(), task
+        for k, v in a[task].items():
+            w = b[task][k]
+            assert (math.isnan(v) and math.isnan(w)) or v == pytest.approx(w, abs=1e-6), (task, k, v, w)
+
+
+@pytest.fixture(scope="module")
+def instant_run(synthetic_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("instant"))
+    results = train_net.main(_args(INSTANT, "OUTPUT_DIR", out, "SYNTHETIC.ROOT", synthetic_root))
+    return out, results
+
+
+def test_instant_schedule_trains_and_evaluates(instant_run):
+    out, results = instant_run
+    assert {"bbox", "segm", "matching", "seg"} <= set(results)
+    assert 0.0 <= results["seg"]["SEG"] <= 1.0
+    files = set(os.listdir(out))
+    assert {"model_0000002.pth", "model_final.pth", "last_checkpoint", "config.yaml", "log.txt"} <= files
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    trained = [d for d in lines if "total_loss" in d]
+    assert [d["iteration"] for d in trained] == [0, 1, 2, 3, 4]
+    assert all(math.isfinite(d["total_loss"]) for d in trained)
+    assert "seg/SEG" in lines[-1]  # the final evaluation is recorded too
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == 4 and "optimizer" in final["trainer"]["_trainer"]
+
+
+def test_eval_only_reproduces_metrics(instant_run, synthetic_root, tmp_path):
+    out, results = instant_run
+    weights = os.path.join(out, "model_final.pth")
+    again = train_net.main(
+        _args(INSTANT, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path), "SYNTHETIC.ROOT", synthetic_root, flags=["--eval-only"])
+    )
+    _same_results(results, again)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".pth") and f.startswith("model")]
+
+
+def test_resume_continues_with_saved_state(synthetic_root, tmp_path):
+    common = ["OUTPUT_DIR", str(tmp_path), "SYNTHETIC.ROOT", synthetic_root, "DATASETS.TEST", "()"]
+    # A run that stops after 3 of the 5 iterations (as if killed after its last checkpoint).
+    train_net.main(_args(INSTANT, *common, "SOLVER.MAX_ITER", "3"))
+    saved = torch.load(os.path.join(tmp_path, "model_final.pth"), weights_only=True)
+    assert saved["iteration"] == 2
+
+    args = _args(INSTANT, *common, flags=["--resume"])
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    assert trainer.start_iter == 3
+    state = trainer.optimizer.state_dict()
+    ref = saved["trainer"]["_trainer"]["optimizer"]
+    assert state["param_groups"] == ref["param_groups"]
+    assert state["state"].keys() == ref["state"].keys()
+    for k in ref["state"]:
+        assert torch.equal(state["state"][k]["momentum_buffer"], ref["state"][k]["momentum_buffer"])
+    for k, v in saved["model"].items():
+        assert torch.equal(trainer.model.state_dict()[k], v), k
+    trainer.train()
+    iters = [json.loads(line)["iteration"] for line in open(os.path.join(tmp_path, "metrics.json"))]
+    assert iters == [0, 1, 2, 3, 4]  # appended: the second run went on at iteration 3
+    assert torch.load(os.path.join(tmp_path, "model_final.pth"), weights_only=True)["iteration"] == 4
+
+
+def test_staged_training_rpn_then_heads_with_frozen_rpn(synthetic_root, tmp_path):
+    rpn_out = str(tmp_path / "rpn")
+    train_net.main(_args(RPN_INSTANT, "OUTPUT_DIR", rpn_out, "SYNTHETIC.ROOT", synthetic_root, "SOLVER.MAX_ITER", "2"))
+    rpn_weights = os.path.join(rpn_out, "model_final.pth")
+    assert os.path.isfile(rpn_weights)
+
+    args = _args(
+        INSTANT,
+        "OUTPUT_DIR", str(tmp_path / "heads"),
+        "SYNTHETIC.ROOT", synthetic_root,
+        "MODEL.WEIGHTS", rpn_weights,
+        "MODEL.FREEZE_MODULES", "['backbone', 'proposal_generator']",
+        "SOLVER.MAX_ITER", "2",
+        "DATASETS.TEST", "()",
+    )  # fmt: skip
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    # The RPN stage's weights were loaded; the heads were not in that checkpoint.
+    missing = trainer.checkpointer.incompatible_keys.missing_keys
+    assert missing and all(k.startswith("roi_heads.") for k in missing)
+    rpn_state = torch.load(rpn_weights, weights_only=True)["model"]
+    trainer.train()
+    after = trainer.model.state_dict()
+    for k, v in rpn_state.items():
+        assert torch.equal(after[k], v), f"frozen {k} changed"
+
+
+def test_errors_name_what_is_wrong(synthetic_root, tmp_path):
+    with pytest.raises(KeyError, match="SOLVER.NO_SUCH_KEY"):
+        train_net.setup(_args(INSTANT, "SOLVER.NO_SUCH_KEY", "1"))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        train_net.setup(_args(str(tmp_path / "missing.yaml")))
+    with pytest.raises(ValueError, match="--eval-only needs weights"):
+        train_net.main(_args(INSTANT, "OUTPUT_DIR", str(tmp_path), flags=["--eval-only"]))
+    with pytest.raises(ValueError, match="TEST.EVALUATORS"):
+        cfg = train_net.setup(_args(INSTANT, "OUTPUT_DIR", str(tmp_path), "TEST.EVALUATORS", "['coco3d', 'f1']"))
+        train_net.build_evaluator(cfg, "synthetic_tiny_val")
