@@ -140,27 +140,22 @@ def test_errors_name_the_argument():
         _ops().nms(boxes, scores[:, None], 0.5)
 
 
-def test_large_input_uses_parallel_path():
-    # > 2 * 8192 alive boxes takes the chunked multi-threaded filter in the CPU kernel.
+def test_large_input_parallel_path_matches_serial():
+    # >= 4 * 8192 alive boxes takes the chunked multi-threaded filter in the CPU kernel; the
+    # one-thread path (checked against the reference above) must give the same result.
     g = torch.Generator().manual_seed(0)
-    lo = torch.rand(20000, 3, generator=g) * 60
-    boxes = torch.cat([lo, lo + 4 + torch.rand(20000, 3, generator=g)], dim=1)
-    scores = torch.rand(20000, generator=g)
-    keep = nms(boxes, scores, 0.5)
-    # Compare with a vectorised greedy NMS (the kept set must be identical).
-    order = scores.argsort(descending=True, stable=True)
-    sb = boxes[order].double()
-    vol = (sb[:, 3:] - sb[:, :3]).clamp(min=0).prod(1)
-    alive = torch.arange(len(sb))
-    ref = []
-    while len(alive):
-        i, rest = alive[0], alive[1:]
-        ref.append(i)
-        wh = (torch.minimum(sb[i, 3:], sb[rest, 3:]) - torch.maximum(sb[i, :3], sb[rest, :3]))
-        inter = wh.clamp(min=0).prod(1)
-        iou = inter / (vol[i] + vol[rest] - inter)
-        alive = rest[~(iou > 0.5)]
-    assert keep.tolist() == order[torch.stack(ref)].tolist()
+    lo = torch.rand(40000, 3, generator=g) * 12
+    boxes = torch.cat([lo, lo + 4 + torch.rand(40000, 3, generator=g)], dim=1)
+    scores = torch.rand(40000, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        keep = nms(boxes, scores, 0.5)
+        torch.set_num_threads(1)
+        expected = nms(boxes, scores, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert keep.tolist() == expected.tolist()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

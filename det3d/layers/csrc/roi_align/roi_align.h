@@ -27,16 +27,17 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
 
 // Checks shared by every backend. `ndim` is the number of spatial dims of the input;
 // messages name the argument at fault.
-inline void check_roi_align_args(int64_t ndim, const at::Tensor& like, const at::Tensor& rois,
+inline void check_roi_align_args(int64_t ndim, const at::Tensor& like, const char* like_name,
+                                 const at::Tensor& rois,
                                  double spatial_scale, at::IntArrayRef output_size,
                                  int64_t sampling_ratio) {
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 1 + 2 * ndim, "roi_align: rois must have shape (K, ",
               1 + 2 * ndim, ") (batch index, then the box) for a ", ndim,
               "D input, got shape ", rois.sizes());
   TORCH_CHECK(rois.scalar_type() == like.scalar_type(), "roi_align: rois dtype (",
-              rois.scalar_type(), ") must match input dtype (", like.scalar_type(), ")");
-  TORCH_CHECK(rois.device() == like.device(), "roi_align: rois (", rois.device(),
-              ") and input (", like.device(), ") must be on the same device");
+              rois.scalar_type(), ") must match ", like_name, " dtype (", like.scalar_type(), ")");
+  TORCH_CHECK(rois.device() == like.device(), "roi_align: rois (", rois.device(), ") and ",
+              like_name, " (", like.device(), ") must be on the same device");
   TORCH_CHECK(static_cast<int64_t>(output_size.size()) == ndim, "roi_align: output_size must have ",
               ndim, " entries (one per spatial axis), got ", output_size);
   for (int64_t s : output_size) {
@@ -55,7 +56,7 @@ inline void check_roi_align_forward(const at::Tensor& input, const at::Tensor& r
               input.sizes());
   TORCH_CHECK(input.is_floating_point(), "roi_align: input must be a floating point tensor, got ",
               input.scalar_type());
-  check_roi_align_args(input.dim() - 2, input, rois, spatial_scale, output_size, sampling_ratio);
+  check_roi_align_args(input.dim() - 2, input, "input", rois, spatial_scale, output_size, sampling_ratio);
 }
 
 inline void check_roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
@@ -66,7 +67,7 @@ inline void check_roi_align_backward(const at::Tensor& grad, const at::Tensor& r
   const int64_t ndim = static_cast<int64_t>(input_shape.size()) - 2;
   TORCH_CHECK(grad.is_floating_point(), "roi_align backward: grad must be floating point, got ",
               grad.scalar_type());
-  check_roi_align_args(ndim, grad, rois, spatial_scale, output_size, sampling_ratio);
+  check_roi_align_args(ndim, grad, "grad", rois, spatial_scale, output_size, sampling_ratio);
   std::vector<int64_t> expected{rois.size(0), input_shape[1]};
   expected.insert(expected.end(), output_size.begin(), output_size.end());
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), "roi_align backward: grad must have shape ",
