@@ -2,7 +2,8 @@
 import torch
 
 from det3d.config import get_cfg
-from det3d.structures import BitMasks, Boxes, Instances
+from det3d.structures import Boxes, Instances
+from det3d.structures.masks import BitMasks
 
 
 def tiny_cfg(ndim: int = 3, levels: int = 4):
