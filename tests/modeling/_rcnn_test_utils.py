@@ -1,4 +1,6 @@
 """Tiny configs and synthetic inputs shared by the R-CNN tests (modeling B)."""
+import contextlib
+
 import torch
 
 from det3d.config import get_cfg
@@ -71,3 +73,15 @@ def synthetic_input(shape=(16, 32, 32), seed: int = 0, num_objects: int = 2, num
     inst.gt_masks = bitmasks
     assert isinstance(inst.gt_boxes, Boxes) and inst.gt_boxes.ndim == ndim
     return {"image": image, "instances": inst}
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Runs torch on one thread: on a shared 2-core machine this avoids OpenMP contention that
+    makes tiny models 10-100x slower, and keeps results reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

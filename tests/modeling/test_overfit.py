@@ -10,7 +10,7 @@ from det3d.modeling import build_model
 from det3d.structures import Instances, pairwise_iou
 from det3d.structures.masks import BitMasks
 
-from _rcnn_test_utils import tiny_cfg
+from _rcnn_test_utils import single_thread, tiny_cfg
 
 MAX_ITERS = 150
 
@@ -61,10 +61,7 @@ def _overfit_cfg():
 
 
 def test_tiny_model_overfits_one_volume():
-    threads = torch.get_num_threads()
-    # One thread: fast on a shared 2-core box (no OpenMP contention) and reproducible.
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         torch.manual_seed(0)
         inputs, gt_masks = _ellipsoid_volume()
         model = build_model(_overfit_cfg())
@@ -82,8 +79,6 @@ def test_tiny_model_overfits_one_volume():
         model.eval()
         with torch.no_grad():
             output = model([{"image": inputs["image"], "depth": 24, "height": 48, "width": 48}])[0]
-    finally:
-        torch.set_num_threads(threads)
 
     pred, labels = output["instances"], output["instance_labels"]
     assert labels.shape == (24, 48, 48) and labels.dtype == torch.int32
