@@ -1,0 +1,219 @@
+"""StandardROIHeads3D, the box head and the Fast R-CNN predictor (losses and inference)."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from det3d.layers import ShapeSpec, giou_loss, huber_soft_clip_loss
+from det3d.modeling import ROI_BOX_HEAD_REGISTRY, ROI_HEADS_REGISTRY, build_roi_heads
+from det3d.modeling.box_regression import Box2BoxTransform
+from det3d.modeling.roi_heads import FastRCNNOutputLayers3D, build_box_head, fast_rcnn_inference
+from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _features(ndim, image_shape, channels=16, levels=(2, 3, 4, 5), batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats, shapes = {}, {}
+    for lvl in levels:
+        stride = (2**lvl,) * ndim
+        size = tuple(max(1, s // st) for s, st in zip(image_shape, stride))
+        feats[f"p{lvl}"] = torch.randn((batch, channels) + size, generator=g)
+        shapes[f"p{lvl}"] = ShapeSpec(channels=channels, stride=stride)
+    return feats, shapes
+
+
+def _proposals(targets, n_random=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in targets:
+        shape = t.image_size
+        ndim = len(shape)
+        limits = torch.tensor(list(reversed(shape)), dtype=torch.float32)
+        lo = torch.rand(n_random, ndim, generator=g) * limits * 0.6
+        hi = lo + 2 + torch.rand(n_random, ndim, generator=g) * limits * 0.4
+        jitter = t.gt_boxes.tensor + torch.randn(t.gt_boxes.tensor.shape, generator=g) * 0.5
+        boxes = torch.cat([torch.cat([lo, hi], 1), jitter])
+        out.append(
+            Instances(shape, proposal_boxes=Boxes(boxes), objectness_logits=torch.randn(len(boxes), generator=g))
+        )
+    return out
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_roi_heads_train_and_inference(ndim):
+    torch.manual_seed(0)
+    shape = (16, 32, 32)[-ndim:] if ndim == 3 else (32, 32)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 1
+    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 8
+    cfg.MODEL.ROI_BOX_HEAD.NORM = "GN"
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = [2, 3, 3][-ndim:]  # per axis
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = [3, 4, 5][-ndim:]
+    feats, shapes = _features(ndim, shape)
+    heads = build_roi_heads(cfg, shapes)
+    assert type(heads).__name__ == "StandardROIHeads3D"
+    assert "StandardROIHeads3D" in ROI_HEADS_REGISTRY and "FastRCNNConvFCHead3D" in ROI_BOX_HEAD_REGISTRY
+
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    sampled, losses = heads(images, feats, _proposals(targets), targets)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) and v.requires_grad for v in losses.values())
+    sum(losses.values()).backward()
+    assert heads.box_predictor.cls_score.weight.grad is not None
+    assert heads.mask_head.predictor.weight.grad is not None
+
+    heads.eval()
+    heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        pred, extra = heads(images, feats, _proposals(targets))
+    assert extra == {}
+    p = pred[0]
+    assert len(p) > 0 and p.image_size == shape
+    assert p.pred_boxes.tensor.shape[1] == 2 * ndim
+    mask_size = tuple(2 * r for r in cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
+    assert p.pred_masks.shape == (len(p),) + mask_size
+    assert ((p.pred_masks >= 0) & (p.pred_masks <= 1)).all()
+    assert (p.scores[:-1] >= p.scores[1:]).all()  # decreasing score
+
+
+def test_label_and_sample_proposals():
+    torch.manual_seed(0)
+    shape = (16, 32, 32)
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+    _, shapes = _features(3, shape)
+    heads = build_roi_heads(cfg, shapes)
+    target = synthetic_input(shape, seed=3, num_objects=2)["instances"]
+    empty = Instances(shape, gt_boxes=Boxes(torch.zeros(0, 6)), gt_classes=torch.zeros(0, dtype=torch.int64))
+    empty.gt_masks = target.gt_masks[torch.zeros(0, dtype=torch.int64)]
+    proposals = _proposals([target, empty], n_random=40)
+    sampled = heads.label_and_sample_proposals(proposals, [target, empty])
+
+    s = sampled[0]
+    assert len(s) <= 16
+    fg = s.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    assert 0 < int(fg.sum()) <= 4  # the appended gt boxes are foreground; at most 25 %
+    iou = pairwise_iou(s.proposal_boxes[fg], s.gt_boxes[fg]).diagonal()
+    assert (iou >= 0.5).all()
+    # The class and mask of each foreground RoI are those of the gt box it matched.
+    for k in torch.nonzero(fg).flatten().tolist():
+        j = int(pairwise_iou(s.gt_boxes[k : k + 1], target.gt_boxes).argmax())
+        assert int(s.gt_classes[k]) == int(target.gt_classes[j])
+        assert torch.equal(s.gt_masks.tensor[k], target.gt_masks.tensor[j])
+    # An image without objects: only background, with zero gt boxes.
+    e = sampled[1]
+    assert (e.gt_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    assert e.gt_boxes.tensor.abs().sum() == 0
+
+
+def _predictor(ndim=3, num_classes=3, **kwargs):
+    return FastRCNNOutputLayers3D(
+        ShapeSpec(channels=8),
+        box2box_transform=Box2BoxTransform(weights=(10.0,) * ndim + (5.0,) * ndim),
+        num_classes=num_classes,
+        ndim=ndim,
+        **kwargs,
+    )
+
+
+def _sampled(ndim=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = 6
+    lo = torch.rand(n, ndim, generator=g) * 10
+    boxes = torch.cat([lo, lo + 4 + torch.rand(n, ndim, generator=g) * 4], 1)
+    gt = boxes + torch.randn(boxes.shape, generator=g)
+    gt[:, ndim:] = torch.maximum(gt[:, ndim:], gt[:, :ndim] + 1)
+    p = Instances((32,) * ndim, proposal_boxes=Boxes(boxes), gt_boxes=Boxes(gt))
+    p.gt_classes = torch.tensor([0, 2, 3, 1, 3, 3])  # 3 = background
+    return p
+
+
+@pytest.mark.parametrize("box_loss", ["smooth_l1", "huber", "giou"])
+@pytest.mark.parametrize("cls_loss", ["ce", "focal"])
+def test_fast_rcnn_losses_match_manual(cls_loss, box_loss):
+    pred = _predictor(cls_loss_type=cls_loss, box_reg_loss_type=box_loss, huber_clip=2.0, huber_delta=0.5,
+                      loss_weight={"loss_cls": 2.0, "loss_box_reg": 0.5})
+    p = _sampled()
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(6, 4, generator=g)
+    deltas = torch.randn(6, 3 * 6, generator=g) * 0.1
+    losses = pred.losses((scores, deltas), [p])
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+
+    labels = p.gt_classes
+    if cls_loss == "ce":
+        cls = F.cross_entropy(scores, labels)
+    else:
+        prob = F.softmax(scores, 1)[torch.arange(6), labels]
+        w = torch.where(labels < 3, torch.tensor(0.25), torch.tensor(0.75))
+        cls = (-w * (1 - prob) ** 2 * prob.log()).mean()
+    torch.testing.assert_close(losses["loss_cls"], 2.0 * cls)
+
+    fg = [0, 1, 3]
+    d = torch.stack([deltas[i].view(3, 6)[labels[i]] for i in fg])
+    props, gts = p.proposal_boxes.tensor[fg], p.gt_boxes.tensor[fg]
+    t = pred.box2box_transform
+    if box_loss == "smooth_l1":
+        box = (d - t.get_deltas(props, gts)).abs().sum()
+    elif box_loss == "huber":
+        box = huber_soft_clip_loss(d, t.get_deltas(props, gts), 2.0, 0.5, reduction="sum")
+    else:
+        box = giou_loss(t.apply_deltas(d, props), gts, reduction="sum")
+    torch.testing.assert_close(losses["loss_box_reg"], 0.5 * box / 6)  # over all sampled RoIs
+
+
+def test_fast_rcnn_loss_without_foreground_and_bad_types():
+    pred = _predictor()
+    p = _sampled()
+    p.gt_classes = torch.full((6,), 3)
+    scores = torch.randn(6, 4, requires_grad=True)
+    deltas = torch.randn(6, 18, requires_grad=True)
+    losses = pred.losses((scores, deltas), [p])
+    assert losses["loss_box_reg"].item() == 0 and losses["loss_box_reg"].requires_grad
+    with pytest.raises(ValueError, match="CLS_LOSS_TYPE"):
+        _predictor(cls_loss_type="bce")
+    with pytest.raises(ValueError, match="BBOX_REG_LOSS_TYPE"):
+        _predictor(box_reg_loss_type="l2")
+
+
+def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
+    # RoI 0 and 1 overlap heavily; RoI 2 is elsewhere. Two classes.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 1, 11, 11], [20.0, 20, 30, 30]])
+    boxes = boxes.repeat(1, 2)  # same box for both classes
+    scores = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.15, 0.05], [0.02, 0.6, 0.38]])
+    (res,), (inds,) = fast_rcnn_inference([boxes], [scores], [(40, 40)], 0.1, 0.5, 500)
+    got = sorted(zip(res.pred_classes.tolist(), inds.tolist()))
+    assert got == [(0, 0), (1, 1), (1, 2)]  # RoI 1 suppressed in class 0, class 1 kept
+    assert (res.scores[:-1] >= res.scores[1:]).all()
+
+    # 300 separate boxes: all kept (DETECTIONS_PER_IMAGE defaults to 500, no 100 cap).
+    lo = torch.arange(300, dtype=torch.float32)[:, None] * 3
+    boxes = torch.cat([lo, torch.zeros(300, 1), lo + 2, torch.full((300, 1), 2.0)], 1)
+    scores = torch.stack([torch.linspace(0.9, 0.5, 300), torch.linspace(0.1, 0.5, 300)], 1)
+    (res,), _ = fast_rcnn_inference([boxes], [scores], [(10, 1000)], 0.05, 0.5, 500)
+    assert len(res) == 300
+    (res,), _ = fast_rcnn_inference([boxes], [scores], [(10, 1000)], 0.05, 0.5, 7)
+    assert len(res) == 7
+
+
+@pytest.mark.parametrize("num_conv,num_fc", [(0, 2), (2, 0), (1, 1)])
+def test_box_head_output_shape(num_conv, num_fc):
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = num_conv
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = num_fc
+    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 4
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = [2, 3, 3]
+    head = build_box_head(cfg, ShapeSpec(channels=16))
+    out = head(torch.randn(5, 16, 2, 3, 3))
+    assert out.shape == (5, head.output_shape.channels)
+    assert head.output_shape.channels == (32 if num_fc else 4 * 18)
