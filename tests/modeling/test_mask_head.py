@@ -1,0 +1,91 @@
+"""MaskRCNNConvUpsampleHead3D: shapes, losses (bce, bce_dice) against manual values, inference."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from det3d.layers import ShapeSpec
+from det3d.modeling import ROI_MASK_HEAD_REGISTRY
+from det3d.modeling.roi_heads import build_mask_head, mask_rcnn_inference, mask_rcnn_loss
+from det3d.structures import Boxes, Instances
+from det3d.structures.masks import BitMasks
+
+from _rcnn_test_utils import tiny_cfg
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_head_output_is_twice_the_pooled_size(ndim, agnostic):
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = agnostic
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
+    cfg.MODEL.ROI_MASK_HEAD.NORM = "GN"
+    assert "MaskRCNNConvUpsampleHead3D" in ROI_MASK_HEAD_REGISTRY
+    head = build_mask_head(cfg, ShapeSpec(channels=16))
+    pooled = (2, 3, 4)[-ndim:]
+    logits = head.layers(torch.randn((5, 16) + pooled))
+    assert logits.shape == (5, 1 if agnostic else 2) + tuple(2 * p for p in pooled)
+
+
+def _instances(ndim=3):
+    """Two foreground RoIs on a cube mask: one exactly on it, one shifted off by half."""
+    shape = (8,) * ndim
+    m = torch.zeros((2,) + shape, dtype=torch.bool)
+    m[(slice(None),) + (slice(2, 6),) * ndim] = True
+    boxes = torch.tensor([[2.0] * ndim + [6.0] * ndim, [4.0] * ndim + [8.0] * ndim])
+    inst = Instances(shape, proposal_boxes=Boxes(boxes), gt_classes=torch.tensor([1, 0]))
+    inst.gt_masks = BitMasks(m)
+    return inst
+
+
+@pytest.mark.parametrize("loss_type", ["bce", "bce_dice"])
+def test_mask_loss_matches_manual(loss_type):
+    inst = _instances()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4, 4, generator=g)
+    loss = mask_rcnn_loss(logits, [inst], loss_type, bce_weight=0.2, dice_weight=0.8)
+
+    target = torch.zeros(2, 4, 4, 4)
+    target[0] = 1.0  # the RoI on the cube sees only cube voxels
+    target[1, :2, :2, :2] = 1.0  # the shifted RoI overlaps the cube in its first half per axis
+    chosen = torch.stack([logits[0, 1], logits[1, 0]])  # the gt class channel of each RoI
+    bce = F.binary_cross_entropy_with_logits(chosen, target)
+    if loss_type == "bce":
+        expected = bce
+    else:
+        p = chosen.sigmoid().flatten(1)
+        t = target.flatten(1)
+        dice = (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+        expected = 0.2 * bce + 0.8 * dice
+    torch.testing.assert_close(loss, expected)
+
+
+def test_mask_loss_empty_and_head_forward_keys():
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.LOSS_TYPE = "bce_dice"
+    cfg.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 3.0
+    head = build_mask_head(cfg, ShapeSpec(channels=16))
+    head.train()
+    x = torch.randn(2, 16, 4, 4, 4)
+    inst = _instances()
+    out = head(x, [inst])
+    assert set(out) == {"loss_mask"} and torch.isfinite(out["loss_mask"])
+    manual = 3.0 * mask_rcnn_loss(head.layers(x), [inst], "bce_dice", 1.0, 1.0)
+    torch.testing.assert_close(out["loss_mask"], manual)
+
+    empty = head(x[:0], [inst[:0]])
+    assert empty["loss_mask"].item() == 0 and empty["loss_mask"].requires_grad
+    with pytest.raises(ValueError, match="LOSS_TYPE"):
+        cfg.MODEL.ROI_MASK_HEAD.LOSS_TYPE = "focal"
+        build_mask_head(cfg, ShapeSpec(channels=16))
+
+
+def test_mask_inference_takes_predicted_class():
+    logits = torch.randn(3, 2, 4, 4)
+    a = Instances((8, 8), pred_classes=torch.tensor([1, 0]))
+    b = Instances((8, 8), pred_classes=torch.tensor([1]))
+    mask_rcnn_inference(logits, [a, b])
+    torch.testing.assert_close(a.pred_masks, torch.stack([logits[0, 1], logits[1, 0]]).sigmoid())
+    torch.testing.assert_close(b.pred_masks, logits[2:, 1].sigmoid())
+    c = Instances((8, 8), pred_classes=torch.zeros(0, dtype=torch.int64))
+    mask_rcnn_inference(logits[:0], [c])
+    assert c.pred_masks.shape == (0, 4, 4)
