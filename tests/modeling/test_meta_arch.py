@@ -1,0 +1,135 @@
+"""GeneralizedRCNN3D and ProposalNetwork3D from configs, in 2D and 3D."""
+import pytest
+import torch
+
+import det3d.modeling as modeling
+from det3d.modeling import META_ARCH_REGISTRY, build_model
+
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+
+ALL_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+SHAPES = {3: (16, 32, 32), 2: (64, 64)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _batch(ndim, n=2):
+    return [synthetic_input(SHAPES[ndim], seed=s) for s in range(n)]
+
+
+def test_package_surface_registers_every_part():
+    for name in ["GeneralizedRCNN3D", "ProposalNetwork3D"]:
+        assert name in META_ARCH_REGISTRY
+    for name in ["RPN3D", "build_proposal_generator", "DefaultAnchorGenerator3D", "ROIPooler",
+                 "StandardROIHeads3D", "build_roi_heads", "Box2BoxTransform", "Matcher",
+                 "subsample_labels", "build_resnet3d_backbone", "build_resnet3d_fpn_backbone",
+                 "FPN", "ResNet", "Backbone", "ShapeSpec", "build_backbone", "build_model"]:
+        assert hasattr(modeling, name), name
+    assert "RPN3D" in modeling.PROPOSAL_GENERATOR_REGISTRY
+    assert "build_resnet3d_fpn_backbone" in modeling.BACKBONE_REGISTRY
+
+
+@pytest.mark.parametrize(
+    "ndim,cls_loss,box_loss,mask_loss",
+    [
+        (3, "ce", "smooth_l1", "bce"),
+        (3, "focal", "huber", "bce_dice"),
+        (3, "ce", "giou", "bce_dice"),
+        (2, "focal", "giou", "bce"),
+        (2, "ce", "huber", "bce_dice"),
+    ],
+)
+def test_training_losses(ndim, cls_loss, box_loss, mask_loss):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = cls_loss
+    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = box_loss
+    cfg.MODEL.ROI_MASK_HEAD.LOSS_TYPE = mask_loss
+    model = build_model(cfg)
+    model.train()
+    losses = model(_batch(ndim))
+    assert set(losses) == ALL_LOSSES
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), (k, v)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("roi_heads.box_predictor"))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inference_rescales_to_original_size_and_labels(ndim):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = build_model(cfg)
+    model.eval()
+    shape = SHAPES[ndim]
+    original = tuple(2 * s for s in shape)  # as if the mapper had halved the volume
+    keys = ("depth", "height", "width")[-ndim:]
+    inputs = [dict({"image": synthetic_input(shape)["image"]}, **dict(zip(keys, original)))]
+    with torch.no_grad():
+        out = model(inputs)
+        raw = model.inference(inputs, do_postprocess=False)
+    assert len(out) == 1 and set(out[0]) == {"instances", "instance_labels"}
+    inst, labels = out[0]["instances"], out[0]["instance_labels"]
+    assert inst.image_size == original and labels.shape == original and labels.dtype == torch.int32
+    assert len(inst) > 0 and inst.has("pred_masks") and inst.has("pred_classes")
+    assert raw[0].image_size == shape and len(raw[0]) >= len(inst)
+    assert inst.pred_boxes.tensor.max() > max(shape) / 2  # boxes live on the original grid
+    # Every labelled voxel lies inside the box of its instance (row i has label i + 1).
+    assert int(labels.max()) <= len(inst)
+    for i in torch.unique(labels)[1:].tolist():
+        coords = torch.nonzero(labels == i).float()  # array order
+        box = inst.pred_boxes.tensor[i - 1]
+        lo = box[:ndim].flip(0)
+        hi = box[ndim:].flip(0)
+        assert (coords + 0.5 >= lo.floor()).all() and (coords + 0.5 <= hi.ceil()).all()
+
+
+def test_multichannel_input_and_pixel_buffers():
+    cfg = tiny_cfg(3)
+    cfg.MODEL.PIXEL_MEAN = [0.5, 0.1]
+    cfg.MODEL.PIXEL_STD = [0.25, 0.2]
+    model = build_model(cfg)
+    assert model.pixel_mean.shape == (2, 1, 1, 1) and model.pixel_std.shape == (2, 1, 1, 1)
+    assert "pixel_mean" not in model.state_dict()
+    batch = _batch(3)
+    for b in batch:
+        b["image"] = torch.cat([b["image"], b["image"] * 0.5])
+    model.train()
+    assert set(model(batch)) == ALL_LOSSES
+    with pytest.raises(ValueError, match=r"\(1, 16, 32, 32\)"):
+        model([synthetic_input((16, 32, 32))])
+
+
+def test_mask_off_and_proposal_network():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(3)
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = build_model(cfg)
+    model.train()
+    assert set(model(_batch(3))) == ALL_LOSSES - {"loss_mask"}
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": _batch(3, 1)[0]["image"]}])[0]
+    assert not out["instances"].has("pred_masks")
+    assert out["instance_labels"].max() > 0  # box regions are pasted
+
+    cfg = tiny_cfg(3)
+    cfg.MODEL.META_ARCHITECTURE = "ProposalNetwork3D"
+    rpn = build_model(cfg)
+    rpn.train()
+    assert set(rpn(_batch(3))) == {"loss_rpn_cls", "loss_rpn_loc"}
+    rpn.eval()
+    with torch.no_grad():
+        out = rpn([{"image": _batch(3, 1)[0]["image"], "depth": 32, "height": 64, "width": 64}])
+    props = out[0]["proposals"]
+    assert props.image_size == (32, 64, 64) and len(props) > 0
+    assert props.has("proposal_boxes") and props.has("objectness_logits")
+    # Same parameter names as the full model, so stage checkpoints transfer.
+    full = build_model(tiny_cfg(3)).state_dict()
+    assert set(rpn.state_dict()) == {k for k in full if not k.startswith("roi_heads.")}
