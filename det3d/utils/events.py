@@ -190,7 +190,8 @@ class JSONWriter(EventWriter):
         {"data_time": 0.008, "iteration": 19, "loss_cls": 0.2, "lr": 0.0002, "total_loss": 1.3}
         {"data_time": 0.007, "iteration": 39, "loss_cls": 0.1, "lr": 0.0004, "total_loss": 1.1}
 
-    Scalars are written as put (not smoothed); each scalar is written once.
+    As in Detectron2, a scalar put with ``smoothing_hint=True`` (losses) is written as its median
+    over the last ``window_size`` values; each (scalar, iteration) is written once.
     """
 
     def __init__(self, json_file: str, window_size: int = 20):

@@ -164,3 +164,20 @@ def test_auto_scale_workers():
     assert scaled.is_frozen() and cfg.SOLVER.MAX_ITER == 1000
     assert DefaultTrainer.auto_scale_workers(cfg, 2) is cfg
 
+
+
+def test_amp_config_on_cpu_falls_back_to_float32(tmp_path):
+    from det3d.engine import AMPTrainer
+
+    cfg = _cfg(tmp_path, MAX_ITER=3)
+    cfg.SOLVER.AMP.ENABLED = True
+    trainer = DummyTrainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    if not torch.cuda.is_available():
+        assert not trainer._trainer.amp_enabled
+    # the checkpoint of an AMP run loads with weights_only and resumes
+    again = DummyTrainer(cfg)
+    again.resume_or_load(resume=True)
+    assert again.start_iter == 3

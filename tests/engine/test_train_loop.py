@@ -184,3 +184,16 @@ def test_storage_available_inside_model_forward():
     trainer.train(2, 4)
     assert seen == [2, 3]
     assert math.isclose(trainer.storage.latest()["custom"][0], 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_trainer_on_cuda_uses_grad_scaler():
+    torch.manual_seed(0)
+    model = LinearLossModel().cuda()
+    data = [{k: v.cuda() for k, v in d.items()} for d in make_dataset()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = AMPTrainer(model, ListLoader(data), opt, log_grad_scaler=True)
+    assert trainer.amp_enabled and trainer.grad_scaler.is_enabled()
+    trainer.train(0, 5)
+    assert "[metric]grad_scaler" in trainer.storage.latest()
+    assert trainer.state_dict()["grad_scaler"]
