@@ -144,3 +144,38 @@ def test_errors_name_what_is_wrong(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="TEST.EVALUATORS"):
         cfg = train_net.setup(_args(INSTANT, "OUTPUT_DIR", str(tmp_path), "TEST.EVALUATORS", "['coco3d', 'f1']"))
         train_net.build_evaluator(cfg, "synthetic_tiny_val")
+
+
+def _ddp_worker(output_dir, synthetic_root):
+    from det3d.utils import comm
+
+    args = _args(
+        INSTANT,
+        "OUTPUT_DIR", output_dir,
+        "SYNTHETIC.ROOT", synthetic_root,
+        "SOLVER.MAX_ITER", "2",
+        "DATASETS.TEST", "()",
+    )  # fmt: skip
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    state = {k: v.detach().clone() for k, v in trainer.model.module.state_dict().items()}
+    torch.save(state, os.path.join(output_dir, f"weights_rank{comm.get_rank()}.pth"))
+
+
+def test_mask_rcnn_ddp_two_cpu_processes(synthetic_root, tmp_path):
+    from det3d.data import DatasetCatalog
+    from det3d.data import set_synthetic_root
+    from det3d.engine import launch
+
+    set_synthetic_root(synthetic_root)
+    DatasetCatalog.get("synthetic_tiny_train")  # generate once, before two processes want it
+    launch(_ddp_worker, 2, dist_url="auto", args=(str(tmp_path), synthetic_root))
+    w0 = torch.load(tmp_path / "weights_rank0.pth", weights_only=True)
+    w1 = torch.load(tmp_path / "weights_rank1.pth", weights_only=True)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert (tmp_path / "log.txt.rank1").is_file()
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(final[k], w0[k]) for k in w0)
