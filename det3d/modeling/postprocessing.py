@@ -134,9 +134,11 @@ def instances_to_label_volume(
         Tensor: int32 ``image_shape`` volume, on the instances' device.
     """
     image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
-    boxes = instances.pred_boxes.tensor if len(instances) else torch.zeros((0, 2 * len(image_shape)))
+    if not instances.has("pred_boxes"):
+        return torch.zeros(image_shape, dtype=torch.int32)
+    boxes = instances.pred_boxes.tensor
     labels = torch.zeros(image_shape, dtype=torch.int32, device=boxes.device)
-    if len(instances) == 0:
+    if len(boxes) == 0:
         return labels
     if instances.has("scores"):
         order = torch.argsort(instances.scores, descending=True, stable=True).tolist()

@@ -21,7 +21,8 @@ def _ellipsoid_volume(seed: int = 0):
     shape = (24, 48, 48)
     centers = [(6, 12, 12), (16, 14, 34), (8, 34, 16), (17, 35, 35)]
     radii = [(4, 7, 7), (5, 8, 6), (4, 6, 8), (4, 7, 7)]
-    grid = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) + 0.5 for s in shape], indexing="ij")
+    centres = [torch.arange(s, dtype=torch.float32) + 0.5 for s in shape]
+    grid = torch.meshgrid(*centres, indexing="ij")
     masks = torch.stack(
         [
             sum(((x - c) / r) ** 2 for x, c, r in zip(grid, center, radius)) <= 1

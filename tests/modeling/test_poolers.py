@@ -114,7 +114,9 @@ def test_pooler_matches_reference(ndim, aligned, sampling_ratio):
     strides = [(1, 4, 4), (2, 8, 8), (4, 16, 16)] if ndim == 3 else [(4, 4), (8, 8), (16, 16)]
     image_shape = (16, 48, 48) if ndim == 3 else (48, 48)
     features = [
-        torch.randn((2, 3) + tuple(math.ceil(s / st) for s, st in zip(image_shape, stride)), generator=g)
+        torch.randn(
+            (2, 3) + tuple(math.ceil(s / st) for s, st in zip(image_shape, stride)), generator=g
+        )
         for stride in strides
     ]
     box_lists = [

@@ -82,7 +82,9 @@ def test_label_volume_uses_masks_inside_boxes_only():
 
 def test_detector_postprocess_rescales_per_axis():
     inst = Instances((8, 16, 32))
-    inst.pred_boxes = Boxes(torch.tensor([[4.0, 2, 1, 8, 4, 2], [30.0, 15, 7, 40, 20, 9], [40.0, 0, 0, 50, 1, 1]]))
+    inst.pred_boxes = Boxes(
+        torch.tensor([[4.0, 2, 1, 8, 4, 2], [30.0, 15, 7, 40, 20, 9], [40.0, 0, 0, 50, 1, 1]])
+    )
     inst.scores = torch.tensor([0.9, 0.8, 0.7])
     out = detector_postprocess(inst, (16, 16, 16))  # x halves, y stays, z doubles
     assert out.image_size == (16, 16, 16)

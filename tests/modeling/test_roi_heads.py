@@ -41,7 +41,11 @@ def _proposals(targets, n_random=20, seed=0):
         jitter = t.gt_boxes.tensor + torch.randn(t.gt_boxes.tensor.shape, generator=g) * 0.5
         boxes = torch.cat([torch.cat([lo, hi], 1), jitter])
         out.append(
-            Instances(shape, proposal_boxes=Boxes(boxes), objectness_logits=torch.randn(len(boxes), generator=g))
+            Instances(
+                shape,
+                proposal_boxes=Boxes(boxes),
+                objectness_logits=torch.randn(len(boxes), generator=g),
+            )
         )
     return out
 
@@ -59,7 +63,8 @@ def test_roi_heads_train_and_inference(ndim):
     feats, shapes = _features(ndim, shape)
     heads = build_roi_heads(cfg, shapes)
     assert type(heads).__name__ == "StandardROIHeads3D"
-    assert "StandardROIHeads3D" in ROI_HEADS_REGISTRY and "FastRCNNConvFCHead3D" in ROI_BOX_HEAD_REGISTRY
+    assert "StandardROIHeads3D" in ROI_HEADS_REGISTRY
+    assert "FastRCNNConvFCHead3D" in ROI_BOX_HEAD_REGISTRY
 
     targets = [synthetic_input(shape, seed=0)["instances"]]
     images = ImageList(torch.zeros((1, 1) + shape), [shape])
@@ -94,7 +99,9 @@ def test_label_and_sample_proposals():
     _, shapes = _features(3, shape)
     heads = build_roi_heads(cfg, shapes)
     target = synthetic_input(shape, seed=3, num_objects=2)["instances"]
-    empty = Instances(shape, gt_boxes=Boxes(torch.zeros(0, 6)), gt_classes=torch.zeros(0, dtype=torch.int64))
+    empty = Instances(
+        shape, gt_boxes=Boxes(torch.zeros(0, 6)), gt_classes=torch.zeros(0, dtype=torch.int64)
+    )
     empty.gt_masks = target.gt_masks[torch.zeros(0, dtype=torch.int64)]
     proposals = _proposals([target, empty], n_random=40)
     sampled = heads.label_and_sample_proposals(proposals, [target, empty])
@@ -141,8 +148,13 @@ def _sampled(ndim=3, seed=0):
 @pytest.mark.parametrize("box_loss", ["smooth_l1", "huber", "giou"])
 @pytest.mark.parametrize("cls_loss", ["ce", "focal"])
 def test_fast_rcnn_losses_match_manual(cls_loss, box_loss):
-    pred = _predictor(cls_loss_type=cls_loss, box_reg_loss_type=box_loss, huber_clip=2.0, huber_delta=0.5,
-                      loss_weight={"loss_cls": 2.0, "loss_box_reg": 0.5})
+    pred = _predictor(
+        cls_loss_type=cls_loss,
+        box_reg_loss_type=box_loss,
+        huber_clip=2.0,
+        huber_delta=0.5,
+        loss_weight={"loss_cls": 2.0, "loss_box_reg": 0.5},
+    )
     p = _sampled()
     g = torch.Generator().manual_seed(1)
     scores = torch.randn(6, 4, generator=g)

@@ -92,7 +92,8 @@ def test_stage_b_heads_on_frozen_rpn(stages, caplog):
         for pname, p in module.named_parameters():
             assert not p.requires_grad and p.grad is None, f"{name}.{pname} has a gradient"
     assert model_b.roi_heads.training
-    changed = [k for k, v in model_b.roi_heads.state_dict().items() if not torch.equal(v, heads_before[k])]
+    heads_after = model_b.roi_heads.state_dict()
+    changed = [k for k, v in heads_after.items() if not torch.equal(v, heads_before[k])]
     assert any(k.startswith("box_predictor.") for k in changed)
     assert any(k.startswith("mask_head.") for k in changed)
     Checkpointer(model_b, save_dir=str(tmp)).save("stage_b")

@@ -283,7 +283,8 @@ class FastRCNNOutputLayers3D(nn.Module):
             gt_classes: (R,).
         """
         box_dim = 2 * self.ndim
-        fg_inds = torch.nonzero((gt_classes >= 0) & (gt_classes < self.num_classes), as_tuple=True)[0]
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        fg_inds = torch.nonzero(fg, as_tuple=True)[0]
         if pred_deltas.shape[1] == box_dim:  # class-agnostic
             fg_pred_deltas = pred_deltas[fg_inds]
         else:
