@@ -64,7 +64,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
             evaluators.append(SEGEvaluator(dataset_name, output_dir=output_folder))
         else:
             raise ValueError(
-                f"Unknown evaluator {name!r} in TEST.EVALUATORS; choose from {list(_EVALUATOR_NAMES)}"
+                f"Unknown evaluator {name!r} in TEST.EVALUATORS; "
+                f"choose from {list(_EVALUATOR_NAMES)}"
             )
     if not evaluators:
         raise NotImplementedError(f"TEST.EVALUATORS is empty: no evaluator for {dataset_name}")

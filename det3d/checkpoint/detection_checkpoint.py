@@ -79,7 +79,9 @@ class DetectionCheckpointer(Checkpointer):
     extra data are restored from it; otherwise only the model weights of ``path`` are loaded.
     """
 
-    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables):
+    def __init__(
+        self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables
+    ):
         """
         Args:
             model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
@@ -158,7 +160,8 @@ class DetectionCheckpointer(Checkpointer):
         return super().load(local_path, checkpointables)
 
     def has_checkpoint(self) -> bool:
-        return bool(self.save_dir) and os.path.isfile(os.path.join(self.save_dir, "last_checkpoint"))
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        return bool(self.save_dir) and os.path.isfile(tag)
 
     def get_checkpoint_file(self) -> str:
         """The file named in ``<save_dir>/last_checkpoint``; "" if there is none."""
@@ -182,7 +185,9 @@ class DetectionCheckpointer(Checkpointer):
                     f"Checkpoint {filename!r} holds objects other than tensors and plain data; "
                     f"det3d loads checkpoints with weights_only=True ({detail})"
                 ) from e
-            raise CheckpointError(f"Checkpoint {filename!r} is corrupt or unreadable ({detail})") from e
+            raise CheckpointError(
+                f"Checkpoint {filename!r} is corrupt or unreadable ({detail})"
+            ) from e
         except Exception as e:  # truncated zip, not a torch file, I/O error, ...
             raise CheckpointError(
                 f"Checkpoint {filename!r} is corrupt or unreadable: {type(e).__name__}: {e}"
@@ -193,7 +198,8 @@ class DetectionCheckpointer(Checkpointer):
             )
         if "model" not in loaded:
             if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-                loaded = {"model": loaded}  # a bare state_dict (e.g. torch.save(model.state_dict()))
+                # a bare state_dict, as torch.save(model.state_dict()) writes
+                loaded = {"model": loaded}
             else:
                 raise CheckpointError(
                     f"Checkpoint {filename!r} has no 'model' entry; its keys: {sorted(loaded)}"

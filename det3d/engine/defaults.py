@@ -285,7 +285,9 @@ class DefaultTrainer(TrainerBase):
         """
         cfg = self.cfg
         if cfg.TEST.PRECISE_BN.ENABLED:
-            logging.getLogger(__name__).warning("TEST.PRECISE_BN is not implemented in det3d; ignored")
+            logging.getLogger(__name__).warning(
+                "TEST.PRECISE_BN is not implemented in det3d; ignored"
+            )
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))

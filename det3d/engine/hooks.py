@@ -118,7 +118,7 @@ class IterationTimer(HookBase):
 
 
 class PeriodicWriter(HookBase):
-    """Runs ``writers`` every ``period`` iterations, after the last one, and closes them at the end."""
+    """Runs ``writers`` every ``period`` iterations and after the last one, then closes them."""
 
     def __init__(self, writers: List[EventWriter], period: int = 20):
         for w in writers:
@@ -128,7 +128,8 @@ class PeriodicWriter(HookBase):
         self._period = period
 
     def after_step(self) -> None:
-        if (self.trainer.iter + 1) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+        it = self.trainer.iter
+        if (it + 1) % self._period == 0 or it == self.trainer.max_iter - 1:
             for writer in self._writers:
                 writer.write()
 
@@ -221,7 +222,8 @@ class BestCheckpointer(HookBase):
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+        is_eval_iter = self._period > 0 and next_iter % self._period == 0
+        if is_eval_iter and next_iter != self.trainer.max_iter:
             self._best_checking()
 
     def after_train(self) -> None:
@@ -260,7 +262,10 @@ class LRScheduler(HookBase):
         self._optimizer = self._optimizer or self.trainer.optimizer
         if isinstance(self.scheduler, ParamScheduler):
             self._scheduler = LRMultiplier(
-                self._optimizer, self.scheduler, self.trainer.max_iter, last_iter=self.trainer.iter - 1
+                self._optimizer,
+                self.scheduler,
+                self.trainer.max_iter,
+                last_iter=self.trainer.iter - 1,
             )
         self._best_param_group_id = LRScheduler.get_best_param_group_id(self._optimizer)
 
@@ -302,7 +307,9 @@ class EvalHook(HookBase):
     Every rank must run this hook: evaluation itself is distributed.
     """
 
-    def __init__(self, eval_period: int, eval_function: Callable[[], Dict], eval_after_train: bool = True):
+    def __init__(
+        self, eval_period: int, eval_function: Callable[[], Dict], eval_after_train: bool = True
+    ):
         """
         Args:
             eval_period (int): 0 or less: evaluate only after training (if ``eval_after_train``).

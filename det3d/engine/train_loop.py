@@ -241,7 +241,9 @@ class SimpleTrainer(TrainerBase):
         self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
-    def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = "") -> None:
+    def _write_metrics(
+        self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = ""
+    ) -> None:
         if (self.iter + 1) % self.gather_metric_period != 0:
             return
         SimpleTrainer.write_metrics(loss_dict, data_time, self.iter, prefix)
@@ -265,7 +267,8 @@ class SimpleTrainer(TrainerBase):
             return
         storage = get_event_storage()
         # data_time of the slowest rank tells whether the loader holds training back.
-        storage.put_scalar("data_time", np.max([m.pop("data_time") for m in all_metrics]), cur_iter=cur_iter)
+        data_time = np.max([m.pop("data_time") for m in all_metrics])
+        storage.put_scalar("data_time", data_time, cur_iter=cur_iter)
         averaged = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0].keys()}
         total_losses_reduced = sum(averaged.values())
         storage.put_scalar(f"{prefix}total_loss", total_losses_reduced, cur_iter=cur_iter)
@@ -326,7 +329,9 @@ class AMPTrainer(SimpleTrainer):
         if isinstance(model, DistributedDataParallel):
             assert not (model.device_ids and len(model.device_ids) > 1), unsupported
         assert not isinstance(model, DataParallel), unsupported
-        super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
+        super().__init__(
+            model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward
+        )
 
         self.amp_enabled = _on_cuda(model)
         if not self.amp_enabled:

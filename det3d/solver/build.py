@@ -156,7 +156,10 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if name == "SGD":
         optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
         return optimizer_type(
-            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
         )
     if name in ("ADAMW", "ADAM"):
         base = torch.optim.AdamW if name == "ADAMW" else torch.optim.Adam

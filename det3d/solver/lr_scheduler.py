@@ -65,8 +65,8 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     Sets the learning rate of every param group to ``base_lr * multiplier(iter / max_iter)``, one
     ``step()`` per iteration.
 
-    Its ``state_dict`` holds only plain data (``base_lrs``, ``last_epoch``), so checkpoints load with
-    ``torch.load(weights_only=True)``; the multiplier comes from the config when rebuilt.
+    Its ``state_dict`` holds only plain data (``base_lrs``, ``last_epoch``), so checkpoints load
+    with ``torch.load(weights_only=True)``; the multiplier comes from the config when rebuilt.
     """
 
     def __init__(

@@ -5,7 +5,7 @@ Every function works, and does the obvious thing, when ``torch.distributed`` is 
 (a single process): world size 1, rank 0, gathers return ``[data]``.
 """
 import functools
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -175,7 +175,9 @@ def shared_random_seed() -> int:
     return all_gather(ints)[0]
 
 
-def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(
+    input_dict: Dict[str, torch.Tensor], average: bool = True
+) -> Dict[str, torch.Tensor]:
     """
     Reduces the scalar tensors of ``input_dict`` across ranks, so that rank 0 holds the sum (or
     the mean, with ``average``). Other ranks' results are not meaningful.
@@ -194,9 +196,3 @@ def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Di
             values /= world_size
         return {k: v for k, v in zip(names, values)}
 
-
-def get_device_for_backend() -> Optional[torch.device]:
-    """The device that collectives of the default group need their tensors on."""
-    if _is_dist() and dist.get_backend() == dist.Backend.NCCL:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -13,7 +13,7 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
@@ -61,7 +61,9 @@ class EventStorage:
         self._iter = start_iter
         self._current_prefix = ""
 
-    def put_scalar(self, name: str, value, smoothing_hint: bool = True, cur_iter: Optional[int] = None):
+    def put_scalar(
+        self, name: str, value, smoothing_hint: bool = True, cur_iter: Optional[int] = None
+    ) -> None:
         """
         Records ``value`` for ``name`` at the current (or given) iteration.
 

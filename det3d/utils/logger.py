@@ -14,7 +14,6 @@ _FORMAT = "[%(asctime)s %(name)s %(levelname)s]: %(message)s"
 _DATEFMT = "%m/%d %H:%M:%S"
 
 
-@functools.lru_cache()  # the same logger set up twice would print every message twice
 def setup_logger(
     output: Optional[str] = None,
     distributed_rank: int = 0,
@@ -36,6 +35,10 @@ def setup_logger(
         logging.Logger: the logger.
     """
     logger = logging.getLogger(name)
+    # Setting a logger up again (a second run in one process) replaces its handlers, so that no
+    # message is printed twice and no file of an earlier run keeps receiving lines.
+    for handler in [h for h in logger.handlers if getattr(h, "_det3d_setup", False)]:
+        logger.removeHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     if abbrev_name is None:
@@ -47,6 +50,7 @@ def setup_logger(
         console.setFormatter(
             _AbbrevFormatter(_FORMAT, datefmt=_DATEFMT, root=name, abbrev=abbrev_name)
         )
+        console._det3d_setup = True
         logger.addHandler(console)
 
     if output is not None:
@@ -60,6 +64,7 @@ def setup_logger(
         fh = logging.StreamHandler(_cached_log_stream(filename))
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
+        fh._det3d_setup = True
         logger.addHandler(fh)
     return logger
 
@@ -107,7 +112,9 @@ _LOG_COUNTER: Counter = Counter()
 _LOG_TIMER: dict = {}
 
 
-def log_first_n(lvl: int, msg: str, n: int = 1, *, name: Optional[str] = None, key="caller") -> None:
+def log_first_n(
+    lvl: int, msg: str, n: int = 1, *, name: Optional[str] = None, key="caller"
+) -> None:
     """
     Logs ``msg`` only the first ``n`` times it is reached.
 

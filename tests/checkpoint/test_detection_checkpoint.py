@@ -32,7 +32,8 @@ def test_save_and_resume_restores_model_optimizer_and_extra(tmp_path):
 
     model2 = _model(seed=1)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.5, momentum=0.9)
-    extra = DetectionCheckpointer(model2, str(tmp_path), optimizer=opt2).resume_or_load("", resume=True)
+    ck2 = DetectionCheckpointer(model2, str(tmp_path), optimizer=opt2)
+    extra = ck2.resume_or_load("", resume=True)
     assert extra["iteration"] == 9
     assert _same_state(model.state_dict(), model2.state_dict())
     s1, s2 = opt.state_dict(), opt2.state_dict()
@@ -49,9 +50,9 @@ def test_without_resume_only_weights_are_loaded(tmp_path):
     ck.save("weights")
     model2 = _model(1)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.5)
-    extra = DetectionCheckpointer(model2, str(tmp_path / "elsewhere"), optimizer=opt2).resume_or_load(
-        str(tmp_path / "weights.pth"), resume=True  # no last_checkpoint there: loads weights only
-    )
+    ck2 = DetectionCheckpointer(model2, str(tmp_path / "elsewhere"), optimizer=opt2)
+    # no last_checkpoint in "elsewhere": loads the weights only
+    extra = ck2.resume_or_load(str(tmp_path / "weights.pth"), resume=True)
     assert "optimizer" in extra  # not applied, handed back
     assert opt2.param_groups[0]["lr"] == 0.5
     assert _same_state(model.state_dict(), model2.state_dict())
@@ -79,7 +80,8 @@ def test_failure_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert (tmp_path / "model_final.pth").read_bytes() == before
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no temp left
-    assert DetectionCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)["iteration"] == 1
+    extra = DetectionCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 1
 
 
 def test_kill_between_write_and_rename_leaves_target_whole(tmp_path, monkeypatch):

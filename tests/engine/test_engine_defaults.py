@@ -85,7 +85,13 @@ def test_default_trainer_trains_checkpoints_and_writes_metrics(tmp_path):
     lines = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert lines[-1]["iteration"] == 9 and "lr" in lines[-1] and "time" in lines[-1]
     types = [type(h).__name__ for h in trainer._hooks]
-    assert types == ["IterationTimer", "LRScheduler", "PeriodicCheckpointer", "EvalHook", "PeriodicWriter"]
+    assert types == [
+        "IterationTimer",
+        "LRScheduler",
+        "PeriodicCheckpointer",
+        "EvalHook",
+        "PeriodicWriter",
+    ]
 
 
 def test_resume_continues_from_saved_iteration_with_same_state(tmp_path):

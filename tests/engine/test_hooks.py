@@ -124,7 +124,9 @@ def test_periodic_writer_json_and_printer(tmp_path, caplog):
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=MultiStepParamScheduler([1.0, 0.5], milestones=[5], num_updates=10)),
+            hooks.LRScheduler(
+                scheduler=MultiStepParamScheduler([1.0, 0.5], milestones=[5], num_updates=10)
+            ),
             hooks.PeriodicWriter([CommonMetricPrinter(10), JSONWriter(json_file)], period=4),
         ]
     )

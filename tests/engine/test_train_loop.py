@@ -123,7 +123,8 @@ def test_model_returning_a_bare_loss_tensor():
             return sum(super().forward(batch).values())
 
     model = M()
-    trainer = SimpleTrainer(model, ListLoader(make_dataset()), torch.optim.SGD(model.parameters(), lr=0.01))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, ListLoader(make_dataset()), opt)
     trainer.train(0, 2)
     assert "total_loss" in trainer.storage.latest()
 
@@ -134,7 +135,8 @@ def test_model_returning_non_dict_raises_type_error():
             return [1]
 
     model = M()
-    trainer = SimpleTrainer(model, ListLoader(make_dataset()), torch.optim.SGD(model.parameters(), lr=0.01))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, ListLoader(make_dataset()), opt)
     with pytest.raises(TypeError, match="dict of scalar losses"):
         trainer.train(0, 1)
 
@@ -180,7 +182,8 @@ def test_storage_available_inside_model_forward():
             return super().forward(batch)
 
     model = M()
-    trainer = SimpleTrainer(model, ListLoader(make_dataset()), torch.optim.SGD(model.parameters(), lr=0.01))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, ListLoader(make_dataset()), opt)
     trainer.train(2, 4)
     assert seen == [2, 3]
     assert math.isclose(trainer.storage.latest()["custom"][0], 1.0)

@@ -27,7 +27,12 @@ def _group_of(opt, param):
 def test_param_groups():
     net = _Net()
     params = get_default_optimizer_params(
-        net, base_lr=0.1, weight_decay=1e-4, weight_decay_norm=0.0, bias_lr_factor=2.0, weight_decay_bias=0.0
+        net,
+        base_lr=0.1,
+        weight_decay=1e-4,
+        weight_decay_norm=0.0,
+        bias_lr_factor=2.0,
+        weight_decay_bias=0.0,
     )
     opt = torch.optim.SGD(params, lr=0.1)
     all_params = [p for g in opt.param_groups for p in g["params"]]
@@ -39,7 +44,9 @@ def test_param_groups():
     assert _group_of(opt, net.conv.bias)["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("name,cls", [("SGD", torch.optim.SGD), ("ADAMW", torch.optim.AdamW), ("ADAM", torch.optim.Adam)])
+@pytest.mark.parametrize(
+    "name,cls", [("SGD", torch.optim.SGD), ("ADAMW", torch.optim.AdamW), ("ADAM", torch.optim.Adam)]
+)
 def test_build_optimizer_types(name, cls):
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZER = name

@@ -18,7 +18,8 @@ RPN_INSTANT = os.path.join(ROOT, "configs", "quick_schedules", "rpn_R18_FPN_3d_i
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("det3d_train_net", os.path.join(ROOT, "tools", "train_net.py"))
+    path = os.path.join(ROOT, "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("det3d_train_net", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,7 +46,8 @@ def _same_results(a, b):
         assert a[task].keys() == b[task].keys(), task
         for k, v in a[task].items():
             w = b[task][k]
-            assert (math.isnan(v) and math.isnan(w)) or v == pytest.approx(w, abs=1e-6), (task, k, v, w)
+            same = (math.isnan(v) and math.isnan(w)) or v == pytest.approx(w, abs=1e-6)
+            assert same, (task, k, v, w)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def test_instant_schedule_trains_and_evaluates(instant_run):
     assert {"bbox", "segm", "matching", "seg"} <= set(results)
     assert 0.0 <= results["seg"]["SEG"] <= 1.0
     files = set(os.listdir(out))
-    assert {"model_0000002.pth", "model_final.pth", "last_checkpoint", "config.yaml", "log.txt"} <= files
+    expected = {"model_0000002.pth", "model_final.pth", "last_checkpoint", "config.yaml", "log.txt"}
+    assert expected <= files
     lines = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     trained = [d for d in lines if "total_loss" in d]
     assert [d["iteration"] for d in trained] == [0, 1, 2, 3, 4]
@@ -74,7 +77,13 @@ def test_eval_only_reproduces_metrics(instant_run, synthetic_root, tmp_path):
     out, results = instant_run
     weights = os.path.join(out, "model_final.pth")
     again = train_net.main(
-        _args(INSTANT, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path), "SYNTHETIC.ROOT", synthetic_root, flags=["--eval-only"])
+        _args(
+            INSTANT,
+            "MODEL.WEIGHTS", weights,
+            "OUTPUT_DIR", str(tmp_path),
+            "SYNTHETIC.ROOT", synthetic_root,
+            flags=["--eval-only"],
+        )  # fmt: skip
     )
     _same_results(results, again)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".pth") and f.startswith("model")]
@@ -103,12 +112,14 @@ def test_resume_continues_with_saved_state(synthetic_root, tmp_path):
     trainer.train()
     iters = [json.loads(line)["iteration"] for line in open(os.path.join(tmp_path, "metrics.json"))]
     assert iters == [0, 1, 2, 3, 4]  # appended: the second run went on at iteration 3
-    assert torch.load(os.path.join(tmp_path, "model_final.pth"), weights_only=True)["iteration"] == 4
+    final = torch.load(os.path.join(tmp_path, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == 4
 
 
 def test_staged_training_rpn_then_heads_with_frozen_rpn(synthetic_root, tmp_path):
     rpn_out = str(tmp_path / "rpn")
-    train_net.main(_args(RPN_INSTANT, "OUTPUT_DIR", rpn_out, "SYNTHETIC.ROOT", synthetic_root, "SOLVER.MAX_ITER", "2"))
+    opts = ["OUTPUT_DIR", rpn_out, "SYNTHETIC.ROOT", synthetic_root, "SOLVER.MAX_ITER", "2"]
+    train_net.main(_args(RPN_INSTANT, *opts))
     rpn_weights = os.path.join(rpn_out, "model_final.pth")
     assert os.path.isfile(rpn_weights)
 
@@ -142,7 +153,8 @@ def test_errors_name_what_is_wrong(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="--eval-only needs weights"):
         train_net.main(_args(INSTANT, "OUTPUT_DIR", str(tmp_path), flags=["--eval-only"]))
     with pytest.raises(ValueError, match="TEST.EVALUATORS"):
-        cfg = train_net.setup(_args(INSTANT, "OUTPUT_DIR", str(tmp_path), "TEST.EVALUATORS", "['coco3d', 'f1']"))
+        opts = ["OUTPUT_DIR", str(tmp_path), "TEST.EVALUATORS", "['coco3d', 'f1']"]
+        cfg = train_net.setup(_args(INSTANT, *opts))
         train_net.build_evaluator(cfg, "synthetic_tiny_val")
 
 

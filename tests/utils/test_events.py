@@ -80,7 +80,8 @@ def test_common_metric_printer(caplog):
             storage.put_scalar("lr", 0.02, smoothing_hint=False)
             printer.write()
     msg = caplog.records[-1].message
-    assert "iter: 4" in msg and "loss_cls: 0.5" in msg and "lr: 0.02" in msg and "eta: 0:00:00" in msg
+    for part in ("iter: 4", "loss_cls: 0.5", "lr: 0.02", "eta: 0:00:00"):
+        assert part in msg
 
 
 def test_setup_logger_writes_file_and_does_not_duplicate(tmp_path, capsys):
