@@ -134,3 +134,21 @@ def test_mask_off_and_proposal_network():
     # Same parameter names as the full model, so stage checkpoints transfer.
     full = build_model(tiny_cfg(3)).state_dict()
     assert set(rpn.state_dict()) == {k for k in full if not k.startswith("roi_heads.")}
+
+
+def test_training_statistics_go_to_the_event_storage():
+    from det3d.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(3))
+    model.train()
+    with EventStorage(0) as storage:
+        model(_batch(3))
+        logged = set(storage.histories())
+    assert {
+        "roi_head/num_fg_samples",
+        "roi_head/num_bg_samples",
+        "fast_rcnn/cls_accuracy",
+        "fast_rcnn/fg_cls_accuracy",
+        "mask_rcnn/dice",
+    } <= logged

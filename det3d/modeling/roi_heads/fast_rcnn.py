@@ -31,6 +31,29 @@ _CLS_LOSS_TYPES = ("ce", "focal")
 _BOX_LOSS_TYPES = ("smooth_l1", "huber", "giou")
 
 
+def _log_classification_stats(scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
+    """Accuracy of the sampled RoIs (all, foreground, background) to the trainer's storage."""
+    if gt_classes.numel() == 0:
+        return
+    try:
+        from det3d.utils.events import get_event_storage
+
+        storage = get_event_storage()
+    except (ImportError, AssertionError):  # no trainer around
+        return
+    bg_class = scores.shape[1] - 1
+    pred = scores.detach().argmax(dim=1)
+    fg = (gt_classes >= 0) & (gt_classes < bg_class)
+    bg = gt_classes == bg_class
+    correct = (pred == gt_classes).float()
+    storage.put_scalar("fast_rcnn/cls_accuracy", correct.mean().item())
+    if fg.any():
+        storage.put_scalar("fast_rcnn/fg_cls_accuracy", correct[fg].mean().item())
+        storage.put_scalar("fast_rcnn/false_negative", (pred[fg] == bg_class).float().mean().item())
+    if bg.any():
+        storage.put_scalar("fast_rcnn/bg_cls_accuracy", correct[bg].mean().item())
+
+
 def fast_rcnn_inference(
     boxes: List[torch.Tensor],
     scores: List[torch.Tensor],
@@ -249,6 +272,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         else:
             proposal_boxes = gt_boxes = scores.new_zeros((0, box_dim))
 
+        _log_classification_stats(scores, gt_classes)
         if gt_classes.numel() == 0:
             loss_cls = scores.sum() * 0.0
         elif self.cls_loss_type == "ce":

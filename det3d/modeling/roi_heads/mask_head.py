@@ -23,6 +23,22 @@ __all__ = [
 _MASK_LOSS_TYPES = ("bce", "bce_dice")
 
 
+def _log_mask_stats(logits: torch.Tensor, gt_masks: torch.Tensor) -> None:
+    """Voxel accuracy and mean hard Dice of the predicted masks, to the trainer's storage."""
+    try:
+        from det3d.utils.events import get_event_storage
+
+        storage = get_event_storage()
+    except (ImportError, AssertionError):  # no trainer around
+        return
+    pred = (logits.detach() > 0).flatten(1)
+    gt = gt_masks.flatten(1) > 0.5
+    inter = (pred & gt).sum(1).float()
+    dice = (2 * inter + 1) / (pred.sum(1) + gt.sum(1) + 1).float()
+    storage.put_scalar("mask_rcnn/accuracy", (pred == gt).float().mean().item())
+    storage.put_scalar("mask_rcnn/dice", dice.mean().item())
+
+
 def mask_rcnn_loss(
     pred_mask_logits: torch.Tensor,
     instances: List[Instances],
@@ -64,6 +80,7 @@ def mask_rcnn_loss(
     else:
         classes = cat(gt_classes, dim=0)
         logits = pred_mask_logits[torch.arange(pred_mask_logits.shape[0]), classes]
+    _log_mask_stats(logits, gt_masks)
     loss = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="mean")
     if loss_type == "bce_dice":
         loss = bce_weight * loss + dice_weight * dice_loss(logits, gt_masks, reduction="mean")

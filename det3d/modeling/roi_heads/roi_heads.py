@@ -58,6 +58,18 @@ def select_foreground_proposals(
     return fg_proposals, fg_masks
 
 
+def _put_scalars(scalars: Dict[str, float]) -> None:
+    """Logs to the trainer's EventStorage when there is one (not in tests or notebooks)."""
+    try:
+        from det3d.utils.events import get_event_storage
+
+        storage = get_event_storage()
+    except (ImportError, AssertionError):
+        return
+    for name, value in scalars.items():
+        storage.put_scalar(name, value)
+
+
 def _pooler_scales(input_shape: Dict[str, ShapeSpec], in_features: List[str], ndim: int):
     scales = []
     for f in in_features:
@@ -197,7 +209,12 @@ class ROIHeads3D(nn.Module):
             num_bg.append(int((gt_classes == self.num_classes).sum().item()))
             num_fg.append(len(gt_classes) - num_bg[-1])
             sampled_proposals.append(proposals_per_image)
-        self.last_sampling_stats = {"num_fg_samples": num_fg, "num_bg_samples": num_bg}
+        _put_scalars(
+            {
+                "roi_head/num_fg_samples": sum(num_fg) / max(len(num_fg), 1),
+                "roi_head/num_bg_samples": sum(num_bg) / max(len(num_bg), 1),
+            }
+        )
         return sampled_proposals
 
     def forward(
