@@ -141,8 +141,8 @@ def test_errors_name_the_argument():
 
 
 def test_large_input_parallel_path_matches_serial():
-    # >= 4 * 8192 alive boxes takes the chunked multi-threaded filter in the CPU kernel; the
-    # one-thread path (checked against the reference above) must give the same result.
+    # With threshold 0 the CPU kernel filters a list of alive boxes; from 4 * 8192 boxes it does
+    # so in chunks on several threads. The one-thread path must give the same result.
     g = torch.Generator().manual_seed(0)
     lo = torch.rand(40000, 3, generator=g) * 12
     boxes = torch.cat([lo, lo + 4 + torch.rand(40000, 3, generator=g)], dim=1)
@@ -150,12 +150,44 @@ def test_large_input_parallel_path_matches_serial():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        keep = nms(boxes, scores, 0.5)
+        keep = nms(boxes, scores, 0.0)
         torch.set_num_threads(1)
-        expected = nms(boxes, scores, 0.5)
+        expected = nms(boxes, scores, 0.0)
     finally:
         torch.set_num_threads(threads)
     assert keep.tolist() == expected.tolist()
+
+
+def vectorised_greedy_nms(boxes, scores, threshold):
+    order = scores.argsort(descending=True, stable=True)
+    sb = boxes[order].double()
+    nd = sb.shape[1] // 2
+    vol = (sb[:, nd:] - sb[:, :nd]).clamp(min=0).prod(1)
+    alive, keep = torch.arange(len(sb)), []
+    while len(alive):
+        i, rest = alive[0], alive[1:]
+        keep.append(int(i))
+        sides = torch.minimum(sb[i, nd:], sb[rest, nd:]) - torch.maximum(sb[i, :nd], sb[rest, :nd])
+        inter = sides.clamp(min=0).prod(1)
+        union = vol[i] + vol[rest] - inter
+        iou = torch.where(union > 0, inter / union, torch.zeros_like(union))
+        alive = rest[~(iou > threshold)]
+    return order[keep].tolist()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("threshold", [0.05, 0.5, 0.95])
+def test_many_boxes_of_mixed_sizes(ndim, threshold):
+    # Sizes spread over two orders of magnitude, clustered and scattered centres: exercises the
+    # CPU kernel's bucket search radius.
+    g = torch.Generator().manual_seed(ndim)
+    n = 600
+    centres = torch.rand(n, ndim, generator=g) * 100
+    centres[: n // 2] = centres[: n // 2] * 0.1 + 40
+    sizes = torch.exp(torch.rand(n, ndim, generator=g) * 4.5) * 0.3
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+    scores = torch.rand(n, generator=g)
+    assert nms(boxes, scores, threshold).tolist() == vectorised_greedy_nms(boxes, scores, threshold)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

@@ -1,14 +1,21 @@
 // Greedy NMS on the CPU.
 //
-// Boxes are visited once in score order. The boxes still alive are kept in a compact index list;
-// each kept box filters that list in place, so the work shrinks as boxes get suppressed. IoU is
-// evaluated in double from precomputed volumes, with an early exit for boxes that do not overlap.
-// Long lists are filtered in fixed chunks on several threads, then the chunks are packed.
+// Boxes are visited once in score order; IoU is evaluated in double from precomputed volumes,
+// with an early exit for boxes that do not overlap.
+//
+// With iou_threshold t > 0, a box can only be suppressed by a box whose centre is close: per
+// axis, IoU > t needs an overlap > t * max(len_a, len_b), hence len_b < len_a / t and
+// |centre_a - centre_b| < (1 - t) * max(len_a, len_b). Box centres are bucketed in a grid and a
+// kept box only looks at the buckets within that distance (grid_nms). Otherwise (t <= 0), the
+// boxes still alive are kept in a compact index list that each kept box filters in place; long
+// lists are filtered in chunks on several threads, then packed (list_nms).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "nms.h"
@@ -58,21 +65,10 @@ inline int64_t filter_alive(const BoxND<NDIM>& a, const std::vector<BoxND<NDIM>>
   return w - begin;
 }
 
-// `sorted` holds the boxes in decreasing score order; returns kept positions in that order.
-template <typename scalar_t, int NDIM>
-std::vector<int64_t> greedy_nms(const scalar_t* sorted, int64_t n, double threshold) {
-  std::vector<BoxND<NDIM>> boxes(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* b = sorted + i * 2 * NDIM;
-    double volume = 1.0;
-    for (int d = 0; d < NDIM; ++d) {
-      boxes[i].lo[d] = static_cast<double>(b[d]);
-      boxes[i].hi[d] = static_cast<double>(b[NDIM + d]);
-      volume *= std::max(boxes[i].hi[d] - boxes[i].lo[d], 0.0);
-    }
-    boxes[i].volume = volume;
-  }
-
+// Greedy NMS over all alive boxes; `boxes` are in decreasing score order. Returns kept positions.
+template <int NDIM>
+std::vector<int64_t> list_nms(const std::vector<BoxND<NDIM>>& boxes, double threshold) {
+  const int64_t n = static_cast<int64_t>(boxes.size());
   std::vector<int64_t> alive(n);
   for (int64_t i = 0; i < n; ++i) {
     alive[i] = i;
@@ -116,6 +112,124 @@ std::vector<int64_t> greedy_nms(const scalar_t* sorted, int64_t n, double thresh
     }
   }
   return keep;
+}
+
+// Greedy NMS visiting, for every kept box, only the grid buckets that can hold boxes it
+// suppresses (see the top of the file). Needs threshold > 0 and finite boxes.
+template <int NDIM>
+std::vector<int64_t> grid_nms(const std::vector<BoxND<NDIM>>& boxes, double threshold) {
+  const int64_t n = static_cast<int64_t>(boxes.size());
+  double origin[NDIM], top[NDIM], max_len[NDIM], cell[NDIM];
+  int64_t n_cells[NDIM];
+  for (int d = 0; d < NDIM; ++d) {
+    origin[d] = std::numeric_limits<double>::infinity();
+    top[d] = -origin[d];
+    max_len[d] = 0;
+  }
+  std::vector<double> centres(n * NDIM);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int d = 0; d < NDIM; ++d) {
+      const double c = 0.5 * (boxes[i].lo[d] + boxes[i].hi[d]);
+      centres[i * NDIM + d] = c;
+      origin[d] = std::min(origin[d], c);
+      top[d] = std::max(top[d], c);
+      max_len[d] = std::max(max_len[d], boxes[i].hi[d] - boxes[i].lo[d]);
+    }
+  }
+  // Buckets of about half the largest search radius, at most ~n buckets in all.
+  const int64_t per_axis_cap =
+      std::max<int64_t>(1, static_cast<int64_t>(std::pow(static_cast<double>(n), 1.0 / NDIM)));
+  int64_t total_cells = 1;
+  for (int d = 0; d < NDIM; ++d) {
+    const double extent = top[d] - origin[d];
+    cell[d] = std::max(0.5 * (1 - threshold) * max_len[d], extent / per_axis_cap);
+    cell[d] = std::max(cell[d], 1e-12 * (1 + std::abs(origin[d]) + extent));
+    n_cells[d] = std::min<int64_t>(per_axis_cap, static_cast<int64_t>(extent / cell[d]) + 1);
+    total_cells *= n_cells[d];
+  }
+  auto cell_of = [&](double c, int d) {
+    const int64_t k = static_cast<int64_t>(std::floor((c - origin[d]) / cell[d]));
+    return std::min(std::max<int64_t>(k, 0), n_cells[d] - 1);
+  };
+  std::vector<std::vector<int64_t>> buckets(total_cells);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t flat = 0;
+    for (int d = 0; d < NDIM; ++d) {
+      flat = flat * n_cells[d] + cell_of(centres[i * NDIM + d], d);
+    }
+    buckets[flat].push_back(i);  // in score order
+  }
+
+  std::vector<uint8_t> suppressed(n, 0);
+  std::vector<int64_t> keep;
+  for (int64_t i = 0; i < n; ++i) {
+    if (suppressed[i]) {
+      continue;
+    }
+    keep.push_back(i);
+    const BoxND<NDIM>& a = boxes[i];
+    if (!(a.volume > 0)) {
+      continue;  // IoU 0 with everything
+    }
+    int64_t first[NDIM], last[NDIM], at[NDIM];
+    for (int d = 0; d < NDIM; ++d) {
+      const double len = a.hi[d] - a.lo[d];
+      const double radius = (1 - threshold) * std::max(len, std::min(len / threshold, max_len[d]));
+      const double c = centres[i * NDIM + d];
+      const double margin = 1e-9 * (std::abs(c) + radius) + 1e-12;  // rounding safety
+      first[d] = at[d] = cell_of(c - radius - margin, d);
+      last[d] = cell_of(c + radius + margin, d);
+    }
+    while (true) {
+      int64_t flat = 0;
+      for (int d = 0; d < NDIM; ++d) {
+        flat = flat * n_cells[d] + at[d];
+      }
+      // Drop visited and suppressed boxes from the bucket as we go.
+      std::vector<int64_t>& bucket = buckets[flat];
+      size_t w = 0;
+      for (const int64_t j : bucket) {
+        if (j <= i || suppressed[j]) {
+          continue;
+        }
+        if (box_iou<NDIM>(a, boxes[j]) > threshold) {
+          suppressed[j] = 1;
+        } else {
+          bucket[w++] = j;
+        }
+      }
+      bucket.resize(w);
+      int d = NDIM - 1;
+      for (; d >= 0; --d) {
+        if (++at[d] <= last[d]) break;
+        at[d] = first[d];
+      }
+      if (d < 0) break;
+    }
+  }
+  return keep;
+}
+
+// `sorted` holds the boxes in decreasing score order; returns kept positions in that order.
+template <typename scalar_t, int NDIM>
+std::vector<int64_t> greedy_nms(const scalar_t* sorted, int64_t n, double threshold) {
+  std::vector<BoxND<NDIM>> boxes(n);
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* b = sorted + i * 2 * NDIM;
+    double volume = 1.0;
+    for (int d = 0; d < NDIM; ++d) {
+      boxes[i].lo[d] = static_cast<double>(b[d]);
+      boxes[i].hi[d] = static_cast<double>(b[NDIM + d]);
+      volume *= std::max(boxes[i].hi[d] - boxes[i].lo[d], 0.0);
+      finite = finite && std::isfinite(boxes[i].lo[d]) && std::isfinite(boxes[i].hi[d]);
+    }
+    boxes[i].volume = volume;
+  }
+  if (finite && threshold > 0 && threshold < 1) {
+    return grid_nms<NDIM>(boxes, threshold);
+  }
+  return list_nms<NDIM>(boxes, threshold);
 }
 
 at::Tensor nms_cpu_impl(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
