@@ -18,6 +18,16 @@ from det3d.modeling.backbone import (
 from det3d.modeling.registries import BACKBONE_REGISTRY
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convs gain nothing from threads, and on a shared machine OpenMP threads that wait for
+    # each other slow them down by an order of magnitude.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(ndim=3, **resnet):
     cfg = get_cfg()
     cfg.MODEL.SPATIAL_DIMS = ndim
