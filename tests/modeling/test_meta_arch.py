@@ -104,6 +104,12 @@ def test_multichannel_input_and_pixel_buffers():
     assert set(model(batch)) == ALL_LOSSES
     with pytest.raises(ValueError, match=r"\(1, 16, 32, 32\)"):
         model([synthetic_input((16, 32, 32))])
+    bad = synthetic_input((16, 32, 32))
+    bad["image"] = torch.cat([bad["image"], bad["image"]])
+    bad["image"][1, 3, 4, 5] = float("nan")
+    bad["file_name"] = "vol_007.tif"
+    with pytest.raises(ValueError, match="vol_007.tif.*NaN"):
+        model([bad])
 
 
 def test_mask_off_and_proposal_network():

@@ -89,6 +89,11 @@ class _RCNNBase(nn.Module):
                     f"expects (C={self.pixel_mean.shape[0]}, {self.ndim} spatial dims)"
                 )
             image = image.to(self.device, dtype=torch.float32)
+            if not torch.isfinite(image).all():
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] ({x.get('file_name', 'no file_name')}) "
+                    "contains NaN or Inf voxels"
+                )
             images.append((image - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(
             images,
