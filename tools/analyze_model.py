@@ -158,7 +158,9 @@ def analyze(cfg, name: str, input_size: Optional[Sequence[int]], detections: int
 
 
 def _format_table(rows: List[dict]) -> str:
-    headers = ["config", "arch", "input", "params", "trainable", "GFLOPs", "RoIs (prop/det)", "counted"]
+    headers = [
+        "config", "arch", "input", "params", "trainable", "GFLOPs", "RoIs (prop/det)", "counted"
+    ]
     lines = []
     for r in rows:
         lines.append(
@@ -205,7 +207,9 @@ def main(argv=None) -> List[dict]:
     if not args.no_defaults:
         cfg = get_cfg()
         cfg.MODEL.SPATIAL_DIMS = 3
-        rows.append(analyze(cfg, "(defaults, 3D)", args.input_size, args.detections, not args.no_flops))
+        rows.append(
+            analyze(cfg, "(defaults, 3D)", args.input_size, args.detections, not args.no_flops)
+        )
     for path in files:
         name = os.path.relpath(path, root) if os.path.isabs(path) else path
         cfg = get_cfg()
