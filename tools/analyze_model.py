@@ -211,7 +211,8 @@ def main(argv=None) -> List[dict]:
             analyze(cfg, "(defaults, 3D)", args.input_size, args.detections, not args.no_flops)
         )
     for path in files:
-        name = os.path.relpath(path, root) if os.path.isabs(path) else path
+        inside = os.path.abspath(path).startswith(root + os.sep)
+        name = os.path.relpath(os.path.abspath(path), root) if inside else path
         cfg = get_cfg()
         try:
             cfg.merge_from_file(path)
