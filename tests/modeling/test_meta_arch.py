@@ -158,3 +158,15 @@ def test_training_statistics_go_to_the_event_storage():
         "fast_rcnn/fg_cls_accuracy",
         "mask_rcnn/dice",
     } <= logged
+
+
+def test_proposal_network_2d():
+    cfg = tiny_cfg(2)
+    cfg.MODEL.META_ARCHITECTURE = "ProposalNetwork3D"
+    model = build_model(cfg)
+    model.train()
+    assert set(model(_batch(2))) == {"loss_rpn_cls", "loss_rpn_loc"}
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": _batch(2, 1)[0]["image"], "height": 32, "width": 32}])
+    assert out[0]["proposals"].image_size == (32, 32)
