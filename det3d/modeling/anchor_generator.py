@@ -1,4 +1,5 @@
 """Anchors of dense detectors (RPN) on the grid of every feature level, in 2D or 3D."""
+
 import math
 from typing import List, Sequence
 
@@ -115,7 +116,10 @@ class DefaultAnchorGenerator3D(nn.Module):
         else:
             z_aspect_ratios = [[1.0]] * self.num_features  # unused in 2D
         self.cell_anchors = _BufferList(
-            [self.generate_cell_anchors(s, a, z) for s, a, z in zip(sizes, aspect_ratios, z_aspect_ratios)]
+            [
+                self.generate_cell_anchors(s, a, z)
+                for s, a, z in zip(sizes, aspect_ratios, z_aspect_ratios)
+            ]
         )
 
     @classmethod
@@ -135,7 +139,10 @@ class DefaultAnchorGenerator3D(nn.Module):
         }
 
     def generate_cell_anchors(
-        self, sizes: Sequence[float], aspect_ratios: Sequence[float], z_aspect_ratios: Sequence[float]
+        self,
+        sizes: Sequence[float],
+        aspect_ratios: Sequence[float],
+        z_aspect_ratios: Sequence[float],
     ) -> torch.Tensor:
         """
         Returns:
@@ -188,7 +195,8 @@ class DefaultAnchorGenerator3D(nn.Module):
         """
         if len(features) != self.num_features:
             raise ValueError(
-                f"Anchor generator built for {self.num_features} levels got {len(features)} features"
+                f"Anchor generator built for {self.num_features} levels got {len(features)} "
+                "features"
             )
         grid_sizes = [tuple(f.shape[-self.ndim :]) for f in features]
         return [Boxes(a) for a in self._grid_anchors(grid_sizes)]

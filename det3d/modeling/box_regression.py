@@ -3,6 +3,7 @@ Box <-> regression-target transforms and the dense box regression loss, for any 
 dims. A box has ``2 * ndim`` coordinates, corners then ends (``(x0, y0, z0, x1, y1, z1)`` in 3D);
 deltas are ordered the same way: ``(dx, dy, dz, dw, dh, dd)`` (centre shifts, then log size ratios).
 """
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -71,14 +72,19 @@ class Box2BoxTransform:
             src_boxes, target_boxes (Tensor): (N, 2*ndim); source boxes must have positive sizes.
 
         Returns:
-            Tensor: (N, 2*ndim) deltas that ``apply_deltas`` turns ``src_boxes`` into ``target_boxes`` with.
+            Tensor: (N, 2*ndim) deltas with which ``apply_deltas`` turns ``src_boxes`` into
+            ``target_boxes``.
         """
         if isinstance(src_boxes, Boxes):
             src_boxes = src_boxes.tensor
         if isinstance(target_boxes, Boxes):
             target_boxes = target_boxes.tensor
         box_dim = 2 * self.ndim
-        if src_boxes.dim() != 2 or src_boxes.shape[1] != box_dim or target_boxes.shape != src_boxes.shape:
+        if (
+            src_boxes.dim() != 2
+            or src_boxes.shape[1] != box_dim
+            or target_boxes.shape != src_boxes.shape
+        ):
             raise ValueError(
                 f"get_deltas expects src and target boxes of shape (N, {box_dim}); got "
                 f"{tuple(src_boxes.shape)} and {tuple(target_boxes.shape)}"
@@ -95,7 +101,8 @@ class Box2BoxTransform:
         """
         Args:
             deltas (Tensor): (N, k * 2*ndim); k = 1 for class-agnostic, k = #classes for
-                class-specific regression (deltas of class j at columns ``j*2*ndim : (j+1)*2*ndim``).
+                class-specific regression (deltas of class j at columns
+                ``j*2*ndim : (j+1)*2*ndim``).
             boxes (Tensor): (N, 2*ndim) boxes to transform.
 
         Returns:
@@ -104,7 +111,11 @@ class Box2BoxTransform:
         if isinstance(boxes, Boxes):
             boxes = boxes.tensor
         box_dim = 2 * self.ndim
-        if deltas.dim() != 2 or deltas.shape[1] % box_dim != 0 or boxes.shape != (deltas.shape[0], box_dim):
+        if (
+            deltas.dim() != 2
+            or deltas.shape[1] % box_dim != 0
+            or boxes.shape != (deltas.shape[0], box_dim)
+        ):
             raise ValueError(
                 f"apply_deltas expects deltas (N, k*{box_dim}) and boxes (N, {box_dim}); got "
                 f"{tuple(deltas.shape)} and {tuple(boxes.shape)}"

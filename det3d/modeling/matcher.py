@@ -1,4 +1,5 @@
 """Assigns each prediction (anchor, proposal) to at most one ground-truth box."""
+
 from typing import List, Tuple
 
 import torch
@@ -65,7 +66,9 @@ class Matcher:
         if match_quality_matrix.numel() == 0:
             # No ground truth (or no prediction): everything gets the lowest band's label.
             matches = match_quality_matrix.new_zeros((num_pred,), dtype=torch.int64)
-            match_labels = match_quality_matrix.new_full((num_pred,), self.labels[0], dtype=torch.int8)
+            match_labels = match_quality_matrix.new_full(
+                (num_pred,), self.labels[0], dtype=torch.int8
+            )
             return matches, match_labels
         if not torch.all(match_quality_matrix >= 0):
             raise ValueError("Matcher: the match quality matrix has negative or NaN entries")

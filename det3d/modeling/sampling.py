@@ -1,4 +1,5 @@
 """Random subsampling of labelled anchors / proposals to a fixed positive fraction."""
+
 from typing import Tuple
 
 import torch

@@ -53,7 +53,11 @@ def test_from_config_rejects_wrong_ndim():
 def test_centres_on_anisotropic_grid_and_order(offset):
     strides = (2, 4, 8)  # D, H, W
     gen = DefaultAnchorGenerator3D(
-        sizes=[[4, 8]], aspect_ratios=[[1.0, 4.0]], z_aspect_ratios=[[0.5]], strides=[strides], offset=offset
+        sizes=[[4, 8]],
+        aspect_ratios=[[1.0, 4.0]],
+        z_aspect_ratios=[[0.5]],
+        strides=[strides],
+        offset=offset,
     )
     D, H, W, A = 3, 4, 5, 4
     anchors = gen([torch.zeros(1, 1, D, H, W)])[0].tensor
@@ -65,7 +69,11 @@ def test_centres_on_anisotropic_grid_and_order(offset):
                 for c in range(A):
                     row = ((k * H + i) * W + j) * A + c
                     centre = torch.tensor(
-                        [(j + offset) * strides[2], (i + offset) * strides[1], (k + offset) * strides[0]]
+                        [
+                            (j + offset) * strides[2],
+                            (i + offset) * strides[1],
+                            (k + offset) * strides[0],
+                        ]
                     )
                     expected = torch.cat([centre, centre]) + cell[c]
                     torch.testing.assert_close(anchors[row], expected)
@@ -73,14 +81,20 @@ def test_centres_on_anisotropic_grid_and_order(offset):
 
 def test_2d_ignores_z_ratios():
     gen = DefaultAnchorGenerator3D(
-        sizes=[[16], [32]], aspect_ratios=[0.5, 2.0], z_aspect_ratios=[[0.1, 0.2, 0.3]], strides=[(4, 4), (8, 8)]
+        sizes=[[16], [32]],
+        aspect_ratios=[0.5, 2.0],
+        z_aspect_ratios=[[0.1, 0.2, 0.3]],
+        strides=[(4, 4), (8, 8)],
     )
     assert gen.box_dim == 4 and gen.num_anchors == [2, 2]
     anchors = gen([torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 1, 2)])
     assert anchors[0].tensor.shape == (2 * 3 * 2, 4)
     sizes = anchors[1].sizes()
     torch.testing.assert_close(
-        sizes[:2], torch.tensor([[32 / math.sqrt(0.5), 32 * math.sqrt(0.5)], [32 / math.sqrt(2), 32 * math.sqrt(2)]])
+        sizes[:2],
+        torch.tensor(
+            [[32 / math.sqrt(0.5), 32 * math.sqrt(0.5)], [32 / math.sqrt(2), 32 * math.sqrt(2)]]
+        ),
     )
     # second location of level 1 is one x stride further
     torch.testing.assert_close(anchors[1].centers()[2], torch.tensor([8.0, 0.0]))
@@ -88,9 +102,13 @@ def test_2d_ignores_z_ratios():
 
 def test_broadcast_errors_and_offset():
     with pytest.raises(ValueError, match="SIZES"):
-        DefaultAnchorGenerator3D(sizes=[[8], [16], [32]], aspect_ratios=[[1.0]], strides=[(4, 4, 4), (8, 8, 8)])
+        DefaultAnchorGenerator3D(
+            sizes=[[8], [16], [32]], aspect_ratios=[[1.0]], strides=[(4, 4, 4), (8, 8, 8)]
+        )
     with pytest.raises(ValueError, match="offset"):
-        DefaultAnchorGenerator3D(sizes=[[8]], aspect_ratios=[[1.0]], strides=[(4, 4, 4)], offset=1.0)
+        DefaultAnchorGenerator3D(
+            sizes=[[8]], aspect_ratios=[[1.0]], strides=[(4, 4, 4)], offset=1.0
+        )
     with pytest.raises(ValueError, match="levels"):
         DefaultAnchorGenerator3D(sizes=[[8]], aspect_ratios=[[1.0]], strides=[(4, 4, 4)])(
             [torch.zeros(1, 1, 2, 2, 2)] * 2
@@ -137,7 +155,9 @@ def test_head_flattening_matches_anchor_order(ndim):
         a = int(flat_logits[r]) // 1000
         loc = int(flat_logits[r]) % 1000
         idx = [(loc // 10 ** (ndim - 1 - ax)) % 10 for ax in range(ndim)]  # array order
-        expected_centre = torch.tensor([idx[ndim - 1 - c] * strides[ndim - 1 - c] for c in range(ndim)], dtype=torch.float32)
+        expected_centre = torch.tensor(
+            [idx[ndim - 1 - c] * strides[ndim - 1 - c] for c in range(ndim)], dtype=torch.float32
+        )
         torch.testing.assert_close(centres[r], expected_centre)
         torch.testing.assert_close(sizes[r], cell_sizes[a])
         for k in range(B):

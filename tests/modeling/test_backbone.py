@@ -45,7 +45,12 @@ def _ceil_div(shape, stride):
 
 def test_resnet_3d_anisotropic_strides_and_shapes():
     torch.manual_seed(0)
-    cfg = _cfg(3, STEM_STRIDE=[1, 2, 2], STEM_POOL_STRIDE=[1, 2, 2], OUT_FEATURES=["stem", "res2", "res3", "res4", "res5"])
+    cfg = _cfg(
+        3,
+        STEM_STRIDE=[1, 2, 2],
+        STEM_POOL_STRIDE=[1, 2, 2],
+        OUT_FEATURES=["stem", "res2", "res3", "res4", "res5"],
+    )
     model = build_resnet3d_backbone(cfg, ShapeSpec(channels=1))
     shapes = model.output_shape()
     expected = {
@@ -110,7 +115,12 @@ def test_bottleneck_resnext_and_dilation():
     assert shapes["res4"].stride == (8, 16, 16)
     assert shapes["res5"].stride == shapes["res4"].stride  # dilation replaces the stride
     assert [len(getattr(model, f"res{i}")) for i in range(2, 6)] == [3, 4, 6, 3]
-    assert {k: v.channels for k, v in shapes.items()} == {"res2": 16, "res3": 32, "res4": 64, "res5": 128}
+    assert {k: v.channels for k, v in shapes.items()} == {
+        "res2": 16,
+        "res3": 32,
+        "res4": 64,
+        "res5": 128,
+    }
     block = model.res3[0]
     assert block.conv2.conv.groups == 2 and block.conv1.out_channels == 8
     assert model.res5[0].conv2.conv.dilation == (2, 2, 2)
@@ -120,7 +130,9 @@ def test_bottleneck_resnext_and_dilation():
 
 def test_stride_in_1x1():
     for stride_in_1x1 in (True, False):
-        cfg = _cfg(3, DEPTH=50, RES2_OUT_CHANNELS=16, WIDTH_PER_GROUP=4, STRIDE_IN_1X1=stride_in_1x1)
+        cfg = _cfg(
+            3, DEPTH=50, RES2_OUT_CHANNELS=16, WIDTH_PER_GROUP=4, STRIDE_IN_1X1=stride_in_1x1
+        )
         model = build_resnet3d_backbone(cfg, ShapeSpec(channels=1))
         first = model.res3[0]
         assert first.conv1.conv.stride == ((2, 2, 2) if stride_in_1x1 else (1, 1, 1))
@@ -200,7 +212,9 @@ def _upsample_reference(x, size):
 
 def test_fpn_3d_anisotropic_against_reference():
     torch.manual_seed(0)
-    cfg = _cfg(3, STEM_STRIDE=[1, 2, 2], STEM_POOL_STRIDE=[1, 2, 2], STAGE_STRIDES=[1, [1, 2, 2], 2, 2])
+    cfg = _cfg(
+        3, STEM_STRIDE=[1, 2, 2], STEM_POOL_STRIDE=[1, 2, 2], STAGE_STRIDES=[1, [1, 2, 2], 2, 2]
+    )
     model = build_backbone(cfg)
     assert isinstance(model, FPN)
     strides = {k: v.stride for k, v in model.output_shape().items()}
@@ -267,6 +281,7 @@ def test_build_backbone_default_input_channels_and_type_check():
 
     name = "_test_not_a_backbone_det3d"
     if name not in BACKBONE_REGISTRY:
+
         def _test_not_a_backbone_det3d(cfg, input_shape):
             return nn.Identity()
 

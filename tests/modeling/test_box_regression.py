@@ -57,7 +57,9 @@ def test_class_specific_apply(ndim):
     assert out.shape == (7, 3 * 2 * ndim)
     b = 2 * ndim
     for k in range(3):
-        torch.testing.assert_close(out[:, k * b : (k + 1) * b], t.apply_deltas(deltas[:, k * b : (k + 1) * b], boxes))
+        torch.testing.assert_close(
+            out[:, k * b : (k + 1) * b], t.apply_deltas(deltas[:, k * b : (k + 1) * b], boxes)
+        )
 
 
 def test_scale_clamp():

@@ -84,7 +84,9 @@ def test_losses_finite_and_gradients_reach_head(ndim):
     for p in (head.objectness_logits.weight, head.anchor_deltas.weight, head.conv.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
-    assert len(proposals) == 2 and all(len(p) <= cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN for p in proposals)
+    assert len(proposals) == 2 and all(
+        len(p) <= cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN for p in proposals
+    )
 
 
 @pytest.mark.parametrize(
@@ -271,7 +273,9 @@ def test_find_top_rpn_proposals_against_reference(ndim):
         res = out[img]
         assert len(res) == len(kept) <= post
         torch.testing.assert_close(res.objectness_logits, torch.tensor([x[0] for x in kept]))
-        torch.testing.assert_close(res.proposal_boxes.tensor, torch.tensor([x[1] for x in kept]).view(-1, b))
+        torch.testing.assert_close(
+            res.proposal_boxes.tensor, torch.tensor([x[1] for x in kept]).view(-1, b)
+        )
 
 
 def test_non_finite_raises():
@@ -280,12 +284,22 @@ def test_non_finite_raises():
         find_top_rpn_proposals(boxes, [torch.tensor([[1.0, 2.0]])], [(8, 8, 8)], 0.7, 10, 10, 0)
     boxes = [torch.tensor([[[0.0, 0, 0, 4, 4, 4], [1, 1, 1, 3, 3, 3]]])]
     with pytest.raises(FloatingPointError, match="logits"):
-        find_top_rpn_proposals(boxes, [torch.tensor([[1.0, float("inf")]])], [(8, 8, 8)], 0.7, 10, 10, 0)
+        find_top_rpn_proposals(
+            boxes, [torch.tensor([[1.0, float("inf")]])], [(8, 8, 8)], 0.7, 10, 10, 0
+        )
 
 
 def test_add_ground_truth_to_proposals():
-    p = Instances((8, 16, 16), proposal_boxes=Boxes(torch.tensor([[0.0, 0, 0, 4, 4, 4]])), objectness_logits=torch.tensor([0.3]))
-    gt = Instances((8, 16, 16), gt_boxes=Boxes(torch.tensor([[1.0, 1, 1, 5, 5, 5], [2.0, 2, 2, 6, 6, 6]])), gt_classes=torch.tensor([0, 0]))
+    p = Instances(
+        (8, 16, 16),
+        proposal_boxes=Boxes(torch.tensor([[0.0, 0, 0, 4, 4, 4]])),
+        objectness_logits=torch.tensor([0.3]),
+    )
+    gt = Instances(
+        (8, 16, 16),
+        gt_boxes=Boxes(torch.tensor([[1.0, 1, 1, 5, 5, 5], [2.0, 2, 2, 6, 6, 6]])),
+        gt_classes=torch.tensor([0, 0]),
+    )
     (out,) = add_ground_truth_to_proposals([gt], [p])
     assert len(out) == 3 and set(out.get_fields()) == {"proposal_boxes", "objectness_logits"}
     torch.testing.assert_close(out.proposal_boxes.tensor[1:], gt.gt_boxes.tensor)

@@ -4,9 +4,7 @@ from det3d.modeling.sampling import subsample_labels
 
 
 def _labels(num_pos, num_neg, num_ignore, seed=0):
-    labels = torch.cat(
-        [torch.ones(num_pos), torch.zeros(num_neg), -torch.ones(num_ignore)]
-    ).long()
+    labels = torch.cat([torch.ones(num_pos), torch.zeros(num_neg), -torch.ones(num_ignore)]).long()
     g = torch.Generator().manual_seed(seed)
     return labels[torch.randperm(len(labels), generator=g)]
 

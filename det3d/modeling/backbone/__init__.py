@@ -1,4 +1,5 @@
 """Backbones: ``Backbone`` (the interface), ResNet, FPN, and ``build_backbone``."""
+
 from .backbone import Backbone
 from .build import build_backbone
 from .fpn import FPN, LastLevelMaxPool, build_resnet3d_fpn_backbone

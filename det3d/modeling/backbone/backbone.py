@@ -1,4 +1,5 @@
 """The interface every det3d backbone implements."""
+
 from abc import ABCMeta, abstractmethod
 from typing import Dict, Tuple, Union
 
@@ -37,7 +38,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     def size_divisibility(self) -> Union[int, Tuple[int, ...]]:
         """
         The input's spatial sizes must be divisible by this (an int, or a tuple per array axis)
-        for the network to work as intended; 0 means any size. ``ImageList.from_tensors`` pads to it.
+        for the network to work as intended; 0 means any size. ``ImageList.from_tensors`` pads
+        to it.
         """
         return 0
 

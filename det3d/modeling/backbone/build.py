@@ -1,4 +1,5 @@
 """Builds the backbone named by ``cfg.MODEL.BACKBONE.NAME``."""
+
 from typing import Optional
 
 from det3d.layers import ShapeSpec

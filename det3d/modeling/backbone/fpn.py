@@ -1,4 +1,5 @@
 """Feature Pyramid Network (Lin et al. 2017) over any bottom-up backbone, in 2D or 3D."""
+
 import math
 from typing import Dict, List, Optional
 
@@ -98,7 +99,12 @@ class FPN(Backbone):
         for idx, f in enumerate(in_features):
             in_channels = input_shapes[f].channels
             lateral = Conv(
-                ndim, in_channels, out_channels, 1, bias=use_bias, norm=get_norm(norm, out_channels, ndim)
+                ndim,
+                in_channels,
+                out_channels,
+                1,
+                bias=use_bias,
+                norm=get_norm(norm, out_channels, ndim),
             )
             output = Conv(
                 ndim,
@@ -178,7 +184,9 @@ def build_resnet3d_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     top_block = None
     if cfg.MODEL.FPN.TOP_BLOCK:
         coarsest = bottom_up.output_shape()[in_features[-1]].stride
-        top_block = LastLevelMaxPool(cfg.MODEL.SPATIAL_DIMS, in_feature=f"p{int(math.log2(coarsest[-1]))}")
+        top_block = LastLevelMaxPool(
+            cfg.MODEL.SPATIAL_DIMS, in_feature=f"p{int(math.log2(coarsest[-1]))}"
+        )
     return FPN(
         bottom_up=bottom_up,
         in_features=in_features,

@@ -5,6 +5,7 @@ Anisotropy: the stem (conv and max-pool) and the first block of every stage take
 array axis, so e.g. ``STEM_STRIDE [1, 2, 2]`` keeps the z resolution of thin-sliced volumes while
 x and y are downsampled. Output strides are per-axis tuples in array order ``(D, H, W)``.
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
@@ -104,10 +105,18 @@ class BasicStem(CNNBlockBase):
         kernel_size = as_tuple(kernel_size, ndim, "stem kernel_size")
         stride = as_tuple(stride, ndim, "stem stride")
         pool_stride = as_tuple(pool_stride, ndim, "stem pool_stride")
-        super().__init__(in_channels, out_channels, tuple(s * p for s, p in zip(stride, pool_stride)))
+        super().__init__(
+            in_channels, out_channels, tuple(s * p for s, p in zip(stride, pool_stride))
+        )
         self.ndim = ndim
         self.conv1 = _conv(
-            ndim, in_channels, out_channels, kernel_size, stride, tuple(k // 2 for k in kernel_size), norm
+            ndim,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            tuple(k // 2 for k in kernel_size),
+            norm,
         )
         if any(p > 1 for p in pool_stride):
             self.pool = max_pool_nd(ndim)(
@@ -303,7 +312,13 @@ class ResNet(Backbone):
         return blocks
 
 
-_NUM_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+_NUM_BLOCKS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
 @BACKBONE_REGISTRY.register()
@@ -323,8 +338,8 @@ def build_resnet3d_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     r = cfg.MODEL.RESNETS
     if any(r.DEFORM_ON_PER_STAGE):
         raise ValueError(
-            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(r.DEFORM_ON_PER_STAGE)}: deformable convs are "
-            "not supported by det3d"
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(r.DEFORM_ON_PER_STAGE)}: deformable convs "
+            "are not supported by det3d"
         )
     depth = r.DEPTH
     if depth not in _NUM_BLOCKS:

@@ -1,4 +1,5 @@
 """Builds the proposal generator named by ``cfg.MODEL.PROPOSAL_GENERATOR.NAME``."""
+
 from typing import Dict, Optional
 
 from torch import nn

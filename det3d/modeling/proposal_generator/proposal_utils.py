@@ -1,4 +1,5 @@
 """Selection of RPN proposals, and ground truth appended to proposals for the ROI heads."""
+
 import math
 from typing import List, Tuple, Union
 

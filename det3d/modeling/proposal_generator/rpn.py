@@ -1,4 +1,5 @@
 """Region Proposal Network (Ren et al. 2015) over FPN levels, in 2D or 3D."""
+
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -48,15 +49,20 @@ def build_rpn_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
 @RPN_HEAD_REGISTRY.register()
 class StandardRPNHead3D(nn.Module):
     """
-    The RPN head shared by all levels: a 3x3 conv (+ ReLU) — or a stack of them (``CONV_DIMS``) —
-    then a 1x1 conv to ``A`` objectness logits and a 1x1 conv to ``A * 2*ndim`` box deltas per
-    location, ``A`` the number of cell anchors. Delta channel ``a * 2*ndim + k`` is coordinate
-    ``k`` of anchor ``a``.
+    The RPN head shared by all levels: a 3x3 conv (+ ReLU) — or a stack of them
+    (``CONV_DIMS``) — then a 1x1 conv to ``A`` objectness logits and a 1x1 conv to
+    ``A * 2*ndim`` box deltas per location, ``A`` the number of cell anchors. Delta channel
+    ``a * 2*ndim + k`` is coordinate ``k`` of anchor ``a``.
     """
 
     @configurable
     def __init__(
-        self, *, in_channels: int, num_anchors: int, box_dim: int = 6, conv_dims: Sequence[int] = (-1,)
+        self,
+        *,
+        in_channels: int,
+        num_anchors: int,
+        box_dim: int = 6,
+        conv_dims: Sequence[int] = (-1,),
     ):
         """
         Args:
@@ -93,13 +99,16 @@ class StandardRPNHead3D(nn.Module):
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         in_channels = {s.channels for s in input_shape}
         if len(in_channels) != 1:
-            raise ValueError(f"The RPN head needs the same channels on every level, got {in_channels}")
+            raise ValueError(
+                f"The RPN head needs the same channels on every level, got {in_channels}"
+            )
         anchor_generator = build_anchor_generator(cfg, input_shape)
         num_anchors = anchor_generator.num_anchors
         if len(set(num_anchors)) != 1:
             raise ValueError(
-                f"The shared RPN head needs the same number of anchors per location on every level; "
-                f"got {num_anchors} (MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS / Z_ASPECT_RATIOS "
+                f"The shared RPN head needs the same number of anchors per location on every "
+                f"level; got {num_anchors} (MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS / "
+                "Z_ASPECT_RATIOS "
                 "must give equally many cell anchors per level)"
             )
         return {
@@ -109,7 +118,9 @@ class StandardRPNHead3D(nn.Module):
             "conv_dims": list(cfg.MODEL.RPN.CONV_DIMS),
         }
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(
+        self, features: List[torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """
         Args:
             features: per level, (N, C, *spatial).
@@ -416,7 +427,8 @@ class RPN3D(nn.Module):
         for f, x in zip(self.in_features, features):
             if x.dim() != ndim + 2:
                 raise ValueError(
-                    f"RPN3D ({ndim}D) expects feature {f!r} of shape (N, C, {ndim} spatial dims), got "
+                    f"RPN3D ({ndim}D) expects feature {f!r} of shape (N, C, {ndim} spatial dims), "
+                    "got "
                     f"{tuple(x.shape)}"
                 )
         anchors = self.anchor_generator(features)
@@ -467,5 +479,7 @@ class RPN3D(nn.Module):
         for anchors_i, deltas_i in zip(anchors, pred_anchor_deltas):
             n, r, b = deltas_i.shape
             boxes = anchors_i.tensor.unsqueeze(0).expand(n, -1, -1).reshape(-1, b)
-            proposals.append(self.box2box_transform.apply_deltas(deltas_i.reshape(-1, b), boxes).view(n, r, b))
+            proposals.append(
+                self.box2box_transform.apply_deltas(deltas_i.reshape(-1, b), boxes).view(n, r, b)
+            )
         return proposals
