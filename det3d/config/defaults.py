@@ -39,7 +39,7 @@ _C.MODEL.BACKBONE.FREEZE_AT = 0
 # ResNet
 # ---------------------------------------------------------------------------- #
 _C.MODEL.RESNETS = CN()
-_C.MODEL.RESNETS.DEPTH = 18  # 18, 34 (basic blocks), 50, 101 (bottleneck blocks)
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34 (basic blocks; set RES2_OUT_CHANNELS 64), 50, 101 (bottleneck)
 _C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 # "FrozenBN", "BN", "SyncBN", "GN", or "" (no norm)
