@@ -111,8 +111,9 @@ class TrainerBase:
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                # after_train tells a completed run (iter == max_iter) from a failed one.
-                self.iter += 1
+                # after_train tells a completed run (iter == max_iter) from a failed one. Also
+                # when there was nothing left to do (resumed from the final checkpoint).
+                self.iter = max_iter
             except Exception:
                 logger.exception(f"Exception during training (iteration {self.iter}):")
                 raise

@@ -187,3 +187,23 @@ def test_amp_config_on_cpu_falls_back_to_float32(tmp_path):
     again = DummyTrainer(cfg)
     again.resume_or_load(resume=True)
     assert again.start_iter == 3
+
+
+def test_resume_of_a_finished_run_only_evaluates(tmp_path):
+    cfg = _cfg(tmp_path, MAX_ITER=4)
+    first = DummyTrainer(cfg)
+    first.resume_or_load(resume=False)
+    first.train()
+    calls = []
+
+    class T(DummyTrainer):
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            calls.append(1)
+            return {"val": {"score": 1.0}}
+
+    again = T(cfg)
+    again.resume_or_load(resume=True)
+    assert again.start_iter == 4
+    assert again.train() == {"val": {"score": 1.0}}
+    assert calls == [1] and again.iter == 4
