@@ -1,0 +1,96 @@
+"""Training speed and memory of a det3d config on the synthetic volumes.
+
+    python bench/train_synthetic.py [--config-file configs/Synthetic/mask_rcnn_R18_FPN_3d_cpu.yaml]
+        [--iters 30] [--warmup 5] [--threads 2] [--output bench.json] [KEY VALUE ...]
+
+Trains ``--iters`` iterations (no evaluation, no checkpoints) through ``DefaultTrainer`` with the
+config's model, loader and solver, and prints one JSON line: the median seconds per iteration
+(after ``--warmup`` iterations), the median data-loading time, iterations per second, the
+estimated time of the config's full ``SOLVER.MAX_ITER`` schedule, the process's peak resident
+memory and, on CUDA, the peak allocated GPU memory. Timings on a shared machine vary with its
+load: compare runs made on the same, otherwise idle, machine.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import train_net  # noqa: E402
+
+from det3d.engine import default_argument_parser  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config-file",
+        default=os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_cpu.yaml"),
+    )
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--output", default="", help="also append the JSON line to this file")
+    p.add_argument("opts", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.iters <= args.warmup:
+        p.error("--iters must be larger than --warmup")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as out:
+        run_args = default_argument_parser().parse_args(["--config-file", args.config_file])
+        cfg_full = train_net.get_cfg()
+        cfg_full.merge_from_file(args.config_file)
+        cfg_full.merge_from_list(args.opts)
+        run_args.opts = list(args.opts) + [
+            "OUTPUT_DIR", out,
+            "SOLVER.MAX_ITER", str(args.iters),
+            "SOLVER.STEPS", "()",
+            "SOLVER.CHECKPOINT_PERIOD", str(10**9),
+            "SOLVER.LOG_PERIOD", "1",
+            "DATASETS.TEST", "()",
+        ]  # fmt: skip
+        cfg = train_net.setup(run_args)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer = train_net.Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        times = [v for v, it in trainer.storage.history("time").values() if it >= args.warmup]
+        data = [v for v, it in trainer.storage.history("data_time").values() if it >= args.warmup]
+
+    sec_per_iter = statistics.median(times)
+    result = {
+        "config": os.path.relpath(args.config_file, REPO),
+        "device": cfg.MODEL.DEVICE,
+        "threads": torch.get_num_threads(),
+        "iters_timed": len(times),
+        "sec_per_iter": round(sec_per_iter, 4),
+        "data_sec_per_iter": round(statistics.median(data), 4),
+        "iters_per_sec": round(1.0 / sec_per_iter, 3),
+        "full_schedule_iters": cfg_full.SOLVER.MAX_ITER,
+        "full_schedule_min": round(cfg_full.SOLVER.MAX_ITER * sec_per_iter / 60, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if torch.cuda.is_available():
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    line = json.dumps(result)
+    print(line)
+    if args.output:
+        with open(args.output, "a") as f:
+            f.write(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
