@@ -46,7 +46,7 @@ def annotations_to_label_volume(
     Returns:
         labels (int32 ``shape``), classes (id -> ``category_id``).
     """
-    from det3d.structures.masks import decode_rle
+    from det3d.structures.rle import decode_rle
 
     labels = np.zeros(tuple(shape), np.int32)
     classes: Dict[int, int] = {}

@@ -8,12 +8,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from det3d.structures.rle import box_mask_to_rle, label_volume_to_rles
 from det3d.utils import comm
 
 from .cocoeval3d import STAT_NAMES, COCOeval3D, default_area_ranges
 from .evaluator import DatasetEvaluator
 from .ground_truth import annotated_slices, gt_coco_annotations, records_by_id
-from .rle import box_mask_to_rle, labels_to_rles
 
 __all__ = ["COCO3DEvaluator", "instances_to_coco3d_json"]
 
@@ -57,7 +57,7 @@ def instances_to_coco3d_json(
     if with_masks:
         if instance_labels is not None:
             labels = _numpy(instance_labels)
-            by_id = labels_to_rles(labels, range(1, n + 1))
+            by_id = label_volume_to_rles(labels, range(1, n + 1))
             counts = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
             rles = [by_id[i + 1] for i in range(n)]
             areas = [float(c) for c in counts]

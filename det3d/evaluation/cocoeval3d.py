@@ -20,10 +20,9 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
-from .rle import rle_to_2d
+from det3d.structures.rle import rle_iou
 
 __all__ = ["COCOeval3D", "default_area_ranges", "box_iou_coco", "STAT_NAMES"]
 
@@ -191,9 +190,7 @@ class COCOeval3D(COCOeval):
             return np.zeros((len(dt), len(gt)))
         if self.params.iouType == "bbox":
             return box_iou_coco([d["bbox"] for d in dt], [g["bbox"] for g in gt], iscrowd)
-        d = [rle_to_2d(x["segmentation"]) for x in dt]
-        g = [rle_to_2d(x["segmentation"]) for x in gt]
-        return np.asarray(mask_util.iou(d, g, iscrowd), dtype=np.float64).reshape(len(dt), len(gt))
+        return rle_iou([d["segmentation"] for d in dt], [g["segmentation"] for g in gt], iscrowd)
 
     def evaluateImg(self, imgId, catId, aRng, maxDet):
         """COCO's per-image greedy matching (as pycocotools), visiting only pairs that can match."""

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .rle import labels_to_rles, paint_rles, rle_areas
+from det3d.structures.rle import label_volume_to_rles, paint_rles, rle_areas
 
 __all__ = [
     "records_by_id",
@@ -145,7 +145,7 @@ def gt_coco_annotations(
         if seg is not None and not isinstance(seg, dict):
             raise TypeError(
                 f"Record {record.get('file_name')!r}: segmentation must be an RLE dict "
-                f"(det3d.structures.masks.encode_rle), got {type(seg).__name__}"
+                f"(det3d.structures.rle.encode_rle), got {type(seg).__name__}"
             )
         ndim = len(a["bbox"]) // 2
         bbox = _corner_size(a["bbox"], a.get("bbox_mode", 0 if ndim == 2 else 10), ndim)
@@ -174,7 +174,7 @@ def labels_to_coco_annotations(
     classes = {int(k): int(v) for k, v in (instance_classes or {}).items()}
     sizes = np.bincount(labels.reshape(-1)) if labels.size else np.zeros(1, np.int64)
     ids = np.flatnonzero(sizes[1:]) + 1
-    rles = labels_to_rles(labels, ids)
+    rles = label_volume_to_rles(labels, ids)
     regions = ndimage.find_objects(labels, max_label=int(ids[-1]) if ids.size else 0)
     out = []
     for i in ids:

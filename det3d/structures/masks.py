@@ -1,35 +1,17 @@
 """
-Per-instance binary masks in 2 or 3 spatial dims, and run-length encoding of N-D masks.
-
-RLE convention (fixed; dataset records and evaluators rely on it): a mask of spatial shape
-``shape`` is reshaped, in C order, to the 2D array ``(prod(shape[:-1]), shape[-1])``, which
-pycocotools encodes column by column (its usual Fortran order). det3d stores
-``{"size": list(shape), "counts": str}`` with the *original* shape; :func:`rle_to_coco` gives
-the pycocotools object (``"size"`` = the 2D view), so ``pycocotools.mask.iou`` / ``area`` /
-COCOeval work unchanged. Any bijective reshape preserves areas and IoUs, so these are the true
-N-D values.
+Per-instance binary masks in 2 or 3 spatial dims. Their run-length encoding is in
+:mod:`det3d.structures.rle`.
 """
-import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 
 from det3d.utils.axes import as_tuple, box_axis_to_array_axis
 
 from .boxes import Boxes
 
-__all__ = [
-    "BitMasks",
-    "encode_rle",
-    "decode_rle",
-    "rle_area",
-    "rle_iou",
-    "rle_to_bbox",
-    "rle_to_coco",
-    "label_volume_to_rles",
-]
+__all__ = ["BitMasks"]
 
 # Voxels converted to float at once in crop_and_resize (64 Mi voxels = 256 MiB of float32).
 _CROP_CHUNK_VOXELS = 1 << 26
@@ -251,152 +233,3 @@ class BitMasks:
             raise ValueError(f"BitMasks.cat: different image sizes {sorted(sizes)}")
         return BitMasks(torch.cat([b.tensor for b in bitmasks_list], dim=0))
 
-
-# --------------------------------------------------------------------------------------------- #
-# Run-length encoding
-# --------------------------------------------------------------------------------------------- #
-RLE = Dict[str, Any]
-
-
-def _view_2d(shape: Sequence[int]) -> Tuple[int, int]:
-    """The 2D shape pycocotools sees for a mask of spatial ``shape``."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 1:
-        raise ValueError("RLE: a mask needs at least one dimension")
-    return int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]
-
-
-def encode_rle(mask: Union[np.ndarray, torch.Tensor]) -> RLE:
-    """
-    Args:
-        mask: bool (or 0/1) array of spatial shape, e.g. ``(D, H, W)``.
-
-    Returns:
-        ``{"size": list(mask.shape), "counts": str}`` (see the module docstring).
-    """
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    mask = np.asarray(mask)
-    h, w = _view_2d(mask.shape)
-    m2d = np.asfortranarray(mask.reshape(h, w).astype(np.uint8, copy=False))
-    rle = mask_util.encode(m2d)
-    return {"size": list(mask.shape), "counts": rle["counts"].decode("ascii")}
-
-
-def rle_to_coco(rle: RLE) -> RLE:
-    """det3d RLE -> pycocotools RLE (``"size"`` = the 2D view, ``"counts"`` bytes)."""
-    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise ValueError(f"Not an RLE dict with 'size' and 'counts': {type(rle).__name__}")
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        raise ValueError("Uncompressed RLE (counts as a list) is not a det3d RLE; use encode_rle")
-    h, w = _view_2d(rle["size"])
-    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def decode_rle(rle: RLE) -> np.ndarray:
-    """Inverse of :func:`encode_rle`: bool array of shape ``rle["size"]``."""
-    with warnings.catch_warnings():
-        # pycocotools' decode trips numpy 2's copy-keyword DeprecationWarning; harmless.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        flat = mask_util.decode(rle_to_coco(rle))
-    return flat.reshape(tuple(rle["size"])).astype(bool)
-
-
-def rle_area(rle: RLE) -> int:
-    """Number of foreground voxels."""
-    return int(mask_util.area(rle_to_coco(rle)))
-
-
-def rle_iou(dt_rles: List[RLE], gt_rles: List[RLE], iscrowd: Sequence[bool]) -> np.ndarray:
-    """
-    IoU of every detection with every ground truth (pycocotools' ``mask.iou``: for a crowd
-    ground truth the union is the detection's area).
-
-    Returns:
-        float64 array (len(dt_rles), len(gt_rles)).
-    """
-    if len(iscrowd) != len(gt_rles):
-        raise ValueError(f"rle_iou: {len(iscrowd)} iscrowd flags for {len(gt_rles)} gt RLEs")
-    if len(dt_rles) == 0 or len(gt_rles) == 0:
-        return np.zeros((len(dt_rles), len(gt_rles)), dtype=np.float64)
-    sizes = {tuple(r["size"]) for r in list(dt_rles) + list(gt_rles)}
-    if len(sizes) != 1:
-        raise ValueError(f"rle_iou: RLEs of different shapes {sorted(sizes)}")
-    dt = [rle_to_coco(r) for r in dt_rles]
-    gt = [rle_to_coco(r) for r in gt_rles]
-    return np.asarray(mask_util.iou(dt, gt, [int(bool(c)) for c in iscrowd]), dtype=np.float64)
-
-
-def rle_to_bbox(rle: RLE) -> List[float]:
-    """
-    Tight box of the mask, ``[x0, y0, x1, y1]`` / ``[x0, y0, z0, x1, y1, z1]`` with ends
-    exclusive (``[a, b+1)``); all zeros for an empty mask. Decodes the mask (O(volume)).
-    """
-    mask = decode_rle(rle)
-    d = mask.ndim
-    lo, hi = [0.0] * d, [0.0] * d
-    if not mask.any():
-        return lo + hi
-    for k in range(d):
-        axis = box_axis_to_array_axis(k, d)
-        proj = mask.any(axis=tuple(a for a in range(d) if a != axis))
-        nz = np.flatnonzero(proj)
-        lo[k], hi[k] = float(nz[0]), float(nz[-1] + 1)
-    return lo + hi
-
-
-def label_volume_to_rles(
-    labels: Union[np.ndarray, torch.Tensor], ids: Optional[Sequence[int]] = None
-) -> Dict[int, RLE]:
-    """
-    RLE of every instance of a label volume, in one pass: the volume is read in RLE order once,
-    its runs of equal value are found, and each id's runs become its RLE. Cost: O(volume) time
-    and one copy of the volume (in its dtype) in memory, plus O(number of runs); no per-id
-    full-volume boolean is built.
-
-    Args:
-        labels: int array of spatial shape; 0 = background.
-        ids: ids to encode; default the nonzero ids present. Absent ids get an empty RLE.
-
-    Returns:
-        dict id -> RLE, equal to ``encode_rle(labels == id)``.
-    """
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"label_volume_to_rles: labels must be integers, got {labels.dtype}")
-    shape = list(labels.shape)
-    h, w = _view_2d(shape)
-    total = h * w
-    # pycocotools' order over the 2D view: column by column, i.e. the C order of its transpose.
-    flat = labels.reshape(h, w).T.ravel()
-    if total == 0:
-        return {int(i): encode_rle(np.zeros(shape, bool)) for i in (ids or [])}
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [total]])
-    values = flat[starts].astype(np.int64)
-    if ids is None:
-        ids = np.unique(values)
-        ids = ids[ids != 0]
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    out: Dict[int, RLE] = {}
-    for i in ids:
-        i = int(i)
-        lo, hi = np.searchsorted(sorted_values, [i, i + 1])
-        runs = order[lo:hi]  # increasing run positions thanks to the stable sort
-        s, e = starts[runs], ends[runs]
-        # counts alternate background/foreground, starting with background (possibly 0)
-        gaps = s - np.concatenate([[0], e[:-1]])
-        counts = np.empty(2 * len(s) + 1, dtype=np.int64)
-        counts[0:-1:2] = gaps
-        counts[1::2] = e - s
-        counts[-1] = total - (e[-1] if len(e) else 0)
-        if counts[-1] == 0 and len(counts) > 1:
-            counts = counts[:-1]
-        coco = mask_util.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
-        out[i] = {"size": shape, "counts": coco["counts"].decode("ascii")}
-    return out

@@ -11,7 +11,7 @@ from pycocotools.cocoeval import COCOeval
 
 from det3d.evaluation.cocoeval3d import COCOeval3D, box_iou_coco, default_area_ranges
 from det3d.evaluation.ground_truth import labels_to_coco_annotations
-from det3d.structures.masks import encode_rle
+from det3d.structures.rle import encode_rle
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -30,7 +30,7 @@ from det3d.evaluation import (
 )
 from det3d.evaluation.ground_truth import labels_to_coco_annotations
 from det3d.structures import Boxes, BoxMode, Instances
-from det3d.structures.masks import encode_rle
+from det3d.structures.rle import encode_rle
 
 
 def _blobs(rng, shape, n):

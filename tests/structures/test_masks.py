@@ -2,39 +2,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _mask_test_utils import random_labels, reference_box
 
 from det3d.structures.boxes import Boxes
-from det3d.structures.masks import (
-    BitMasks,
-    decode_rle,
-    encode_rle,
-    label_volume_to_rles,
-    rle_area,
-    rle_iou,
-    rle_to_bbox,
-    rle_to_coco,
-)
-
-
-def random_labels(shape, n_ids, seed):
-    """Blocky label volume: random boxes painted in order (later overwrite earlier)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, dtype=np.int32)
-    for i in range(1, n_ids + 1):
-        lo = [rng.integers(0, s - 1) for s in shape]
-        hi = [rng.integers(l + 1, s + 1) for l, s in zip(lo, shape)]
-        labels[tuple(slice(a, b) for a, b in zip(lo, hi))] = i
-    return labels
-
-
-def reference_box(mask):
-    """Box of a boolean volume by scanning every voxel: [min, max+1) per axis, x first."""
-    coords = np.argwhere(mask)
-    if len(coords) == 0:
-        return [0.0] * (2 * mask.ndim)
-    lo = coords.min(0)[::-1]  # array order (z, y, x) -> box order (x, y, z)
-    hi = coords.max(0)[::-1] + 1
-    return [float(v) for v in list(lo) + list(hi)]
+from det3d.structures.masks import BitMasks
 
 
 @pytest.mark.parametrize("shape", [(12, 9), (6, 12, 9)])
@@ -140,64 +111,3 @@ def test_crop_and_resize_2d_and_chunks(monkeypatch):
     with pytest.raises(ValueError, match="boxes must be"):
         BitMasks(t).crop_and_resize(boxes[:, :3], 3)
     assert BitMasks(t[:0]).crop_and_resize(boxes[:0], (2, 3)).shape == (0, 2, 3)
-
-
-# ------------------------------------------------------------------ RLE
-@pytest.mark.parametrize("shape", [(7, 11), (5, 7, 11), (1, 1, 1)])
-def test_rle_round_trip_exact(shape):
-    rng = np.random.default_rng(sum(shape))
-    for density in (0.0, 0.3, 1.0):
-        mask = rng.random(shape) < density
-        rle = encode_rle(mask)
-        assert rle["size"] == list(shape) and isinstance(rle["counts"], str)
-        decoded = decode_rle(rle)
-        assert decoded.dtype == bool and decoded.shape == shape
-        assert np.array_equal(decoded, mask)
-        assert rle_area(rle) == mask.sum()
-        assert rle_to_bbox(rle) == reference_box(mask)
-    # the pycocotools object is the documented 2D view
-    coco = rle_to_coco(encode_rle(np.ones(shape, bool)))
-    assert coco["size"] == [int(np.prod(shape[:-1])), shape[-1]]
-
-
-def test_rle_torch_input():
-    t = torch.zeros(3, 4, 5, dtype=torch.bool)
-    t[1, 2, 3] = True
-    assert np.array_equal(decode_rle(encode_rle(t)), t.numpy())
-
-
-@pytest.mark.parametrize("shape", [(20, 17), (6, 10, 9)])
-def test_rle_iou_equals_numpy_iou(shape):
-    dt_labels = random_labels(shape, 5, seed=10)
-    gt_labels = random_labels(shape, 4, seed=11)
-    dt = [dt_labels == i for i in range(1, 6)]
-    gt = [gt_labels == i for i in range(1, 5)]
-    iscrowd = [False, True, False, False]
-    ious = rle_iou([encode_rle(m) for m in dt], [encode_rle(m) for m in gt], iscrowd)
-    assert ious.shape == (5, 4)
-    ref = np.zeros((5, 4))
-    for i, d in enumerate(dt):
-        for j, g in enumerate(gt):
-            inter = np.logical_and(d, g).sum()
-            # crowd ground truth: pycocotools divides by the detection's area
-            union = d.sum() if iscrowd[j] else np.logical_or(d, g).sum()
-            ref[i, j] = inter / union if union else 0.0
-    assert (ref > 0).any()
-    np.testing.assert_allclose(ious, ref, rtol=1e-12)
-    assert rle_iou([], [encode_rle(g) for g in gt], iscrowd).shape == (0, 4)
-    with pytest.raises(ValueError, match="different shapes"):
-        rle_iou([encode_rle(dt[0])], [encode_rle(np.zeros((2, 2), bool))], [False])
-
-
-@pytest.mark.parametrize("shape", [(13, 8), (5, 9, 7)])
-def test_label_volume_to_rles_equals_per_id_encoding(shape):
-    labels = random_labels(shape, 7, seed=20 + len(shape)).astype(np.uint16)
-    labels.flat[0] = 7  # instance touching the first voxel: RLE starts with 0 background
-    labels.flat[-1] = 2  # and one touching the last voxel
-    rles = label_volume_to_rles(labels)
-    present = sorted(set(np.unique(labels).tolist()) - {0})
-    assert sorted(rles) == present
-    for i in present:
-        assert rles[i] == encode_rle(labels == i)
-    absent = label_volume_to_rles(labels, ids=[99])
-    assert absent[99] == encode_rle(np.zeros(shape, bool))

@@ -5,7 +5,7 @@ COCO-3D: COCO's instance json extended to volumes (format in ``docs/coco3d.md``)
   ``spacing`` ``[z, y, x]`` µm;
 * annotations: ``id``, ``image_id``, ``category_id``, ``bbox`` ``[x, y, z, w, h, d]``
   (``BoxMode.XYZWHD_ABS``), ``segmentation`` (RLE of the instance volume, ``size`` ``[D, H, W]``,
-  :func:`det3d.structures.masks.encode_rle`), ``area`` (voxels), ``iscrowd``;
+  :func:`det3d.structures.rle.encode_rle`), ``area`` (voxels), ``iscrowd``;
 * categories: ``id``, ``name``.
 """
 import json
@@ -170,7 +170,7 @@ def convert_to_coco3d(
             box = [float(v) for v in box]
             area = a.get("area")
             if area is None:
-                from det3d.structures.masks import rle_area
+                from det3d.structures.rle import rle_area
 
                 area = int(rle_area(a["segmentation"]))
             ann = {

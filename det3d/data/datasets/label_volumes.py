@@ -198,27 +198,25 @@ def label_volume_to_annotations(
     Returns:
         list[dict]: ``bbox`` (``XYZXYZ_ABS``, tight: ``[x0, y0, z0, x1 + 1, y1 + 1, z1 + 1]``),
         ``bbox_mode``, ``category_id``, ``segmentation`` (RLE of the full-size instance mask,
-        :func:`det3d.structures.masks.encode_rle`), ``area`` (voxels), ``iscrowd`` 0, ``id``
+        :func:`det3d.structures.rle.encode_rle`), ``area`` (voxels), ``iscrowd`` 0, ``id``
         (the label id in the volume).
     """
     from det3d.structures import BoxMode
-    from det3d.structures.masks import encode_rle
+    from det3d.structures.rle import label_volume_to_rles
 
     labels = np.asarray(labels)
     ndim = labels.ndim
     mode = BoxMode.XYZXYZ_ABS if ndim == 3 else BoxMode.XYXY_ABS
     class_map = class_map or {}
     objects = ndimage.find_objects(labels)
-    buf = np.zeros(labels.shape, bool)  # one reusable full-size mask, filled per instance
+    rles = label_volume_to_rles(labels, [i + 1 for i, sl in enumerate(objects) if sl is not None])
     annos = []
     for i, sl in enumerate(objects):
         if sl is None:
             continue
         inst = i + 1
         local = labels[sl] == inst
-        buf[sl] = local
-        rle = encode_rle(buf)
-        buf[sl] = False
+        rle = rles[inst]
         lo = [s.start for s in sl][::-1]  # array order (z, y, x) -> box order (x, y, z)
         hi = [s.stop for s in sl][::-1]
         annos.append(
