@@ -124,14 +124,15 @@ class Box2BoxTransform:
         boxes = boxes.to(deltas.dtype)
         ctr, size = self._centers_and_sizes(boxes)
         w = deltas.new_tensor(self.weights)
-        deltas = deltas.view(deltas.shape[0], -1, box_dim)  # (N, k, 2*ndim)
+        n, k = deltas.shape[0], deltas.shape[1] // box_dim  # explicit k: N may be 0
+        deltas = deltas.view(n, k, box_dim)
         d_ctr = deltas[..., :d] / w[:d]
         # Clamp before exp: an untrained head must not produce inf-sized boxes.
         d_size = (deltas[..., d:] / w[d:]).clamp(max=self.scale_clamp)
         pred_ctr = d_ctr * size[:, None, :] + ctr[:, None, :]
         pred_size = torch.exp(d_size) * size[:, None, :]
         pred = torch.cat([pred_ctr - 0.5 * pred_size, pred_ctr + 0.5 * pred_size], dim=2)
-        return pred.reshape(deltas.shape[0], -1)
+        return pred.reshape(n, k * box_dim)
 
 
 def _dense_box_regression_loss(

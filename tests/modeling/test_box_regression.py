@@ -60,6 +60,8 @@ def test_class_specific_apply(ndim):
         torch.testing.assert_close(
             out[:, k * b : (k + 1) * b], t.apply_deltas(deltas[:, k * b : (k + 1) * b], boxes)
         )
+    # no boxes at all (an image without proposals)
+    assert t.apply_deltas(deltas[:0], boxes[:0]).shape == (0, 3 * 2 * ndim)
 
 
 def test_scale_clamp():
