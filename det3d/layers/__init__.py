@@ -1,6 +1,8 @@
 """Ops and N-D layer helpers. Compiled ops come from det3d._C (see csrc/)."""
 from .batch_norm import FrozenBatchNorm, get_norm
 from .losses import (
+    CLS_LOSS_TYPES,
+    classification_loss,
     dice_loss,
     giou_loss,
     huber_soft_clip_loss,

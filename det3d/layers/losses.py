@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CLS_LOSS_TYPES",
+    "classification_loss",
     "smooth_l1_loss",
     "huber_soft_clip_loss",
     "giou_loss",
@@ -17,6 +19,9 @@ __all__ = [
     "softmax_focal_loss",
     "dice_loss",
 ]
+
+# Values of the config keys ``*.CLS_LOSS_TYPE`` (see :func:`classification_loss`).
+CLS_LOSS_TYPES = ("ce", "focal")
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -198,3 +203,46 @@ def dice_loss(
     numerator = 2 * (p * t).sum(dim=1) + eps
     denominator = p.sum(dim=1) + t.sum(dim=1) + eps
     return _reduce(1 - numerator / denominator, reduction)
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss_type: str = "ce",
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> torch.Tensor:
+    """
+    The classification loss a config's ``CLS_LOSS_TYPE`` names: cross-entropy (``"ce"``) or focal
+    loss (``"focal"``), binary or multi-class according to the shapes:
+
+    * ``targets`` of the shape of ``logits``, 1 for positives and 0 for negatives: binary,
+      ``binary_cross_entropy_with_logits`` or :func:`sigmoid_focal_loss` (RPN objectness);
+    * ``logits (N, K+1)`` (background last) and int64 ``labels (N,)``: multi-class,
+      ``cross_entropy`` or :func:`softmax_focal_loss` (Fast R-CNN).
+
+    Args:
+        alpha, gamma: the focal loss's; ignored by "ce".
+
+    Returns:
+        the per-element loss for reduction "none", else a scalar.
+    """
+    if loss_type not in CLS_LOSS_TYPES:
+        raise ValueError(f"Classification loss type {loss_type!r} is not one of {CLS_LOSS_TYPES}")
+    if reduction == "mean" and targets.numel() == 0:
+        return logits.sum() * 0.0  # torch's "mean" of nothing is NaN
+    if targets.shape == logits.shape:
+        if loss_type == "focal":
+            return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+        return F.binary_cross_entropy_with_logits(
+            logits, targets.to(logits.dtype), reduction=reduction
+        )
+    if logits.dim() == 2 and targets.shape == logits.shape[:1]:
+        if loss_type == "focal":
+            return softmax_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+        return F.cross_entropy(logits, targets, reduction=reduction)
+    raise ValueError(
+        f"classification_loss expects targets shaped like the logits (binary) or logits (N, K+1) "
+        f"and labels (N,); got {tuple(logits.shape)} and {tuple(targets.shape)}"
+    )

@@ -12,7 +12,16 @@ import torch
 from det3d.layers import cat, giou_loss, huber_soft_clip_loss, smooth_l1_loss
 from det3d.structures import Boxes
 
-__all__ = ["Box2BoxTransform", "box_reg_weights", "_dense_box_regression_loss"]
+__all__ = [
+    "BOX_REG_LOSS_TYPES",
+    "Box2BoxTransform",
+    "box_reg_weights",
+    "box_regression_loss",
+    "_dense_box_regression_loss",
+]
+
+# Values of the config keys ``*.BBOX_REG_LOSS_TYPE`` (see :func:`box_regression_loss`).
+BOX_REG_LOSS_TYPES = ("smooth_l1", "huber", "giou")
 
 # Largest log size ratio that apply_deltas accepts: a box may grow at most 1000/16 times per side.
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -135,6 +144,47 @@ class Box2BoxTransform:
         return pred.reshape(n, k * box_dim)
 
 
+def box_regression_loss(
+    box2box_transform: Box2BoxTransform,
+    pred_deltas: torch.Tensor,
+    src_boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    loss_type: str = "smooth_l1",
+    smooth_l1_beta: float = 0.0,
+    huber_clip: float = 3.0,
+    huber_delta: float = 1.0,
+) -> torch.Tensor:
+    """
+    The box regression loss a config's ``BBOX_REG_LOSS_TYPE`` names, over matched rows: row ``i``
+    predicts ``pred_deltas[i]`` relative to ``src_boxes[i]`` for the target ``gt_boxes[i]``.
+
+    Args:
+        box2box_transform: the transform the deltas are in.
+        pred_deltas, src_boxes, gt_boxes (Tensor): (K, 2*ndim); the source boxes are the anchors
+            or proposals.
+        loss_type: ``"smooth_l1"`` (``smooth_l1_beta``) or ``"huber"`` (Huber(``huber_delta``)
+            after soft clipping ``huber_clip * tanh(x / huber_clip)`` of the predicted deltas) on
+            the encoded deltas, or ``"giou"`` on the decoded boxes.
+
+    Returns:
+        Tensor: scalar, the sum (not the mean) over rows and coordinates.
+    """
+    if loss_type == "giou":
+        pred_boxes = box2box_transform.apply_deltas(pred_deltas, src_boxes)
+        return giou_loss(pred_boxes, gt_boxes, reduction="sum")
+    if loss_type not in BOX_REG_LOSS_TYPES:
+        raise ValueError(
+            f"Unknown box regression loss type {loss_type!r}; expected 'smooth_l1', 'huber' "
+            "or 'giou'"
+        )
+    gt_deltas = box2box_transform.get_deltas(src_boxes, gt_boxes)
+    if loss_type == "smooth_l1":
+        return smooth_l1_loss(pred_deltas, gt_deltas, beta=smooth_l1_beta, reduction="sum")
+    return huber_soft_clip_loss(
+        pred_deltas, gt_deltas, clip=huber_clip, delta=huber_delta, reduction="sum"
+    )
+
+
 def _dense_box_regression_loss(
     anchors: List[Boxes],
     box2box_transform: Box2BoxTransform,
@@ -156,31 +206,22 @@ def _dense_box_regression_loss(
         gt_boxes: one ``(R, 2*ndim)`` tensor per image: the box matched to each anchor,
             ``R = sum(R_l)``.
         fg_mask (Tensor): (N, R) bool, the anchors that regress.
-        box_reg_loss_type: ``"smooth_l1"``, ``"huber"`` (Huber after soft clipping
-            ``clip * tanh(x / clip)`` of the predicted deltas) or ``"giou"`` (on decoded boxes).
+        box_reg_loss_type, smooth_l1_beta, huber_clip, huber_delta: see
+            :func:`box_regression_loss`.
 
     Returns:
         Tensor: scalar, the sum (not the mean) over foreground anchors and coordinates.
     """
     anchors = type(anchors[0]).cat(anchors).tensor  # (R, 2*ndim)
     pred = cat(pred_anchor_deltas, dim=1)  # (N, R, 2*ndim)
-    if box_reg_loss_type in ("smooth_l1", "huber"):
-        gt_anchor_deltas = torch.stack([box2box_transform.get_deltas(anchors, k) for k in gt_boxes])
-        if box_reg_loss_type == "smooth_l1":
-            return smooth_l1_loss(
-                pred[fg_mask], gt_anchor_deltas[fg_mask], beta=smooth_l1_beta, reduction="sum"
-            )
-        return huber_soft_clip_loss(
-            pred[fg_mask],
-            gt_anchor_deltas[fg_mask],
-            clip=huber_clip,
-            delta=huber_delta,
-            reduction="sum",
-        )
-    if box_reg_loss_type == "giou":
-        pred_boxes = torch.stack([box2box_transform.apply_deltas(k, anchors) for k in pred])
-        return giou_loss(pred_boxes[fg_mask], torch.stack(gt_boxes)[fg_mask], reduction="sum")
-    raise ValueError(
-        f"Unknown box regression loss type {box_reg_loss_type!r}; expected 'smooth_l1', 'huber' "
-        "or 'giou'"
+    fg_anchors = anchors.expand(pred.shape[0], -1, -1)[fg_mask]
+    return box_regression_loss(
+        box2box_transform,
+        pred[fg_mask],
+        fg_anchors,
+        torch.stack(gt_boxes)[fg_mask],
+        loss_type=box_reg_loss_type,
+        smooth_l1_beta=smooth_l1_beta,
+        huber_clip=huber_clip,
+        huber_delta=huber_delta,
     )

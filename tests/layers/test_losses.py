@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from det3d.layers.losses import (
+    classification_loss,
     dice_loss,
     giou_loss,
     huber_soft_clip_loss,
@@ -138,3 +139,35 @@ def test_dice_loss_perfect_and_empty():
     assert loss[0] < 1e-6 and loss[1] < 1e-6  # empty target, empty prediction
     with pytest.raises(ValueError, match="differ"):
         dice_loss(perfect, t[:, 0])
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_classification_loss_picks_binary_or_softmax(reduction):
+    logits, targets = randn(12, seed=1), (randn(12, seed=2) > 0).float()
+    kw = dict(alpha=0.3, gamma=1.5, reduction=reduction)
+    torch.testing.assert_close(
+        classification_loss(logits, targets, "ce", **kw),
+        F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction),
+    )
+    torch.testing.assert_close(
+        classification_loss(logits, targets, "focal", **kw),
+        sigmoid_focal_loss(logits, targets, **kw),
+    )
+    scores, labels = randn(9, 4, seed=3), torch.arange(9) % 4
+    torch.testing.assert_close(
+        classification_loss(scores, labels, "ce", **kw),
+        F.cross_entropy(scores, labels, reduction=reduction),
+    )
+    torch.testing.assert_close(
+        classification_loss(scores, labels, "focal", **kw), softmax_focal_loss(scores, labels, **kw)
+    )
+
+
+def test_classification_loss_empty_mean_and_errors():
+    scores = torch.zeros(0, 4, requires_grad=True)
+    loss = classification_loss(scores, torch.zeros(0, dtype=torch.int64), reduction="mean")
+    assert loss.item() == 0 and loss.requires_grad
+    with pytest.raises(ValueError, match="'bce'"):
+        classification_loss(randn(3), torch.ones(3), "bce")
+    with pytest.raises(ValueError, match=r"\(3, 4\) and \(2,\)"):
+        classification_loss(randn(3, 4), torch.zeros(2, dtype=torch.int64))

@@ -3,15 +3,19 @@
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from det3d.config import configurable
-from det3d.layers import Conv, ShapeSpec, cat, sigmoid_focal_loss
+from det3d.layers import CLS_LOSS_TYPES, Conv, ShapeSpec, cat, classification_loss
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
 
 from ..anchor_generator import build_anchor_generator
-from ..box_regression import Box2BoxTransform, _dense_box_regression_loss, box_reg_weights
+from ..box_regression import (
+    BOX_REG_LOSS_TYPES,
+    Box2BoxTransform,
+    _dense_box_regression_loss,
+    box_reg_weights,
+)
 from ..matcher import Matcher
 from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
@@ -211,12 +215,12 @@ class RPN3D(nn.Module):
         if isinstance(loss_weight, (int, float)):
             loss_weight = {"loss_rpn_cls": loss_weight, "loss_rpn_loc": loss_weight}
         self.loss_weight = dict(loss_weight)
-        if box_reg_loss_type not in ("smooth_l1", "huber", "giou"):
+        if box_reg_loss_type not in BOX_REG_LOSS_TYPES:
             raise ValueError(
                 f"MODEL.RPN.BBOX_REG_LOSS_TYPE={box_reg_loss_type!r}; expected 'smooth_l1', "
                 "'huber' or 'giou'"
             )
-        if cls_loss_type not in ("ce", "focal"):
+        if cls_loss_type not in CLS_LOSS_TYPES:
             raise ValueError(f"MODEL.RPN.CLS_LOSS_TYPE={cls_loss_type!r}; expected 'ce' or 'focal'")
         self.box_reg_loss_type = box_reg_loss_type
         self.smooth_l1_beta = smooth_l1_beta
@@ -375,17 +379,14 @@ class RPN3D(nn.Module):
         )
         valid_mask = gt_labels >= 0
         logits = cat(pred_objectness_logits, dim=1)[valid_mask]
-        targets = gt_labels[valid_mask].to(logits.dtype)
-        if self.cls_loss_type == "ce":
-            objectness_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
-        else:
-            objectness_loss = sigmoid_focal_loss(
-                logits,
-                targets,
-                alpha=self.focal_loss_alpha,
-                gamma=self.focal_loss_gamma,
-                reduction="sum",
-            )
+        objectness_loss = classification_loss(
+            logits,
+            gt_labels[valid_mask].to(logits.dtype),
+            self.cls_loss_type,
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
+        )
         normalizer = self.batch_size_per_image * num_images
         losses = {
             "loss_rpn_cls": objectness_loss / normalizer,

@@ -10,26 +10,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from det3d.config import configurable
-from det3d.layers import (
-    ShapeSpec,
-    batched_nms,
-    cat,
-    giou_loss,
-    huber_soft_clip_loss,
-    smooth_l1_loss,
-    softmax_focal_loss,
-)
+from det3d.layers import CLS_LOSS_TYPES, ShapeSpec, batched_nms, cat, classification_loss
 from det3d.structures import Boxes, Instances
 
-from ..box_regression import Box2BoxTransform, box_reg_weights
+from ..box_regression import (
+    BOX_REG_LOSS_TYPES,
+    Box2BoxTransform,
+    box_reg_weights,
+    box_regression_loss,
+)
 
 __all__ = ["FastRCNNOutputLayers3D", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
 logger = logging.getLogger(__name__)
-
-_CLS_LOSS_TYPES = ("ce", "focal")
-_BOX_LOSS_TYPES = ("smooth_l1", "huber", "giou")
-
 
 def _log_classification_stats(scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
     """Accuracy of the sampled RoIs (all, foreground, background) to the trainer's storage."""
@@ -166,14 +159,14 @@ class FastRCNNOutputLayers3D(nn.Module):
             loss_weight: ``{"loss_cls": w, "loss_box_reg": w}``; missing keys weigh 1.
         """
         super().__init__()
-        if cls_loss_type not in _CLS_LOSS_TYPES:
+        if cls_loss_type not in CLS_LOSS_TYPES:
             raise ValueError(
-                f"ROI_BOX_HEAD.CLS_LOSS_TYPE {cls_loss_type!r} is not one of {_CLS_LOSS_TYPES}"
+                f"ROI_BOX_HEAD.CLS_LOSS_TYPE {cls_loss_type!r} is not one of {CLS_LOSS_TYPES}"
             )
-        if box_reg_loss_type not in _BOX_LOSS_TYPES:
+        if box_reg_loss_type not in BOX_REG_LOSS_TYPES:
             raise ValueError(
                 f"ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE {box_reg_loss_type!r} is not one of "
-                f"{_BOX_LOSS_TYPES}"
+                f"{BOX_REG_LOSS_TYPES}"
             )
         input_size = input_shape.channels
         self.ndim = ndim
@@ -273,18 +266,14 @@ class FastRCNNOutputLayers3D(nn.Module):
             proposal_boxes = gt_boxes = scores.new_zeros((0, box_dim))
 
         _log_classification_stats(scores, gt_classes)
-        if gt_classes.numel() == 0:
-            loss_cls = scores.sum() * 0.0
-        elif self.cls_loss_type == "ce":
-            loss_cls = F.cross_entropy(scores, gt_classes, reduction="mean")
-        else:
-            loss_cls = softmax_focal_loss(
-                scores,
-                gt_classes,
-                alpha=self.focal_loss_alpha,
-                gamma=self.focal_loss_gamma,
-                reduction="mean",
-            )
+        loss_cls = classification_loss(
+            scores,
+            gt_classes,
+            self.cls_loss_type,
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="mean",
+        )
         loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
         return {
             "loss_cls": loss_cls * self.loss_weight["loss_cls"],
@@ -318,27 +307,16 @@ class FastRCNNOutputLayers3D(nn.Module):
         normalizer = max(gt_classes.numel(), 1.0)
         if fg_inds.numel() == 0:
             return pred_deltas.sum() * 0.0
-        if self.box_reg_loss_type == "giou":
-            fg_pred_boxes = self.box2box_transform.apply_deltas(
-                fg_pred_deltas, proposal_boxes[fg_inds]
-            )
-            loss = giou_loss(fg_pred_boxes, gt_boxes[fg_inds], reduction="sum")
-        else:
-            gt_deltas = self.box2box_transform.get_deltas(
-                proposal_boxes[fg_inds], gt_boxes[fg_inds]
-            )
-            if self.box_reg_loss_type == "smooth_l1":
-                loss = smooth_l1_loss(
-                    fg_pred_deltas, gt_deltas, self.smooth_l1_beta, reduction="sum"
-                )
-            else:
-                loss = huber_soft_clip_loss(
-                    fg_pred_deltas,
-                    gt_deltas,
-                    clip=self.huber_clip,
-                    delta=self.huber_delta,
-                    reduction="sum",
-                )
+        loss = box_regression_loss(
+            self.box2box_transform,
+            fg_pred_deltas,
+            proposal_boxes[fg_inds],
+            gt_boxes[fg_inds],
+            self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+            huber_clip=self.huber_clip,
+            huber_delta=self.huber_delta,
+        )
         return loss / normalizer
 
     # --------------------------------------------------------------- inference
