@@ -13,6 +13,14 @@ from .losses import (
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec
-from .wrappers import Conv, cat, conv_nd, conv_transpose_nd, max_pool_nd, nonzero_tuple
+from .wrappers import (
+    Conv,
+    cat,
+    conv_nd,
+    conv_norm_relu_stack,
+    conv_transpose_nd,
+    max_pool_nd,
+    nonzero_tuple,
+)
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

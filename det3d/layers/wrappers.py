@@ -2,12 +2,23 @@
 N-D wrappers around torch layers. ``ndim`` is the number of spatial dims (2 or 3); the same code
 builds the 2D and the 3D variant.
 """
-from typing import Callable, List, Optional, Tuple, Type
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["conv_nd", "conv_transpose_nd", "max_pool_nd", "Conv", "cat", "nonzero_tuple"]
+from .batch_norm import get_norm
+
+__all__ = [
+    "conv_nd",
+    "conv_transpose_nd",
+    "max_pool_nd",
+    "Conv",
+    "conv_norm_relu_stack",
+    "cat",
+    "nonzero_tuple",
+]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -109,6 +120,32 @@ class Conv(nn.Module):
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+def conv_norm_relu_stack(
+    ndim: int, in_channels: int, conv_dims: Sequence[int], norm: str = ""
+) -> Iterator[Conv]:
+    """
+    The conv tower of the RoI heads: for each entry of ``conv_dims``, a kernel-3 :class:`Conv`
+    (padding 1, so the size is kept; no bias when normalised) with ``get_norm(norm, channels,
+    ndim)`` and ReLU, taking the previous conv's output channels.
+
+    Yields the convs one at a time; as for :class:`Conv`, registering and initialising them is
+    the caller's (a head that initialises each conv as it comes draws random numbers in the same
+    order as when it built them itself).
+    """
+    for conv_dim in conv_dims:
+        yield Conv(
+            ndim,
+            in_channels,
+            conv_dim,
+            kernel_size=3,
+            padding=1,
+            bias=not norm,
+            norm=get_norm(norm, conv_dim, ndim),
+            activation=F.relu,
+        )
+        in_channels = conv_dim
 
 
 def cat(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tensor:

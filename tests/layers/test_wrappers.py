@@ -5,7 +5,15 @@ from torch import nn
 
 from det3d.layers.batch_norm import FrozenBatchNorm, get_norm
 from det3d.layers.shape_spec import ShapeSpec, as_tuple
-from det3d.layers.wrappers import Conv, cat, conv_nd, conv_transpose_nd, max_pool_nd, nonzero_tuple
+from det3d.layers.wrappers import (
+    Conv,
+    cat,
+    conv_nd,
+    conv_norm_relu_stack,
+    conv_transpose_nd,
+    max_pool_nd,
+    nonzero_tuple,
+)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -37,6 +45,18 @@ def test_conv_applies_conv_then_norm_then_activation():
     torch.testing.assert_close(conv(x), expected)
     with pytest.raises(ValueError, match="shape"):
         conv(torch.randn(1, 2, 5, 6))
+
+
+@pytest.mark.parametrize("norm", ["", "GN"])
+def test_conv_norm_relu_stack_chains_channels_and_keeps_size(norm):
+    convs = list(conv_norm_relu_stack(3, 4, [8, 16], norm))
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(4, 8), (8, 16)]
+    assert all((c.bias is None) == bool(norm) and (c.norm is None) == (not norm) for c in convs)
+    x = torch.randn(2, 4, 5, 6, 7)
+    for c in convs:
+        x = c(x)
+    assert x.shape == (2, 16, 5, 6, 7) and (x >= 0).all()
+    assert list(conv_norm_relu_stack(2, 4, [])) == []
 
 
 def test_cat_and_nonzero_tuple():

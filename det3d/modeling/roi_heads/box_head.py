@@ -1,14 +1,13 @@
 """Box heads: pooled RoI features -> one feature vector per RoI."""
 from typing import List, Sequence
 
-import numpy as np
 import fvcore.nn.weight_init as weight_init
+import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from det3d.config import configurable
-from det3d.layers import Conv, ShapeSpec, get_norm
+from det3d.layers import ShapeSpec, conv_norm_relu_stack
 from det3d.utils.axes import as_tuple
 
 from ..registries import ROI_BOX_HEAD_REGISTRY
@@ -49,20 +48,10 @@ class FastRCNNConvFCHead3D(nn.Sequential):
             raise ValueError("FastRCNNConvFCHead3D needs at least one conv or fc layer")
         resolution = as_tuple(pooler_resolution, ndim)
         channels = input_shape.channels
-        for k, conv_dim in enumerate(conv_dims):
-            conv = Conv(
-                ndim,
-                channels,
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim, ndim),
-                activation=F.relu,
-            )
+        for k, conv in enumerate(conv_norm_relu_stack(ndim, channels, conv_dims, conv_norm)):
             self.add_module(f"conv{k + 1}", conv)
             weight_init.c2_msra_fill(conv)
-            channels = conv_dim
+            channels = conv.out_channels
         size = channels * int(np.prod(resolution))
         if fc_dims:
             self.add_module("flatten", nn.Flatten())

@@ -7,7 +7,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from det3d.config import configurable
-from det3d.layers import Conv, ShapeSpec, cat, conv_nd, conv_transpose_nd, dice_loss, get_norm
+from det3d.layers import (
+    ShapeSpec,
+    cat,
+    conv_nd,
+    conv_norm_relu_stack,
+    conv_transpose_nd,
+    dice_loss,
+)
 from det3d.structures import Instances
 
 from ..registries import ROI_MASK_HEAD_REGISTRY
@@ -156,20 +163,10 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
 
         channels = input_shape.channels
         self.conv_norm_relus = []
-        for k, conv_dim in enumerate(conv_dims[:-1]):
-            conv = Conv(
-                ndim,
-                channels,
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim, ndim),
-                activation=F.relu,
-            )
+        for k, conv in enumerate(conv_norm_relu_stack(ndim, channels, conv_dims[:-1], conv_norm)):
             self.add_module(f"mask_fcn{k + 1}", conv)
             self.conv_norm_relus.append(conv)
-            channels = conv_dim
+            channels = conv.out_channels
         self.deconv = conv_transpose_nd(ndim)(
             channels, conv_dims[-1], kernel_size=2, stride=2, padding=0
         )
