@@ -41,6 +41,7 @@ class _RCNNBase(nn.Module):
     (``frozen_modules``: names of children that stay in eval mode and give no losses).
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -49,7 +50,16 @@ class _RCNNBase(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         ndim: int = 3,
+        freeze: Sequence[str] = (),
     ):
+        """
+        Args:
+            backbone, proposal_generator: the parts.
+            pixel_mean, pixel_std: one value per input channel.
+            ndim: number of spatial dims.
+            freeze: names of children to freeze (see :func:`freeze_modules`); a subclass with
+                more children passes none here and freezes once it has built them all.
+        """
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
@@ -63,6 +73,19 @@ class _RCNNBase(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(shape), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(shape), False)
         self.frozen_modules = ()
+        freeze_modules(self, freeze)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+            "freeze": cfg.MODEL.FREEZE_MODULES,
+        }
 
     @property
     def device(self) -> torch.device:
@@ -171,17 +194,10 @@ class GeneralizedRCNN3D(_RCNNBase):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        return {
-            "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "ndim": cfg.MODEL.SPATIAL_DIMS,
-            "mask_threshold": cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
-            "freeze": cfg.MODEL.FREEZE_MODULES,
-        }
+        ret = super().from_config(cfg)
+        ret["roi_heads"] = build_roi_heads(cfg, ret["backbone"].output_shape())
+        ret["mask_threshold"] = cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD
+        return ret
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -239,40 +255,9 @@ class GeneralizedRCNN3D(_RCNNBase):
 class ProposalNetwork3D(_RCNNBase):
     """
     Backbone -> RPN only (training stage "rpn"). Training returns the RPN losses; inference
-    returns ``[{"proposals": Instances}]`` rescaled to the original size.
+    returns ``[{"proposals": Instances}]`` rescaled to the original size. Built from the same
+    arguments (and config keys) as its base.
     """
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        proposal_generator: nn.Module,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        ndim: int = 3,
-        freeze: Sequence[str] = (),
-    ):
-        super().__init__(
-            backbone=backbone,
-            proposal_generator=proposal_generator,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            ndim=ndim,
-        )
-        freeze_modules(self, freeze)
-
-    @classmethod
-    def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        return {
-            "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "ndim": cfg.MODEL.SPATIAL_DIMS,
-            "freeze": cfg.MODEL.FREEZE_MODULES,
-        }
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
