@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from _rcnn_test_utils import single_thread
 from torch import nn
 
 from det3d.config import get_cfg
@@ -20,12 +21,8 @@ from det3d.modeling.registries import BACKBONE_REGISTRY
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tiny convs gain nothing from threads, and on a shared machine OpenMP threads that wait for
-    # each other slow them down by an order of magnitude.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 def _cfg(ndim=3, **resnet):

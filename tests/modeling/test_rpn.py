@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from _rcnn_test_utils import single_thread
 
 from det3d.config import get_cfg
 from det3d.modeling.backbone import build_backbone
@@ -16,12 +17,8 @@ from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tiny convs gain nothing from threads, and on a shared machine OpenMP threads that wait for
-    # each other slow them down by an order of magnitude.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 def _cfg(ndim=3):
