@@ -8,7 +8,13 @@ Evaluation: the evaluator protocol, the inference loop, and det3d's metrics:
 """
 from .coco3d_evaluation import COCO3DEvaluator, instances_to_coco3d_json
 from .cocoeval3d import COCOeval3D, box_iou_coco, default_area_ranges
-from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
+from .evaluator import (
+    DatasetEvaluator,
+    DatasetEvaluators,
+    gather_on_main_process,
+    inference_context,
+    inference_on_dataset,
+)
 from .matching import (
     DEFAULT_THRESHOLDS,
     InstanceMatchingEvaluator,
@@ -33,6 +39,7 @@ __all__ = [
     "box_iou_coco",
     "default_area_ranges",
     "flatten_results_dict",
+    "gather_on_main_process",
     "inference_context",
     "inference_on_dataset",
     "instances_to_coco3d_json",

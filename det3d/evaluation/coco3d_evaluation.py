@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from det3d.structures.rle import box_mask_to_rle, label_volume_to_rles
-from det3d.utils import comm
 
 from .cocoeval3d import STAT_NAMES, COCOeval3D, default_area_ranges
-from .evaluator import DatasetEvaluator
+from .evaluator import DatasetEvaluator, gather_on_main_process
 from .ground_truth import annotated_slices, gt_coco_annotations, records_by_id
 
 __all__ = ["COCO3DEvaluator", "instances_to_coco3d_json"]
@@ -194,12 +193,9 @@ class COCO3DEvaluator(DatasetEvaluator):
         return self._gt_cache[image_id]
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = [p for part in comm.all_gather(predictions) for p in part]
-            if not comm.is_main_process():
-                return None
+        predictions = gather_on_main_process(self._predictions, self._distributed)
+        if predictions is None:
+            return None
         if not predictions:
             logger.warning("COCO3DEvaluator: no predictions were processed")
             return {}

@@ -12,7 +12,13 @@ from tqdm import tqdm
 
 from det3d.utils import comm
 
-__all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "inference_context"]
+__all__ = [
+    "DatasetEvaluator",
+    "DatasetEvaluators",
+    "gather_on_main_process",
+    "inference_on_dataset",
+    "inference_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +87,19 @@ class DatasetEvaluators(DatasetEvaluator):
                         )
                     results[k] = v
         return results
+
+
+def gather_on_main_process(items: List, distributed: bool = True) -> Optional[List]:
+    """
+    What an evaluator's ``evaluate()`` does first: every rank's ``items`` concatenated in rank
+    order on the main process, None on the others (collective: every rank must call it).
+    Without ``distributed``, ``items`` itself.
+    """
+    if not distributed:
+        return items
+    comm.synchronize()
+    gathered = [x for part in comm.all_gather(items) for x in part]
+    return gathered if comm.is_main_process() else None
 
 
 @contextmanager

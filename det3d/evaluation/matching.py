@@ -28,9 +28,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from det3d.utils import comm
-
-from .evaluator import DatasetEvaluator
+from .evaluator import DatasetEvaluator, gather_on_main_process
 from .ground_truth import annotated_slices, fit_shape, gt_label_volume, records_by_id
 from .overlap import LabelOverlap, label_overlap
 
@@ -226,12 +224,9 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        per_volume = self._per_volume
-        if self._distributed:
-            comm.synchronize()
-            per_volume = [v for part in comm.all_gather(per_volume) for v in part]
-            if not comm.is_main_process():
-                return None
+        per_volume = gather_on_main_process(self._per_volume, self._distributed)
+        if per_volume is None:
+            return None
         if not per_volume:
             logger.warning("InstanceMatchingEvaluator: no volumes were processed")
         total = _add_counts([v["counts"] for v in per_volume], self._thresholds)

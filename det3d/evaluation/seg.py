@@ -19,9 +19,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from det3d.utils import comm
-
-from .evaluator import DatasetEvaluator
+from .evaluator import DatasetEvaluator, gather_on_main_process
 from .ground_truth import SLICES_KEY, annotated_slices, fit_shape, gt_label_volume, records_by_id
 from .matching import _pred_labels
 from .overlap import check_label_pair, label_overlap
@@ -146,12 +144,9 @@ class SEGEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        per_volume = self._per_volume
-        if self._distributed:
-            comm.synchronize()
-            per_volume = [v for part in comm.all_gather(per_volume) for v in part]
-            if not comm.is_main_process():
-                return None
+        per_volume = gather_on_main_process(self._per_volume, self._distributed)
+        if per_volume is None:
+            return None
         n = sum(v["n_objects"] for v in per_volume)
         if n == 0:
             logger.warning(
