@@ -141,19 +141,35 @@ int64_t checked_batch_index(double value, int64_t batch) {
   return b;
 }
 
+// What forward and backward both need first: voxels per input channel, bins per output channel
+// and the (checked) batch index of every RoI.
+struct KernelExtent {
+  int64_t volume = 1, n_bins = 1;
+  std::vector<int64_t> batch_of;
+};
+
+template <typename T, int NDIM>
+KernelExtent kernel_extent(const T* rois, int64_t n_rois, int64_t batch, const int64_t* size,
+                           const int64_t* out) {
+  KernelExtent e;
+  for (int a = 0; a < NDIM; ++a) {
+    e.volume *= size[a];
+    e.n_bins *= out[a];
+  }
+  e.batch_of.resize(n_rois);
+  for (int64_t k = 0; k < n_rois; ++k) {
+    e.batch_of[k] = checked_batch_index(static_cast<double>(rois[k * (1 + 2 * NDIM)]), batch);
+  }
+  return e;
+}
+
 template <typename T, int NDIM>
 void forward_kernel(const T* input, const T* rois, T* output, int64_t batch, int64_t channels,
                     const int64_t* size, const int64_t* out, int64_t n_rois, T spatial_scale,
                     int64_t sampling_ratio, bool aligned) {
-  int64_t volume = 1, n_bins = 1;
-  for (int a = 0; a < NDIM; ++a) {
-    volume *= size[a];
-    n_bins *= out[a];
-  }
-  std::vector<int64_t> batch_of(n_rois);
-  for (int64_t k = 0; k < n_rois; ++k) {
-    batch_of[k] = checked_batch_index(static_cast<double>(rois[k * (1 + 2 * NDIM)]), batch);
-  }
+  const KernelExtent e = kernel_extent<T, NDIM>(rois, n_rois, batch, size, out);
+  const int64_t volume = e.volume, n_bins = e.n_bins;
+  const std::vector<int64_t>& batch_of = e.batch_of;
   at::parallel_for(0, n_rois, 1, [&](int64_t k0, int64_t k1) {
     RoiTable<T, NDIM> table;
     for (int64_t k = k0; k < k1; ++k) {
@@ -181,15 +197,9 @@ template <typename T, int NDIM>
 void backward_kernel(const T* grad, const T* rois, T* grad_input, int64_t batch, int64_t channels,
                      const int64_t* size, const int64_t* out, int64_t n_rois, T spatial_scale,
                      int64_t sampling_ratio, bool aligned) {
-  int64_t volume = 1, n_bins = 1;
-  for (int a = 0; a < NDIM; ++a) {
-    volume *= size[a];
-    n_bins *= out[a];
-  }
-  std::vector<int64_t> batch_of(n_rois);
-  for (int64_t k = 0; k < n_rois; ++k) {
-    batch_of[k] = checked_batch_index(static_cast<double>(rois[k * (1 + 2 * NDIM)]), batch);
-  }
+  const KernelExtent e = kernel_extent<T, NDIM>(rois, n_rois, batch, size, out);
+  const int64_t volume = e.volume, n_bins = e.n_bins;
+  const std::vector<int64_t>& batch_of = e.batch_of;
   // Each thread owns a channel range of grad_input and rebuilds the (channel-independent) tables.
   at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
     RoiTable<T, NDIM> table;
