@@ -86,6 +86,13 @@ def _conv(ndim, in_channels, out_channels, kernel_size, stride=1, padding=0, nor
     return conv
 
 
+def _shortcut(ndim, in_channels, out_channels, stride, norm):
+    """The 1x1 projection of a block's residual branch, or None where the identity fits."""
+    if in_channels != out_channels or any(s != 1 for s in stride):
+        return _conv(ndim, in_channels, out_channels, 1, stride, norm=norm)
+    return None
+
+
 class BasicStem(CNNBlockBase):
     """
     Conv (kernel and stride per axis) + norm + ReLU, then a max-pool with kernel 3 on the axes
@@ -142,10 +149,7 @@ class BasicBlock(CNNBlockBase):
     ):
         stride = as_tuple(stride, ndim, "stride")
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels or any(s != 1 for s in stride):
-            self.shortcut = _conv(ndim, in_channels, out_channels, 1, stride, norm=norm)
-        else:
-            self.shortcut = None
+        self.shortcut = _shortcut(ndim, in_channels, out_channels, stride, norm)
         self.conv1 = _conv(ndim, in_channels, out_channels, 3, stride, 1, norm)
         self.conv2 = _conv(ndim, out_channels, out_channels, 3, 1, 1, norm)
 
@@ -174,10 +178,7 @@ class BottleneckBlock(CNNBlockBase):
     ):
         stride = as_tuple(stride, ndim, "stride")
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels or any(s != 1 for s in stride):
-            self.shortcut = _conv(ndim, in_channels, out_channels, 1, stride, norm=norm)
-        else:
-            self.shortcut = None
+        self.shortcut = _shortcut(ndim, in_channels, out_channels, stride, norm)
         # MSRA ResNet strides in the first 1x1; torchvision / Caffe2 ResNet in the 3x3.
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = _conv(ndim, in_channels, bottleneck_channels, 1, stride_1x1, norm=norm)
