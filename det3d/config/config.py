@@ -6,7 +6,15 @@ from typing import Any, Callable, Optional
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "get_cfg", "configurable"]
+__all__ = ["CfgNode", "get_cfg", "configurable", "register_per_axis_key"]
+
+# Full keys whose value is an int or one value per axis (see det3d/config/defaults.py).
+_PER_AXIS_KEYS = set()
+
+
+def register_per_axis_key(full_key: str) -> None:
+    """Declares that ``full_key`` takes an int or a list with one value per axis."""
+    _PER_AXIS_KEYS.add(full_key)
 
 
 class CfgNode(_FvCfgNode):
@@ -15,7 +23,10 @@ class CfgNode(_FvCfgNode):
 
     * reads yaml with ``yaml.safe_load`` only (no python objects in config files);
     * follows ``_BASE_`` keys (paths relative to the file that names them);
-    * rejects unknown keys with an error that names the key and the file.
+    * rejects unknown keys with an error that names the key and the file;
+    * lets a key registered with :func:`register_per_axis_key` be given as an int or as one value
+      per axis (``POOLER_RESOLUTION: 7`` or ``[3, 7, 7]``), whatever form its default has. Other
+      type changes are rejected as yacs rejects them.
     """
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
@@ -28,6 +39,7 @@ class CfgNode(_FvCfgNode):
         except Exception as e:  # yaml.YAMLError and friends: say which file
             raise ValueError(f"Could not parse config file {cfg_filename!r}: {e}") from e
         loaded = type(self)(loaded)
+        _allow_per_axis_values(self, loaded)
         try:
             self.merge_from_other_cfg(loaded)
         except KeyError as e:
@@ -38,10 +50,57 @@ class CfgNode(_FvCfgNode):
             raise ValueError(
                 f"Config overrides must come as KEY VALUE pairs; got an odd number: {cfg_list}"
             )
+        for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
+            node, key = _parent(self, full_key)
+            if node is not None and full_key in _PER_AXIS_KEYS:
+                new = self._decode_cfg_value(raw)
+                if _is_per_axis_swap(node[key], new):
+                    node[key] = new
         try:
             super().merge_from_list(cfg_list)
         except AssertionError as e:  # yacs asserts on unknown keys; callers expect a KeyError
             raise KeyError(str(e)) from None
+
+
+def _is_int_or_ints(x: Any, allow_scalar: bool) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return allow_scalar
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in x
+    )
+
+
+def _is_per_axis_swap(old: Any, new: Any) -> bool:
+    """True when one of ``old``/``new`` is an int and the other a list of ints (per axis)."""
+    return (isinstance(old, int) and _is_int_or_ints(new, False)) or (
+        _is_int_or_ints(old, False) and isinstance(new, int) and not isinstance(new, bool)
+    )
+
+
+def _parent(cfg: _FvCfgNode, full_key: str):
+    """The node holding ``full_key`` and the last key, or (None, None) if the key is unknown."""
+    node = cfg
+    *path, last = full_key.split(".")
+    for k in path:
+        if not isinstance(node, _FvCfgNode) or k not in node:
+            return None, None
+        node = node[k]
+    if not isinstance(node, _FvCfgNode) or last not in node:
+        return None, None
+    return node, last
+
+
+def _allow_per_axis_values(cfg: _FvCfgNode, loaded: _FvCfgNode, prefix: str = "") -> None:
+    """Where ``loaded`` swaps an int for a per-axis list (or back), take its value as it is."""
+    for k, v in loaded.items():
+        if k not in cfg:
+            continue
+        if isinstance(v, _FvCfgNode) and isinstance(cfg[k], _FvCfgNode):
+            _allow_per_axis_values(cfg[k], v, f"{prefix}{k}.")
+        elif f"{prefix}{k}" in _PER_AXIS_KEYS and _is_per_axis_swap(cfg[k], v):
+            cfg[k] = v
 
 
 def get_cfg() -> CfgNode:

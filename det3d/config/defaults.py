@@ -8,8 +8,13 @@ Conventions used below:
   int means the same value on every axis.
 * Boxes are ``(x0, y0, z0, x1, y1, z1)`` in voxels; box sizes (anchor sizes, canonical box size,
   min sizes) are in voxels of the model's input.
+* Some Detectron2 keys are kept only so that Detectron2 config files load; det3d does not read
+  them: MODEL.LOAD_PROPOSALS, DATASETS.PROPOSAL_FILES_* / PRECOMPUTED_PROPOSAL_TOPK_*,
+  MODEL.ANCHOR_GENERATOR.ANGLES, INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING,
+  DATALOADER.REPEAT_THRESHOLD, TEST.KEYPOINT_OKS_SIGMAS, TEST.PRECISE_BN, VIS_PERIOD, GLOBAL.
 """
 from .config import CfgNode as CN
+from .config import register_per_axis_key
 
 __all__ = ["_C", "add_det3d_config"]
 
@@ -311,9 +316,6 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.INPUT, "INTENSITY_SHIFT", [-0.1, 0.1])
     _add(_C.INPUT, "GAMMA", [0.8, 1.25])
     _add(_C.INPUT, "NOISE_STD", 0.02)
-    # Sliding-window inference for volumes larger than this (D, H, W); empty = whole volume.
-    _add(_C.TEST, "WINDOW_SIZE", [])
-    _add(_C.TEST, "WINDOW_OVERLAP", 0.25)
 
     # Evaluation
     _add(_C.TEST, "EVALUATORS", ["coco3d", "matching", "seg"])
@@ -334,5 +336,16 @@ def add_det3d_config(cfg: CN) -> None:
     if was_frozen:
         _C.freeze()
 
+
+# Keys that take an int or one value per axis (array order); either form may be given.
+for _key in (
+    "MODEL.RESNETS.STEM_KERNEL_SIZE",
+    "MODEL.RESNETS.STEM_STRIDE",
+    "MODEL.RESNETS.STEM_POOL_STRIDE",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+    "INPUT.CROP_SIZE",
+):
+    register_per_axis_key(_key)
 
 add_det3d_config(_C)

@@ -135,7 +135,7 @@ class DatasetMapper3D:
             "augmentations": build_augmentations(cfg, is_train),
             "norm_percentiles": cfg.INPUT.NORM_PERCENTILES,
             "target_spacing": cfg.INPUT.TARGET_SPACING,
-            "crop_size": cfg.INPUT.CROP_SIZE if is_train else (),
+            "crop_size": _crop_size(cfg.INPUT.CROP_SIZE) if is_train else (),
             "crop_min_visible_fraction": cfg.INPUT.CROP_MIN_VISIBLE_FRACTION,
             "min_instance_voxels": cfg.INPUT.MIN_INSTANCE_VOXELS,
             "in_channels": cfg.INPUT.IN_CHANNELS,
@@ -228,3 +228,8 @@ class DatasetMapper3D:
             lab = np.ascontiguousarray(aug_input.labels)
             out["instances"] = label_volume_to_instances(lab, classes, lab.shape)
         return out
+
+
+def _crop_size(value) -> tuple:
+    """``INPUT.CROP_SIZE`` as a tuple: an int is one size for every axis, a list one per axis."""
+    return (value,) if isinstance(value, int) and value > 0 else tuple(value or ())

@@ -10,6 +10,7 @@ from typing import Any, Sequence, Tuple, TypeVar, Union
 
 __all__ = [
     "as_tuple",
+    "per_axis",
     "box_axis_to_array_axis",
     "array_axis_to_box_axis",
     "array_shape_to_box_order",
@@ -42,6 +43,17 @@ def as_tuple(x: Union[T, Sequence[T]], ndim: int, name: str = "value") -> Tuple[
             )
         return tuple(x)
     return (x,) * ndim
+
+
+def per_axis(value: Union[T, Sequence[T]], ndim: int, name: str = "value") -> Tuple[T, ...]:
+    """
+    A per-axis config value as a tuple in array order: an int is broadcast, a list must have one
+    entry per axis. In 2D a list of 3 (the ``(D, H, W)`` layout) is accepted and its first (D)
+    entry dropped, so one base config serves 2D and 3D models.
+    """
+    if isinstance(value, (list, tuple)) and ndim == 2 and len(value) == 3:
+        value = value[1:]
+    return as_tuple(value, ndim, name)
 
 
 def box_axis_to_array_axis(k: int, ndim: int) -> int:

@@ -91,3 +91,19 @@ def test_configurable_class_and_function():
         return x * 10 + y
 
     assert f(cfg) == 31 and f(cfg, y=5) == 35 and f(4) == 41
+
+
+def test_per_axis_values_accept_int_or_list(tmp_path):
+    path = _write(tmp_path / "axes.yaml", "MODEL:\n  ROI_BOX_HEAD:\n    POOLER_RESOLUTION: [3, 7, 7]\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == [3, 7, 7]
+    cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "5"])  # and back to an int
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == 5
+    cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "[4, 8, 8]"])
+    assert cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION == [4, 8, 8]
+    # other type changes are still refused
+    with pytest.raises(ValueError, match="Type mismatch"):
+        cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "'seven'"])
+    with pytest.raises(ValueError, match="Type mismatch"):
+        cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "[1, 2]"])

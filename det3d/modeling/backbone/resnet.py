@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from det3d.layers import Conv, FrozenBatchNorm, ShapeSpec, get_norm, max_pool_nd
-from det3d.utils.axes import as_tuple
+from det3d.utils.axes import as_tuple, per_axis
 
 from ..registries import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -27,17 +27,6 @@ __all__ = [
     "per_axis",
     "build_resnet3d_backbone",
 ]
-
-
-def per_axis(value, ndim: int, name: str = "value") -> Tuple[int, ...]:
-    """
-    A per-axis config value as a tuple in array order: an int is broadcast, a list must have one
-    entry per axis. In 2D a list of 3 (the ``(D, H, W)`` layout) is accepted and its first (D)
-    entry dropped, so one base config serves 2D and 3D models.
-    """
-    if isinstance(value, (list, tuple)) and ndim == 2 and len(value) == 3:
-        value = value[1:]
-    return as_tuple(value, ndim, name)
 
 
 def c2_msra_fill(module: nn.Module) -> None:

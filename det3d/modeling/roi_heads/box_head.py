@@ -8,7 +8,7 @@ from torch import nn
 
 from det3d.config import configurable
 from det3d.layers import ShapeSpec, conv_norm_relu_stack
-from det3d.utils.axes import as_tuple
+from det3d.utils.axes import as_tuple, per_axis
 
 from ..registries import ROI_BOX_HEAD_REGISTRY
 
@@ -69,7 +69,11 @@ class FastRCNNConvFCHead3D(nn.Sequential):
         num_fc = cfg.MODEL.ROI_BOX_HEAD.NUM_FC
         return {
             "input_shape": input_shape,
-            "pooler_resolution": cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            "pooler_resolution": per_axis(
+                cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+                cfg.MODEL.SPATIAL_DIMS,
+                "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+            ),
             "conv_dims": [cfg.MODEL.ROI_BOX_HEAD.CONV_DIM] * num_conv,
             "fc_dims": [cfg.MODEL.ROI_BOX_HEAD.FC_DIM] * num_fc,
             "conv_norm": cfg.MODEL.ROI_BOX_HEAD.NORM,

@@ -11,6 +11,7 @@ from torch import nn
 from det3d.config import configurable
 from det3d.layers import ShapeSpec, nonzero_tuple
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+from det3d.utils.axes import per_axis
 
 from ..matcher import Matcher
 from ..poolers import ROIPooler
@@ -284,7 +285,7 @@ class StandardROIHeads3D(ROIHeads3D):
     def _pooler(cfg, node, input_shape, in_features) -> ROIPooler:
         ndim = cfg.MODEL.SPATIAL_DIMS
         return ROIPooler(
-            output_size=node.POOLER_RESOLUTION,
+            output_size=per_axis(node.POOLER_RESOLUTION, ndim, "POOLER_RESOLUTION"),
             scales=_pooler_scales(input_shape, in_features, ndim),
             sampling_ratio=node.POOLER_SAMPLING_RATIO,
             pooler_type=node.POOLER_TYPE,
