@@ -287,6 +287,10 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)  # geometric-mean side mapped to level 4
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
     _add(_C.MODEL.ROI_HEADS, "CLS_LOSS_WEIGHT", 1.0)
+    # Score a detection needs to be painted into the "instance_labels" volume. Detections down to
+    # SCORE_THRESH_TEST stay in "instances" (COCO AP wants them); the label volume, which matching
+    # metrics and SEG score and biologists use, holds only the confident ones.
+    _add(_C.MODEL.ROI_HEADS, "LABELS_SCORE_THRESH_TEST", 0.5)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_DELTA", 1.0)
 

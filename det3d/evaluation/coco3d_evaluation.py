@@ -34,10 +34,12 @@ def instances_to_coco3d_json(
     Args:
         instances: ``Instances`` with ``pred_boxes`` (``(N, 2*ndim)`` corners, XYZXYZ / XYXY),
             ``scores``, ``pred_classes`` and optionally ``pred_masks``.
-        instance_labels: the output's label volume (row ``i`` has label ``i + 1``). When given,
-            instance ``i``'s mask is the voxels labelled ``i + 1``: exact for det3d's
-            non-overlapping output and encoded in a single pass over the volume.
-        with_masks: encode masks (from ``instance_labels``, else by pasting ``pred_masks``).
+        instance_labels: the output's label volume (row ``i`` has label ``i + 1``), used when the
+            instances carry no ``pred_masks``: instance ``i``'s mask is then the voxels labelled
+            ``i + 1``. With ``pred_masks``, each instance's own mask is pasted (masks may
+            overlap, as in COCO), so detections left out of the label volume (below its score
+            threshold) still count with their mask.
+        with_masks: encode masks (pasting ``pred_masks``, else from ``instance_labels``).
 
     Returns:
         list of ``{"image_id", "category_id", "bbox" ([x, y, (z,) w, h, (d)]), "score"}`` plus
@@ -54,13 +56,7 @@ def instances_to_coco3d_json(
     rles: List[Optional[dict]] = [None] * n
     areas = [None] * n
     if with_masks:
-        if instance_labels is not None:
-            labels = _numpy(instance_labels)
-            by_id = label_volume_to_rles(labels, range(1, n + 1))
-            counts = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
-            rles = [by_id[i + 1] for i in range(n)]
-            areas = [float(c) for c in counts]
-        elif instances.has("pred_masks"):
+        if instances.has("pred_masks"):
             from det3d.modeling.postprocessing import paste_mask
 
             shape = tuple(int(s) for s in instances.image_size)
@@ -71,6 +67,12 @@ def instances_to_coco3d_json(
                 local = _numpy(local).astype(bool)
                 rles[i] = box_mask_to_rle(local, [s.start or 0 for s in slices], shape)
                 areas[i] = float(local.sum())
+        elif instance_labels is not None:
+            labels = _numpy(instance_labels)
+            by_id = label_volume_to_rles(labels, range(1, n + 1))
+            counts = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
+            rles = [by_id[i + 1] for i in range(n)]
+            areas = [float(c) for c in counts]
         else:
             raise KeyError(
                 f"image_id {image_id!r}: segm evaluation needs 'instance_labels' in the output or "

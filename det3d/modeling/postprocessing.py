@@ -118,17 +118,20 @@ def instances_to_label_volume(
     instances: Instances,
     image_shape: Optional[Sequence[int]] = None,
     threshold: float = 0.5,
+    score_threshold: float = 0.0,
 ) -> torch.Tensor:
     """
     Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``. Instances are
     pasted in decreasing score and a voxel keeps the first (highest-score) instance that claims
-    it. Without ``pred_masks`` every voxel of the box is claimed.
+    it. Without ``pred_masks`` every voxel of the box is claimed. Instances scoring below
+    ``score_threshold`` are left out (their label does not occur).
 
     Args:
         instances: ``pred_boxes``, ``scores`` and optionally ``pred_masks`` (N, *M), boxes in the
             coordinates of ``image_shape``.
         image_shape: spatial shape of the output; default ``instances.image_size``.
         threshold: mask probability threshold.
+        score_threshold: the score an instance needs to be pasted.
 
     Returns:
         Tensor: int32 ``image_shape`` volume, on the instances' device.
@@ -141,7 +144,8 @@ def instances_to_label_volume(
     if len(boxes) == 0:
         return labels
     if instances.has("scores"):
-        order = torch.argsort(instances.scores, descending=True, stable=True).tolist()
+        order = torch.argsort(instances.scores, descending=True, stable=True)
+        order = order[instances.scores[order] >= score_threshold].tolist()
     else:
         order = range(len(instances))
     masks = instances.pred_masks if instances.has("pred_masks") else None

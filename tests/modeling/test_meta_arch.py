@@ -117,6 +117,7 @@ def test_mask_off_and_proposal_network():
     cfg = tiny_cfg(3)
     cfg.MODEL.MASK_ON = False
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST = 0.0
     model = build_model(cfg)
     model.train()
     assert set(model(_batch(3))) == ALL_LOSSES - {"loss_mask"}

@@ -132,3 +132,16 @@ def test_label_volume_memory_does_not_grow_with_instances_times_volume():
     assert out.returncode == 0, out.stderr
     peak_growth_mb = int(out.stdout.strip().splitlines()[-1])
     assert peak_growth_mb < 200, f"post-processing grew peak memory by {peak_growth_mb} MB"
+
+
+def test_label_volume_leaves_out_low_scores():
+    shape = (4, 8, 8)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 0, 4, 4, 2], [4.0, 4, 2, 8, 8, 4]]))
+    inst.scores = torch.tensor([0.3, 0.9])
+    labels = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.5)
+    # row 1 (score 0.9) keeps its label 2; row 0 (0.3) is not pasted at all
+    assert set(labels.unique().tolist()) == {0, 2}
+    assert (labels[2:4, 4:8, 4:8] == 2).all()
+    everything = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.0)
+    assert set(everything.unique().tolist()) == {0, 1, 2}

@@ -170,6 +170,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         pixel_std: Sequence[float],
         ndim: int = 3,
         mask_threshold: float = 0.5,
+        label_score_threshold: float = 0.0,
         freeze: Sequence[str] = (),
     ):
         """
@@ -179,6 +180,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             ndim: number of spatial dims.
             mask_threshold: mask probability at which a voxel joins its instance in
                 ``instance_labels``.
+            label_score_threshold: score a detection needs to be pasted into
+                ``instance_labels`` (all detections stay in ``instances``).
             freeze: names of children to freeze (see :func:`freeze_modules`).
         """
         super().__init__(
@@ -190,6 +193,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         )
         self.roi_heads = roi_heads
         self.mask_threshold = mask_threshold
+        self.label_score_threshold = label_score_threshold
         freeze_modules(self, freeze)
 
     @classmethod
@@ -197,6 +201,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret = super().from_config(cfg)
         ret["roi_heads"] = build_roi_heads(cfg, ret["backbone"].output_shape())
         ret["mask_threshold"] = cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD
+        ret["label_score_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST
         return ret
 
     def forward(self, batched_inputs: List[Dict]):
@@ -246,7 +251,9 @@ class GeneralizedRCNN3D(_RCNNBase):
         for results, input_dict, image_size in zip(instances, batched_inputs, image_sizes):
             out_size = _original_size(input_dict, image_size)
             r = detector_postprocess(results, out_size)
-            labels = instances_to_label_volume(r, out_size, self.mask_threshold)
+            labels = instances_to_label_volume(
+                r, out_size, self.mask_threshold, score_threshold=self.label_score_threshold
+            )
             processed.append({"instances": r, "instance_labels": labels})
         return processed
 
