@@ -3,21 +3,25 @@
 CPU kernels are always built. CUDA kernels are added when torch sees a GPU and CUDA_HOME is
 set, or when FORCE_CUDA=1 (for building on a machine without a GPU).
 """
+
 import glob
 import os
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-
-import torch
 
 
 def get_extensions():
     csrc = os.path.join("det3d", "layers", "csrc")
-    sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp"))
+    )
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "*", "*.cu")))
 
-    use_cuda = (torch.cuda.is_available() and CUDA_HOME is not None) or os.getenv("FORCE_CUDA", "0") == "1"
+    use_cuda = (torch.cuda.is_available() and CUDA_HOME is not None) or os.getenv(
+        "FORCE_CUDA", "0"
+    ) == "1"
     extra_compile_args = {"cxx": ["-O3"]}
     define_macros = []
     extension = CppExtension

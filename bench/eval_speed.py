@@ -8,6 +8,7 @@ Generation (not timed): ground truth = random ellipsoids written without overlap
 the same objects shifted, eroded or dilated, some missing, some split in two, plus false
 positives, with shuffled ids.
 """
+
 import argparse
 import resource
 import time
@@ -29,11 +30,11 @@ def _paste(vol, mask, center, value, overwrite=False):
     """Writes ``mask`` centred at ``center`` into ``vol`` (clipped), on background only."""
     lo = [c - m // 2 for c, m in zip(center, mask.shape)]
     src, dst = [], []
-    for l, m, s in zip(lo, mask.shape, vol.shape):
-        a, b = max(l, 0), min(l + m, s)
+    for start, m, s in zip(lo, mask.shape, vol.shape):
+        a, b = max(start, 0), min(start + m, s)
         if a >= b:
             return
-        src.append(slice(a - l, b - l))
+        src.append(slice(a - start, b - start))
         dst.append(slice(a, b))
     region = vol[tuple(dst)]
     m = mask[tuple(src)]

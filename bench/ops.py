@@ -19,6 +19,7 @@ both implementations give the same result.
   (trilinear, align_corners=True, coordinates clamped and out-of-range samples zeroed as the
   kernel does), then averaged within bins.
 """
+
 import argparse
 import statistics
 import time

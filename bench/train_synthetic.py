@@ -10,6 +10,7 @@ estimated time of the config's full ``SOLVER.MAX_ITER`` schedule, the process's 
 memory and, on CUDA, the peak allocated GPU memory. Timings on a shared machine vary with its
 load: compare runs made on the same, otherwise idle, machine.
 """
+
 import argparse
 import json
 import os

@@ -159,7 +159,14 @@ def analyze(cfg, name: str, input_size: Optional[Sequence[int]], detections: int
 
 def _format_table(rows: List[dict]) -> str:
     headers = [
-        "config", "arch", "input", "params", "trainable", "GFLOPs", "RoIs (prop/det)", "counted"
+        "config",
+        "arch",
+        "input",
+        "params",
+        "trainable",
+        "GFLOPs",
+        "RoIs (prop/det)",
+        "counted",
     ]
     lines = []
     for r in rows:

@@ -15,15 +15,24 @@ from det3d.data.synthetic import SHAPE_CLASSES, make_synthetic_dataset  # noqa: 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output", required=True, help="folder to write")
     p.add_argument("--num-volumes", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[32, 96, 96], metavar=("D", "H", "W"))
-    p.add_argument("--num-objects", type=int, nargs="+", default=[4, 10],
-                   help="a count, or MIN MAX drawn per volume")
+    p.add_argument(
+        "--num-objects",
+        type=int,
+        nargs="+",
+        default=[4, 10],
+        help="a count, or MIN MAX drawn per volume",
+    )
     p.add_argument("--classes", nargs="+", default=list(SHAPE_CLASSES), choices=SHAPE_CLASSES)
     p.add_argument("--size-range", type=float, nargs=2, default=[2.5, 5.0], help="semi-axes, µm")
-    p.add_argument("--spacing", type=float, nargs=3, default=[1.0, 0.5, 0.5], metavar=("Z", "Y", "X"))
+    p.add_argument(
+        "--spacing", type=float, nargs=3, default=[1.0, 0.5, 0.5], metavar=("Z", "Y", "X")
+    )
     p.add_argument("--touching", action="store_true")
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "none"])
     p.add_argument("--noise-level", type=float, default=0.05)
@@ -35,10 +44,20 @@ def main(argv=None):
     if len(n) not in (1, 2):
         p.error("--num-objects takes one count or MIN MAX")
     meta = make_synthetic_dataset(
-        args.output, args.num_volumes, seed=args.seed, spacing=args.spacing,
-        shape=tuple(args.shape), num_objects=n[0] if len(n) == 1 else tuple(n),
-        classes=tuple(args.classes), size_range=tuple(args.size_range), touching=args.touching,
-        noise=args.noise, noise_level=args.noise_level, blur_sigma=args.blur_sigma, dtype=args.dtype)
+        args.output,
+        args.num_volumes,
+        seed=args.seed,
+        spacing=args.spacing,
+        shape=tuple(args.shape),
+        num_objects=n[0] if len(n) == 1 else tuple(n),
+        classes=tuple(args.classes),
+        size_range=tuple(args.size_range),
+        touching=args.touching,
+        noise=args.noise,
+        noise_level=args.noise_level,
+        blur_sigma=args.blur_sigma,
+        dtype=args.dtype,
+    )
     print(f"Wrote {meta['num_volumes']} volumes to {args.output}")
 
 

@@ -1,4 +1,5 @@
 """Checkpointing: atomic saves, safe loads, resume."""
+
 from fvcore.common.checkpoint import PeriodicCheckpointer
 
 from .detection_checkpoint import CheckpointError, DetectionCheckpointer, atomic_write

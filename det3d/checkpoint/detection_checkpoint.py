@@ -9,6 +9,7 @@
 * **Visible partial loads.** Missing, unexpected and wrongly shaped keys are logged (fvcore's
   messages) and kept in ``checkpointer.incompatible_keys`` for callers and tests.
 """
+
 import logging
 import os
 import pickle

@@ -1,4 +1,5 @@
 """CfgNode with ``_BASE_`` inheritance and safe yaml loading, and the ``configurable`` decorator."""
+
 import functools
 import inspect
 import os
@@ -31,7 +32,9 @@ class CfgNode(_FvCfgNode):
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         if allow_unsafe:
-            raise ValueError("det3d reads config files with safe yaml loading only (allow_unsafe=True)")
+            raise ValueError(
+                "det3d reads config files with safe yaml loading only (allow_unsafe=True)"
+            )
         if not os.path.isfile(cfg_filename):
             raise FileNotFoundError(f"Config file {cfg_filename!r} does not exist")
         try:
@@ -67,8 +70,10 @@ def _is_int_or_ints(x: Any, allow_scalar: bool) -> bool:
         return False
     if isinstance(x, int):
         return allow_scalar
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in x
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
     )
 
 
@@ -137,7 +142,9 @@ def configurable(init_func: Optional[Callable] = None, *, from_config: Optional[
     """
     if init_func is not None:
         assert (
-            inspect.isfunction(init_func) and from_config is None and init_func.__name__ == "__init__"
+            inspect.isfunction(init_func)
+            and from_config is None
+            and init_func.__name__ == "__init__"
         ), "@configurable without arguments decorates a class __init__"
 
         @functools.wraps(init_func)

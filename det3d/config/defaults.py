@@ -13,6 +13,7 @@ Conventions used below:
   MODEL.ANCHOR_GENERATOR.ANGLES, INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING,
   DATALOADER.REPEAT_THRESHOLD, TEST.KEYPOINT_OKS_SIGMAS, TEST.PRECISE_BN, VIS_PERIOD, GLOBAL.
 """
+
 from .config import CfgNode as CN
 from .config import register_per_axis_key
 

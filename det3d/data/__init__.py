@@ -2,6 +2,7 @@
 det3d.data: dataset catalogs, volume I/O, dataset formats, synthetic data, the dataset mapper and
 the data loaders. Importing it registers the builtin datasets (``synthetic_train``, ...).
 """
+
 from . import transforms
 from .build import (
     build_detection_test_loader,

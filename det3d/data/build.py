@@ -6,11 +6,11 @@ by all ranks when negative). The sampler's order comes from it, and before mappi
 stream position ``p`` the loader calls ``mapper.reseed(seed_of(seed, p))`` (where the mapper has
 ``reseed``), so the same seed gives the same batches whatever the worker processes do.
 """
+
 import logging
 from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
-import torch
 import torch.utils.data as torchdata
 
 from det3d.config import configurable

@@ -9,6 +9,7 @@ The same shape as Detectron2's catalogs, so code written for one reads the other
     MetadataCatalog.get("my_train").set(thing_classes=["nucleus"], spacing=(2.0, 0.5, 0.5))
     records = DatasetCatalog.get("my_train")   # list[dict], see DESIGN.md "Dataset records"
 """
+
 import logging
 import types
 from collections import UserDict

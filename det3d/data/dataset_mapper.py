@@ -1,6 +1,7 @@
 """
 :class:`DatasetMapper3D`: one dataset record -> one model input dict (DESIGN.md "Model input").
 """
+
 import copy
 import logging
 from typing import List, Optional, Sequence
@@ -28,7 +29,9 @@ __all__ = ["DatasetMapper3D", "normalize_percentiles", "build_augmentations"]
 logger = logging.getLogger(__name__)
 
 
-def normalize_percentiles(image: np.ndarray, percentiles: Sequence[float], name: str = "image") -> np.ndarray:
+def normalize_percentiles(
+    image: np.ndarray, percentiles: Sequence[float], name: str = "image"
+) -> np.ndarray:
     """
     Per channel ``(x - p_low) / (p_high - p_low)`` in float32; a constant channel becomes
     ``x - p_low`` (zeros). Raises ValueError (naming ``name``) on NaN/Inf voxels.
@@ -61,8 +64,12 @@ def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
     if cfg.INPUT.ROTATE90_XY:
         augs.append(RandomRotate90XY())
     augs.append(
-        RandomIntensity(cfg.INPUT.INTENSITY_SCALE, cfg.INPUT.INTENSITY_SHIFT, cfg.INPUT.GAMMA,
-                        cfg.INPUT.NOISE_STD)
+        RandomIntensity(
+            cfg.INPUT.INTENSITY_SCALE,
+            cfg.INPUT.INTENSITY_SHIFT,
+            cfg.INPUT.GAMMA,
+            cfg.INPUT.NOISE_STD,
+        )
     )
     return augs
 
@@ -125,7 +132,9 @@ class DatasetMapper3D:
         if self.crop_size and len(self.crop_size) == 1:
             self.crop_size = self.crop_size * spatial_dims
         if self.crop_size and len(self.crop_size) != spatial_dims:
-            raise ValueError(f"DatasetMapper3D: crop_size {self.crop_size} needs {spatial_dims} values")
+            raise ValueError(
+                f"DatasetMapper3D: crop_size {self.crop_size} needs {spatial_dims} values"
+            )
         self.reseed(seed)
 
     @classmethod

@@ -11,6 +11,7 @@ Ground truth of a record comes from one of:
   listed z-slices are annotated. :func:`load_record_labels` returns a volume that is 0 outside
   them; use ``record["seg_slices"]`` to know which slices are ground truth.
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -106,7 +107,9 @@ def load_record_labels(record: dict) -> Tuple[np.ndarray, Dict[int, int]]:
         return labels, {int(i): 0 for i in np.unique(labels) if i != 0}
     if "annotations" in record:
         return annotations_to_label_volume(record["annotations"], shape, name)
-    raise ValueError(f"{name}: record has neither 'annotations', 'instance_label_file' nor 'seg_slices'")
+    raise ValueError(
+        f"{name}: record has neither 'annotations', 'instance_label_file' nor 'seg_slices'"
+    )
 
 
 def record_has_instances(record: dict) -> bool:

@@ -11,6 +11,7 @@ number of dimensions: 2 -> ``YX`` (D = 1), 3 -> ``ZYX``, 4 -> ``CZYX``. ``axes=`
 Letters: ``T`` (time, must have size 1), ``Z``, ``C`` or ``S`` (channels / samples), ``Y``, ``X``;
 any other letter must have size 1.
 """
+
 import json
 import logging
 import os
@@ -206,7 +207,9 @@ class LazyVolume:
             key = key[:i] + (slice(None),) * (4 - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (4 - len(key))
         drop = [k for k, s in enumerate(key) if isinstance(s, (int, np.integer))]
-        key = tuple(slice(s, s + 1 if s != -1 else None) if k in drop else s for k, s in enumerate(key))
+        key = tuple(
+            slice(s, s + 1 if s != -1 else None) if k in drop else s for k, s in enumerate(key)
+        )
         # source key: kept source axis j gets the slice of the target axis that reads it
         kept_keys = {}
         for t, o in enumerate(self._order):
@@ -437,7 +440,9 @@ def write_volume(
     array = np.asarray(array)
     axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(array.ndim)
     if axes is None:
-        raise ValueError(f"{path}: write_volume takes (H, W), (D, H, W) or (C, D, H, W), got {array.shape}")
+        raise ValueError(
+            f"{path}: write_volume takes (H, W), (D, H, W) or (C, D, H, W), got {array.shape}"
+        )
     if array.dtype == np.bool_ or (
         np.issubdtype(array.dtype, np.integer) and array.dtype not in _IMAGEJ_DTYPES
     ):
@@ -450,7 +455,9 @@ def write_volume(
     kwargs = {"compression": "zlib"} if compress else {}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     os.close(fd)
     try:
         if array.dtype in _IMAGEJ_DTYPES:
@@ -482,7 +489,9 @@ def write_json_atomic(path: str, obj) -> None:
     """Writes ``obj`` as JSON atomically (temporary file, then ``os.replace``)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f)

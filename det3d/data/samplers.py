@@ -1,4 +1,5 @@
 """Samplers: an infinite shuffled stream for training, an ordered sharded pass for inference."""
+
 import itertools
 from typing import Iterator, Optional
 
@@ -21,8 +22,14 @@ class TrainingSampler(Sampler):
     stream; the loader derives each sample's augmentation seed from it.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
-                 rank: Optional[int] = None, world_size: Optional[int] = None):
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool = True,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ):
         if size <= 0:
             raise ValueError(f"TrainingSampler(size={size}): the dataset is empty")
         self._size = int(size)
@@ -43,7 +50,11 @@ class TrainingSampler(Sampler):
         g.manual_seed(self._seed)
         position = 0
         while True:
-            order = torch.randperm(self._size, generator=g) if self._shuffle else torch.arange(self._size)
+            order = (
+                torch.randperm(self._size, generator=g)
+                if self._shuffle
+                else torch.arange(self._size)
+            )
             for idx in order.tolist():
                 yield position, idx
                 position += 1

@@ -11,6 +11,7 @@ spheres, so no two instances touch; ``touching=True`` places each new object aga
 one (they overlap a little and the later one wins), keeping at least half of every earlier object.
 Either way the volume holds exactly ``num_objects`` instances, or an error says they do not fit.
 """
+
 import json
 import os
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -36,7 +37,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _shape_inside(kind: str, u: np.ndarray, radii: np.ndarray, lumps: Optional[np.ndarray]) -> np.ndarray:
+def _shape_inside(
+    kind: str, u: np.ndarray, radii: np.ndarray, lumps: Optional[np.ndarray]
+) -> np.ndarray:
     """
     Args:
         u: (3, N) points in the object's frame (micrometres).
@@ -60,7 +63,12 @@ def _shape_inside(kind: str, u: np.ndarray, radii: np.ndarray, lumps: Optional[n
 class _Object:
     def __init__(self, kind, center, radii, rotation, lumps):
         self.kind, self.center, self.radii, self.rotation, self.lumps = (
-            kind, center, radii, rotation, lumps)
+            kind,
+            center,
+            radii,
+            rotation,
+            lumps,
+        )
         scale = 1.0 + (np.abs(lumps[:, 4]).sum() if lumps is not None else 0.0)
         # cuboid corners reach sqrt(3) * radius
         self.bound = float(radii.max() * scale * (np.sqrt(3) if kind == "cuboid" else 1.0))
@@ -152,8 +160,13 @@ def make_synthetic_volume(
         lumps = None
         if kind == "blob":
             lumps = np.concatenate(
-                [rng.normal(0, 3.0, (3, 3)), rng.uniform(0, 2 * np.pi, (3, 1)),
-                 rng.uniform(0.05, 0.12, (3, 1))], axis=1)
+                [
+                    rng.normal(0, 3.0, (3, 3)),
+                    rng.uniform(0, 2 * np.pi, (3, 1)),
+                    rng.uniform(0.05, 0.12, (3, 1)),
+                ],
+                axis=1,
+            )
         rot = _random_rotation(rng)
         obj = _Object(kind, np.zeros(3), radii, rot, lumps)
         # keep the object inside the volume where it fits; else centre it on that axis
@@ -191,17 +204,41 @@ def make_synthetic_volume(
         placed.append(obj)
         class_of[new_id] = cls
 
-    image = _render(labels, class_of, num_objects, rng, contrast, background, noise,
-                    noise_level, blur_sigma, spacing, channels)
+    image = _render(
+        labels,
+        class_of,
+        num_objects,
+        rng,
+        contrast,
+        background,
+        noise,
+        noise_level,
+        blur_sigma,
+        spacing,
+        channels,
+    )
     if dtype == "uint16":
         image = np.clip(np.round(image * 1000.0), 0, 65535).astype(np.uint16)
     elif dtype != "float32":
-        raise ValueError(f"make_synthetic_volume: dtype must be 'float32' or 'uint16', got {dtype!r}")
+        raise ValueError(
+            f"make_synthetic_volume: dtype must be 'float32' or 'uint16', got {dtype!r}"
+        )
     return image, labels, class_of
 
 
-def _render(labels, class_of, n, rng, contrast, background, noise, noise_level, blur_sigma,
-            spacing, channels) -> np.ndarray:
+def _render(
+    labels,
+    class_of,
+    n,
+    rng,
+    contrast,
+    background,
+    noise,
+    noise_level,
+    blur_sigma,
+    spacing,
+    channels,
+) -> np.ndarray:
     lo, hi = (contrast, contrast) if np.isscalar(contrast) else contrast
     brightness = np.zeros(n + 1, np.float32)
     brightness[1:] = rng.uniform(lo, hi, n)
@@ -218,7 +255,9 @@ def _render(labels, class_of, n, rng, contrast, background, noise, noise_level, 
             photons = 1.0 / max(noise_level, 1e-6)
             x = rng.poisson(np.maximum(x, 0) * photons) / photons
         elif noise != "none":
-            raise ValueError(f"make_synthetic_volume: noise must be gaussian|poisson|none, got {noise!r}")
+            raise ValueError(
+                f"make_synthetic_volume: noise must be gaussian|poisson|none, got {noise!r}"
+            )
         out[c] = x
     return out
 
@@ -250,16 +289,20 @@ def make_synthetic_dataset(
     for sub in ("images", "labels", "classes"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     for i in range(num_volumes):
-        n = int(rng.integers(num_objects[0], num_objects[1] + 1)) if isinstance(
-            num_objects, (list, tuple)) else int(num_objects)
+        n = (
+            int(rng.integers(num_objects[0], num_objects[1] + 1))
+            if isinstance(num_objects, (list, tuple))
+            else int(num_objects)
+        )
         image, labels, cls = make_synthetic_volume(
-            num_objects=n, classes=classes, spacing=spacing, seed=seed * 100003 + i,
-            **volume_kwargs)
+            num_objects=n, classes=classes, spacing=spacing, seed=seed * 100003 + i, **volume_kwargs
+        )
         name = f"{prefix}_{i:03d}"
         write_volume(os.path.join(root, "images", name + ".tif"), image, spacing=spacing)
         write_volume(os.path.join(root, "labels", name + ".tif"), labels, spacing=spacing)
-        write_json_atomic(os.path.join(root, "classes", name + ".json"),
-                          {str(k): v for k, v in cls.items()})
+        write_json_atomic(
+            os.path.join(root, "classes", name + ".json"), {str(k): v for k, v in cls.items()}
+        )
     meta = {
         "generator_version": GENERATOR_VERSION,
         "num_volumes": num_volumes,

@@ -1,4 +1,5 @@
 """Training: the loop and its hooks, the default trainer and set-up, and multi-process launch."""
+
 from .launch import launch
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 

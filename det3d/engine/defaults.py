@@ -3,6 +3,7 @@ The defaults most training scripts share: an argument parser, a ``default_setup`
 seeds, config dump), default metric writers, and ``DefaultTrainer``, a trainer built from a
 config whose parts (model, optimizer, loaders, evaluators) are override points.
 """
+
 import argparse
 import logging
 import os
@@ -490,4 +491,3 @@ class DefaultTrainer(TrainerBase):
         if frozen:
             cfg.freeze()
         return cfg
-

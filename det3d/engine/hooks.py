@@ -2,6 +2,7 @@
 Hooks that ``DefaultTrainer`` registers: timing, LR scheduling, checkpointing (periodic and
 best-so-far), evaluation and metric writing. See ``HookBase`` for the order of calls.
 """
+
 import datetime
 import logging
 import math
@@ -354,4 +355,3 @@ class EvalHook(HookBase):
             self._do_eval()
         # The function may hold the model and data: let them go.
         del self._func
-

@@ -6,6 +6,7 @@
 * Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` in the environment): the process
   group is initialised from the environment and nothing is spawned.
 """
+
 import logging
 import os
 import socket

@@ -2,6 +2,7 @@
 The training loop: ``TrainerBase`` runs hooks around an abstract ``run_step``; ``SimpleTrainer``
 is the usual forward / backward / optimizer step; ``AMPTrainer`` adds CUDA mixed precision.
 """
+
 import logging
 import time
 import weakref

@@ -6,6 +6,7 @@ Evaluation: the evaluator protocol, the inference loop, and det3d's metrics:
   volumes at several thresholds (precision, recall, F1, accuracy, panoptic quality; 0-1).
 * :class:`SEGEvaluator` / :func:`seg_score`: the Cell Tracking Challenge SEG measure (0-1).
 """
+
 from .coco3d_evaluation import COCO3DEvaluator, instances_to_coco3d_json
 from .cocoeval3d import COCOeval3D, box_iou_coco, default_area_ranges
 from .evaluator import (

@@ -1,4 +1,5 @@
 """COCO-style box and mask AP of a det3d model over a registered dataset, in 2D or 3D."""
+
 import logging
 import os
 import tempfile
@@ -221,7 +222,9 @@ class COCO3DEvaluator(DatasetEvaluator):
             logger.warning(
                 "COCO3DEvaluator: %d volume(s) of %s are annotated on some z-slices only and are "
                 "left out of AP (matching and SEG use them): image_ids %s",
-                len(partial), self._dataset_name, partial[:10],
+                len(partial),
+                self._dataset_name,
+                partial[:10],
             )
             predictions = [p for p in predictions if p["image_id"] not in set(partial)]
         img_ids = [p["image_id"] for p in predictions]

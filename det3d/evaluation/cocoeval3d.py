@@ -14,6 +14,7 @@ and changes only what depends on dimensionality or speed:
 * area ranges are volumes in 3D (defaults ``0, 16^3, 32^3, inf``) and COCO's in 2D;
 * ``summarize`` reports at ``maxDets[-1]`` whatever it is (pycocotools hard-codes 100).
 """
+
 import contextlib
 import io
 from collections import defaultdict
@@ -27,7 +28,18 @@ from det3d.structures.rle import rle_iou
 __all__ = ["COCOeval3D", "default_area_ranges", "box_iou_coco", "STAT_NAMES"]
 
 STAT_NAMES = (
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "ARmax", "ARs", "ARm", "ARl"
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "ARmax",
+    "ARs",
+    "ARm",
+    "ARl",
 )
 
 

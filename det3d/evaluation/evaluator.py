@@ -1,4 +1,5 @@
 """The evaluator protocol and the loop that runs a model over a test set."""
+
 import datetime
 import logging
 import time

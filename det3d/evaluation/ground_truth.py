@@ -3,6 +3,7 @@ Ground truth of a dataset record, in the two forms the evaluators need: a label 
 SEG) and COCO-style annotations (COCO3DEvaluator). Records hold either ``annotations`` or an
 ``instance_label_file`` (DESIGN.md); both forms are derived from either.
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

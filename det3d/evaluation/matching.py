@@ -19,6 +19,7 @@ Definition, for one threshold ``t`` in (0, 1]:
 The assignment is solved per connected component of the graph of admissible pairs, so thousands
 of objects cost little more than a sort.
 """
+
 import logging
 import os
 from typing import Dict, List, Optional, Sequence

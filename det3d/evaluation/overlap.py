@@ -4,6 +4,7 @@ Sparse overlap between two label volumes: the one primitive behind instance matc
 Nothing here builds a per-object mask of the volume or loops over voxels in Python: the volumes are
 walked once, in chunks, with ``np.bincount`` on compact ``(gt, pred)`` pair keys.
 """
+
 from typing import Callable, NamedTuple, Tuple
 
 import numpy as np
@@ -71,9 +72,7 @@ def check_label_pair(gt: np.ndarray, pred: np.ndarray) -> Tuple[np.ndarray, np.n
         arrays.append(arr)
     gt, pred = arrays
     if gt.shape != pred.shape:
-        raise ValueError(
-            f"gt_labels and pred_labels differ in shape: {gt.shape} vs {pred.shape}"
-        )
+        raise ValueError(f"gt_labels and pred_labels differ in shape: {gt.shape} vs {pred.shape}")
     for name, arr in (("gt_labels", gt), ("pred_labels", pred)):
         if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
             raise ValueError(f"{name} holds negative ids (min {arr.min()}); 0 is background")

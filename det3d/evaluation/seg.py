@@ -12,6 +12,7 @@ CTC ground truth of 3D data is often a few annotated z-slices: pass ``slices=`` 
 record a ``"seg_slices"`` list) and every slice is scored as its own 2D image, each object of each
 slice being one reference object, as the CTC evaluation does.
 """
+
 import logging
 import os
 import warnings

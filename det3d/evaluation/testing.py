@@ -1,4 +1,5 @@
 """Printing evaluation results and checking them against ``TEST.EXPECTED_RESULTS``."""
+
 import logging
 import math
 import sys

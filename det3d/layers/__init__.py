@@ -1,4 +1,5 @@
 """Ops and N-D layer helpers. Compiled ops come from det3d._C (see csrc/)."""
+
 from .batch_norm import FrozenBatchNorm, get_norm
 from .losses import (
     CLS_LOSS_TYPES,

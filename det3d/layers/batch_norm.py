@@ -1,4 +1,5 @@
 """Norm layers for any number of spatial dims, and ``get_norm`` to build one from a config name."""
+
 from typing import Callable, Optional, Union
 
 import torch

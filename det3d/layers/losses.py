@@ -6,6 +6,7 @@ Every function takes ``reduction`` in ``"none" | "mean" | "sum"`` and defaults t
 Detectron2's do. ``"mean"`` of an empty input is 0 (still attached to the graph), not NaN, so a
 batch without foreground does not poison training.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -234,13 +235,17 @@ def classification_loss(
         return logits.sum() * 0.0  # torch's "mean" of nothing is NaN
     if targets.shape == logits.shape:
         if loss_type == "focal":
-            return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+            return sigmoid_focal_loss(
+                logits, targets, alpha=alpha, gamma=gamma, reduction=reduction
+            )
         return F.binary_cross_entropy_with_logits(
             logits, targets.to(logits.dtype), reduction=reduction
         )
     if logits.dim() == 2 and targets.shape == logits.shape[:1]:
         if loss_type == "focal":
-            return softmax_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+            return softmax_focal_loss(
+                logits, targets, alpha=alpha, gamma=gamma, reduction=reduction
+            )
         return F.cross_entropy(logits, targets, reduction=reduction)
     raise ValueError(
         f"classification_loss expects targets shaped like the logits (binary) or logits (N, K+1) "

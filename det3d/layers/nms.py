@@ -1,4 +1,5 @@
 """Non-maximum suppression for 2D (N, 4) and 3D (N, 6) boxes, backed by det3d._C."""
+
 import torch
 from torch import Tensor
 

@@ -1,4 +1,5 @@
 """RoIAlign for 2D (N, C, H, W) and 3D (N, C, D, H, W) feature maps, backed by det3d._C."""
+
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -81,9 +82,13 @@ def roi_align(
     ndim = input.dim() - 2
     if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 1 + 2 * ndim:
         shape = tuple(rois.shape) if isinstance(rois, Tensor) else type(rois)
-        raise ValueError(f"rois must have shape (K, {1 + 2 * ndim}) for a {ndim}D input, got {shape}")
+        raise ValueError(
+            f"rois must have shape (K, {1 + 2 * ndim}) for a {ndim}D input, got {shape}"
+        )
     if rois.device != input.device:
-        raise ValueError(f"rois ({rois.device}) and input ({input.device}) must be on the same device")
+        raise ValueError(
+            f"rois ({rois.device}) and input ({input.device}) must be on the same device"
+        )
     if not torch.isfinite(rois).all():
         raise ValueError("rois contains NaN or Inf coordinates")
     if spatial_scale <= 0:

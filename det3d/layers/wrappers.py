@@ -2,6 +2,7 @@
 N-D wrappers around torch layers. ``ndim`` is the number of spatial dims (2 or 3); the same code
 builds the 2D and the 3D variant.
 """
+
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch

@@ -3,6 +3,7 @@ det3d's model parts. Importing this package registers every part (backbones, anc
 RPN, ROI heads, box and mask heads, meta-architectures) in the registries of
 :mod:`det3d.modeling.registries`.
 """
+
 from det3d.layers import ShapeSpec
 
 from .anchor_generator import DefaultAnchorGenerator3D, build_anchor_generator

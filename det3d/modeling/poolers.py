@@ -7,6 +7,7 @@ geometric-mean side of the box in place of ``sqrt(area)``). Strides may differ p
 ``roi_align`` with ``spatial_scale=1``, which is the same as per-axis spatial scaling, the
 half-voxel offset of ``aligned=True`` included (``x * s - 0.5`` either way).
 """
+
 import math
 from typing import List, Sequence, Tuple, Union
 

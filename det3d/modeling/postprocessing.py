@@ -5,6 +5,7 @@ into an instance label volume, N-D.
 Pasting works one instance at a time, each only inside its own box, so peak memory is one label
 volume plus one box-sized mask, never (number of instances x volume).
 """
+
 from typing import Optional, Sequence, Tuple
 
 import torch

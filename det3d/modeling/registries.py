@@ -7,6 +7,7 @@ builds det3d models and Detectron2 projects find det3d's parts. det3d's register
 clash with Detectron2's (``GeneralizedRCNN3D``, not ``GeneralizedRCNN``). Without detectron2,
 det3d makes its own fvcore registries with the same names.
 """
+
 from fvcore.common.registry import Registry
 
 __all__ = [
@@ -23,8 +24,13 @@ __all__ = [
 ]
 
 try:  # pragma: no cover - detectron2 is not installable on det3d's CI machines
-    from detectron2.modeling import ANCHOR_GENERATOR_REGISTRY, BACKBONE_REGISTRY, META_ARCH_REGISTRY
-    from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+    from detectron2.modeling import (
+        ANCHOR_GENERATOR_REGISTRY,
+        BACKBONE_REGISTRY,
+        META_ARCH_REGISTRY,
+        PROPOSAL_GENERATOR_REGISTRY,
+        ROI_HEADS_REGISTRY,
+    )
     from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
     from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
     from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY

@@ -1,4 +1,5 @@
 """Optimizers, gradient clipping and learning-rate schedules built from a config."""
+
 from .build import (
     build_lr_scheduler,
     build_optimizer,

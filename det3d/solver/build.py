@@ -1,4 +1,5 @@
 """Builds the optimizer (with optional gradient clipping) and the LR scheduler from a config."""
+
 import copy
 import logging
 from typing import Any, Callable, Dict, List, Optional, Set, Type

@@ -6,6 +6,7 @@ A schedule is a function of the training progress ``where = iteration / max_iter
 that returns a multiplier of the base learning rate. ``WarmupParamScheduler`` ramps any schedule
 up from ``warmup_factor`` over its first ``warmup_length`` of training.
 """
+
 from typing import List
 
 import torch
@@ -110,4 +111,3 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         # A schedule is defined on [0, 1); the step after the last iteration stays in it.
         multiplier = self._multiplier(min(self.last_epoch / self._max_iter, 1.0 - 1e-12))
         return [base_lr * multiplier for base_lr in self.base_lrs]
-

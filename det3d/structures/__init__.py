@@ -1,4 +1,5 @@
 """N-D data structures: boxes, batched images, per-image instances, masks and their RLE."""
+
 from .boxes import (
     Boxes,
     BoxMode,

@@ -6,6 +6,7 @@ coordinates, corners first, then ends. Voxel ``i`` covers ``[i, i+1)``; x runs a
 z along D, i.e. box coordinate ``k`` runs along array axis ``ndim - 1 - k``
 (see :mod:`det3d.utils.axes`). Volumes are plain products of the sides (no ``+1``).
 """
+
 from enum import IntEnum, unique
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 

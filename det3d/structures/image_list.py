@@ -1,4 +1,5 @@
 """A batch of images or volumes of different sizes, padded to one tensor."""
+
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch

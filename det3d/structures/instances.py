@@ -1,4 +1,5 @@
 """Per-image (per-volume) instance annotations or predictions: Detectron2's ``Instances``."""
+
 import itertools
 from typing import Any, Dict, List, Tuple, Union
 

@@ -2,6 +2,7 @@
 Per-instance binary masks in 2 or 3 spatial dims. Their run-length encoding is in
 :mod:`det3d.structures.rle`.
 """
+
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -156,8 +157,9 @@ class BitMasks:
             batch_idx = torch.arange(k, device=self.device, dtype=torch.float32)[:, None]
             rois = torch.cat([batch_idx, boxes[start : start + k]], dim=1)
             outputs.append(
-                roi_align(masks, rois, out_size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
-                .squeeze(1)
+                roi_align(
+                    masks, rois, out_size, spatial_scale=1.0, sampling_ratio=0, aligned=True
+                ).squeeze(1)
             )
         out = torch.cat(outputs, dim=0)
         if threshold is not None:
@@ -196,8 +198,10 @@ class BitMasks:
             ids_t = torch.as_tensor(ids)
         ids_t = ids_t.to(device=labels.device, dtype=torch.int64).reshape(-1)
         view = (-1,) + (1,) * labels.dim()
-        masks = labels.to(torch.int64)[None] == ids_t.view(view) if len(ids_t) else (
-            torch.zeros((0,) + tuple(labels.shape), dtype=torch.bool, device=labels.device)
+        masks = (
+            labels.to(torch.int64)[None] == ids_t.view(view)
+            if len(ids_t)
+            else (torch.zeros((0,) + tuple(labels.shape), dtype=torch.bool, device=labels.device))
         )
         return BitMasks(masks), ids_t
 
@@ -232,4 +236,3 @@ class BitMasks:
         if len(sizes) != 1:
             raise ValueError(f"BitMasks.cat: different image sizes {sorted(sizes)}")
         return BitMasks(torch.cat([b.tensor for b in bitmasks_list], dim=0))
-

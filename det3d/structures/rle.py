@@ -20,6 +20,7 @@ Encoding many instances never builds one full-volume mask per instance:
 :func:`label_volume_to_rles` walks the label volume once, and :func:`box_mask_to_rle` encodes a
 mask known only inside its box.
 """
+
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 

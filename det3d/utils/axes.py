@@ -6,6 +6,7 @@ box-coordinate order ``(x, y[, z])``. Box coordinate ``k`` (x=0, y=1, z=2) runs 
 ``ndim - 1 - k``. Every conversion between the two orders goes through this module so that the
 reversal is written once.
 """
+
 from typing import Any, Sequence, Tuple, TypeVar, Union
 
 __all__ = [

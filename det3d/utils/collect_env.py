@@ -1,4 +1,5 @@
 """``collect_env_info()``: a table of the software and hardware a run used (logged at start)."""
+
 import importlib
 import importlib.util
 import os

@@ -4,6 +4,7 @@ Helpers for multi-process (DDP) training on top of ``torch.distributed``.
 Every function works, and does the obvious thing, when ``torch.distributed`` is not initialised
 (a single process): world size 1, rank 0, gathers return ``[data]``.
 """
+
 import functools
 from typing import Any, Dict, List
 
@@ -195,4 +196,3 @@ def reduce_dict(
         if dist.get_rank() == 0 and average:
             values /= world_size
         return {k: v for k, v in zip(names, values)}
-

@@ -1,4 +1,5 @@
 """Process-wide environment set-up: random seeds."""
+
 import logging
 import os
 import random

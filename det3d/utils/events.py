@@ -6,6 +6,7 @@ The trainer opens one ``EventStorage`` for the whole run; any code that runs ins
 loop can record a scalar with ``get_event_storage().put_scalar(name, value)``. Writers, run by
 the ``PeriodicWriter`` hook, read the latest values from it.
 """
+
 import datetime
 import json
 import logging
@@ -297,9 +298,7 @@ class CommonMetricPrinter(EventWriter):
             eta_string = None
             if self._last_write is not None:
                 estimate_iter_time = (time.perf_counter() - self._last_write[1]) / (
-                    iteration - self._last_write[0]
-                    if iteration > self._last_write[0]
-                    else 1
+                    iteration - self._last_write[0] if iteration > self._last_write[0] else 1
                 )
                 eta_seconds = estimate_iter_time * (self._max_iter - iteration - 1)
                 eta_string = str(datetime.timedelta(seconds=int(eta_seconds)))
@@ -346,4 +345,3 @@ class CommonMetricPrinter(EventWriter):
             max_mem,
         ]
         self.logger.info("  ".join(p for p in parts if p))
-

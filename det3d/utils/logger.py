@@ -1,4 +1,5 @@
 """Logging setup for det3d runs, and helpers to log a message only every n calls or seconds."""
+
 import atexit
 import functools
 import logging

@@ -1,4 +1,5 @@
 """Pictures of volumes: slices with instance outlines drawn over the image, tiled into a montage."""
+
 from typing import Optional, Sequence
 
 import cv2

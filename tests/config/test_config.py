@@ -24,7 +24,10 @@ def test_defaults_have_det3d_keys_and_no_detection_cap():
 
 def test_base_inheritance_relative_paths(tmp_path):
     os.makedirs(tmp_path / "sub")
-    _write(tmp_path / "Base.yaml", "MODEL:\n  MASK_ON: False\n  SPATIAL_DIMS: 2\nSOLVER:\n  BASE_LR: 0.5\n")
+    _write(
+        tmp_path / "Base.yaml",
+        "MODEL:\n  MASK_ON: False\n  SPATIAL_DIMS: 2\nSOLVER:\n  BASE_LR: 0.5\n",
+    )
     child = _write(
         tmp_path / "sub" / "child.yaml", "_BASE_: ../Base.yaml\nSOLVER:\n  BASE_LR: 0.25\n"
     )
@@ -94,7 +97,9 @@ def test_configurable_class_and_function():
 
 
 def test_per_axis_values_accept_int_or_list(tmp_path):
-    path = _write(tmp_path / "axes.yaml", "MODEL:\n  ROI_BOX_HEAD:\n    POOLER_RESOLUTION: [3, 7, 7]\n")
+    path = _write(
+        tmp_path / "axes.yaml", "MODEL:\n  ROI_BOX_HEAD:\n    POOLER_RESOLUTION: [3, 7, 7]\n"
+    )
     cfg = get_cfg()
     cfg.merge_from_file(path)
     assert cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == [3, 7, 7]

@@ -32,7 +32,9 @@ def _make_folders(root, n=2, spacing=(2.0, 0.5, 0.5)):
 
 
 def test_label_volume_roundtrip_exact():
-    _, lab, cls = make_synthetic_volume((8, 24, 24), 4, size_range=(1.5, 2.5), touching=True, seed=5)
+    _, lab, cls = make_synthetic_volume(
+        (8, 24, 24), 4, size_range=(1.5, 2.5), touching=True, seed=5
+    )
     annos = label_volume_to_annotations(lab, cls)
     assert [a["id"] for a in annos] == [1, 2, 3, 4]
     for a in annos:
@@ -49,9 +51,13 @@ def test_label_volume_roundtrip_exact():
 def test_label_volume_dataset(tmp_path):
     truth = _make_folders(tmp_path)
     json.dump({"1": 2, "2": "cuboid"}, open(tmp_path / "cmap.json", "w"))
-    recs = load_label_volume_dataset(str(tmp_path / "images"), str(tmp_path / "labels"),
-                                     label_suffix="_seg", class_map=str(tmp_path / "cmap.json"),
-                                     thing_classes=["ellipsoid", "cuboid", "blob"])
+    recs = load_label_volume_dataset(
+        str(tmp_path / "images"),
+        str(tmp_path / "labels"),
+        label_suffix="_seg",
+        class_map=str(tmp_path / "cmap.json"),
+        thing_classes=["ellipsoid", "cuboid", "blob"],
+    )
     assert len(recs) == 2
     r = recs[1]
     assert (r["depth"], r["height"], r["width"]) == (8, 24, 24)
@@ -61,8 +67,13 @@ def test_label_volume_dataset(tmp_path):
     np.testing.assert_array_equal(labels, truth[1][0])
     assert classes == {1: 2, 2: 1, 3: 0}
 
-    register_label_volume_dataset("_test_lv", str(tmp_path / "images"), str(tmp_path / "labels"),
-                                  metadata={"thing_classes": ["cell"]}, label_suffix="_seg")
+    register_label_volume_dataset(
+        "_test_lv",
+        str(tmp_path / "images"),
+        str(tmp_path / "labels"),
+        metadata={"thing_classes": ["cell"]},
+        label_suffix="_seg",
+    )
     try:
         assert len(DatasetCatalog.get("_test_lv")) == 2
         assert MetadataCatalog.get("_test_lv").thing_classes == ["cell"]
@@ -82,9 +93,17 @@ def test_label_volume_dataset_errors(tmp_path):
 
 def test_coco3d_roundtrip(tmp_path):
     truth = _make_folders(tmp_path)
-    data = convert_to_coco3d(image_dir=str(tmp_path / "images"), label_dir=str(tmp_path / "labels"),
-                             label_suffix="_seg", thing_classes=["a", "b", "c"])
-    assert data["categories"] == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+    data = convert_to_coco3d(
+        image_dir=str(tmp_path / "images"),
+        label_dir=str(tmp_path / "labels"),
+        label_suffix="_seg",
+        thing_classes=["a", "b", "c"],
+    )
+    assert data["categories"] == [
+        {"id": 1, "name": "a"},
+        {"id": 2, "name": "b"},
+        {"id": 3, "name": "c"},
+    ]
     assert data["images"][0]["file_name"] == "v0.tif" and data["images"][0]["depth"] == 8
     ann = data["annotations"][0]
     assert ann["segmentation"]["size"] == [8, 24, 24] and len(ann["bbox"]) == 6
@@ -102,9 +121,18 @@ def test_coco3d_roundtrip(tmp_path):
         assert classes == {k: 0 for k in cls}  # no class map given: category 0
         x, y, z, w, h, d = rec["annotations"][0]["bbox"]
         zz, yy, xx = np.nonzero(lab == 1)
-        assert (x, y, z, w, h, d) == (xx.min(), yy.min(), zz.min(), np.ptp(xx) + 1, np.ptp(yy) + 1, np.ptp(zz) + 1)
+        assert (x, y, z, w, h, d) == (
+            xx.min(),
+            yy.min(),
+            zz.min(),
+            np.ptp(xx) + 1,
+            np.ptp(yy) + 1,
+            np.ptp(zz) + 1,
+        )
     # records -> COCO-3D again: identical annotations
-    again = convert_to_coco3d(recs, thing_classes=["a", "b", "c"], image_root=str(tmp_path / "images"))
+    again = convert_to_coco3d(
+        recs, thing_classes=["a", "b", "c"], image_root=str(tmp_path / "images")
+    )
     for k in ("segmentation", "bbox", "category_id", "area", "image_id"):
         assert [a[k] for a in again["annotations"]] == [a[k] for a in data["annotations"]]
 
@@ -114,10 +142,23 @@ def test_coco3d_errors(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         load_coco3d_json(str(p), str(tmp_path))
-    p.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.tif", "depth": 2, "height": 3, "width": 4}],
-                             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0] * 6,
-                                              "segmentation": {"size": [2, 3, 5], "counts": ""}}],
-                             "categories": [{"id": 1, "name": "cell"}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.tif", "depth": 2, "height": 3, "width": 4}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "bbox": [0] * 6,
+                        "segmentation": {"size": [2, 3, 5], "counts": ""},
+                    }
+                ],
+                "categories": [{"id": 1, "name": "cell"}],
+            }
+        )
+    )
     with pytest.raises(ValueError, match="bad.json"):
         load_coco3d_json(str(p), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing.json"):
@@ -164,7 +205,9 @@ def test_ctc(tmp_path, digits):
 
 def test_ctc_errors(tmp_path):
     _ctc(tmp_path)
-    write_volume(str(tmp_path / "01_GT" / "SEG" / "man_seg001.tif"), np.zeros((6, 16, 15), np.int32))
+    write_volume(
+        str(tmp_path / "01_GT" / "SEG" / "man_seg001.tif"), np.zeros((6, 16, 15), np.int32)
+    )
     with pytest.raises(ValueError, match="man_seg001.tif"):
         load_ctc_dataset(str(tmp_path), "01")
     with pytest.raises(FileNotFoundError, match="02"):

@@ -42,14 +42,20 @@ def test_yx_is_one_slice(tmp_path):
 def test_imagej_hyperstack(tmp_path):
     a = _vol((2, 3, 4, 5))  # C, Z, Y, X
     p = str(tmp_path / "ij.tif")
-    tifffile.imwrite(p, a.transpose(1, 0, 2, 3).copy(), imagej=True,
-                     metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "micron"},
-                     resolution=(1 / 0.25, 1 / 0.5))
+    tifffile.imwrite(
+        p,
+        a.transpose(1, 0, 2, 3).copy(),
+        imagej=True,
+        metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "micron"},
+        resolution=(1 / 0.25, 1 / 0.5),
+    )
     np.testing.assert_array_equal(read_volume(p), a)
     assert read_spacing(p) == pytest.approx((2.0, 0.5, 0.25))
     # TZCYX with a single time point
     p2 = str(tmp_path / "ij_t.tif")
-    tifffile.imwrite(p2, a.transpose(1, 0, 2, 3)[None].copy(), imagej=True, metadata={"axes": "TZCYX"})
+    tifffile.imwrite(
+        p2, a.transpose(1, 0, 2, 3)[None].copy(), imagej=True, metadata={"axes": "TZCYX"}
+    )
     np.testing.assert_array_equal(read_volume(p2), a)
 
 
@@ -72,7 +78,9 @@ def test_compressed_not_memmapped(tmp_path):
 def test_zarr(tmp_path):
     zarr = pytest.importorskip("zarr")
     a = _vol((3, 4, 5))
-    z = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=a.shape, dtype=a.dtype, chunks=(1, 4, 5))
+    z = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=a.shape, dtype=a.dtype, chunks=(1, 4, 5)
+    )
     z[:] = a
     v = read_volume(str(tmp_path / "a.zarr"))
     assert v.shape == (1, 3, 4, 5)

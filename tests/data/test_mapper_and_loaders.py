@@ -20,8 +20,16 @@ def _record(tmp_path, name, image, labels, spacing=(1.0, 1.0, 1.0), **extra):
     write_volume(img_path, image)
     write_volume(lab_path, labels)
     d, h, w = labels.shape[-3:] if labels.ndim == 3 else (1,) + labels.shape
-    return dict(file_name=img_path, image_id=name, depth=d, height=h, width=w, spacing=spacing,
-                instance_label_file=lab_path, **extra)
+    return dict(
+        file_name=img_path,
+        image_id=name,
+        depth=d,
+        height=h,
+        width=w,
+        spacing=spacing,
+        instance_label_file=lab_path,
+        **extra,
+    )
 
 
 def _geometric_cfg(crop=(8, 16, 16)):
@@ -37,7 +45,9 @@ def _geometric_cfg(crop=(8, 16, 16)):
 
 @pytest.fixture
 def touching_record(tmp_path):
-    _, labels, cls = make_synthetic_volume((12, 24, 24), 6, size_range=(2.5, 4.0), touching=True, seed=2)
+    _, labels, cls = make_synthetic_volume(
+        (12, 24, 24), 6, size_range=(2.5, 4.0), touching=True, seed=2
+    )
     return _record(tmp_path, "vol", labels.astype(np.float32), labels, instance_classes=cls), labels
 
 
@@ -141,7 +151,9 @@ def _register(name, records):
 
 def test_filter_empty(tmp_path, touching_record, caplog):
     record, labels = touching_record
-    empty = _record(tmp_path, "empty", np.ones((12, 24, 24), np.float32), np.zeros((12, 24, 24), np.int32))
+    empty = _record(
+        tmp_path, "empty", np.ones((12, 24, 24), np.float32), np.zeros((12, 24, 24), np.int32)
+    )
     _register("_test_mixed", [record, empty])
     _register("_test_empty", [empty])
     try:
@@ -185,7 +197,9 @@ def test_same_seed_same_batches(tmp_path):
                 assert u["file_name"] == v["file_name"] == w["file_name"]
                 assert torch.equal(u["image"], v["image"]) and torch.equal(u["image"], w["image"])
                 assert torch.equal(u["instances"].gt_boxes.tensor, v["instances"].gt_boxes.tensor)
-        assert any(not torch.equal(u["image"], v["image"]) for x, y in zip(a, d) for u, v in zip(x, y))
+        assert any(
+            not torch.equal(u["image"], v["image"]) for x, y in zip(a, d) for u, v in zip(x, y)
+        )
 
         loader = build_detection_test_loader(cfg, "_test_seeded")
         names = [batch[0]["file_name"] for batch in loader]

@@ -39,8 +39,9 @@ def test_touching_flag():
 def test_anisotropy_flattens_objects():
     # spheres of radius 4 µm: 4 voxels in z at 1 µm, 1-2 voxels at 4 µm
     _, iso, _ = make_synthetic_volume((24, 24, 24), 1, ("ellipsoid",), (4.0, 4.0), seed=0)
-    _, ani, _ = make_synthetic_volume((12, 24, 24), 1, ("ellipsoid",), (4.0, 4.0),
-                                      spacing=(4.0, 1.0, 1.0), seed=0)
+    _, ani, _ = make_synthetic_volume(
+        (12, 24, 24), 1, ("ellipsoid",), (4.0, 4.0), spacing=(4.0, 1.0, 1.0), seed=0
+    )
     z_iso = np.flatnonzero(iso.any(axis=(1, 2))).size
     z_ani = np.flatnonzero(ani.any(axis=(1, 2))).size
     assert z_ani < z_iso / 2
@@ -48,15 +49,24 @@ def test_anisotropy_flattens_objects():
 
 
 def test_uint16_and_too_many_objects():
-    im, _, _ = make_synthetic_volume((8, 16, 16), 1, size_range=(2, 3), dtype="uint16", noise="poisson")
+    im, _, _ = make_synthetic_volume(
+        (8, 16, 16), 1, size_range=(2, 3), dtype="uint16", noise="poisson"
+    )
     assert im.dtype == np.uint16
     with pytest.raises(RuntimeError, match="placed only"):
         make_synthetic_volume((8, 16, 16), 50, size_range=(3, 4), max_tries=200)
 
 
 def test_make_dataset(tmp_path):
-    meta = make_synthetic_dataset(str(tmp_path), 2, seed=1, shape=(8, 24, 24), num_objects=2,
-                                  size_range=(2.0, 3.0), spacing=(1.0, 1.0, 1.0))
+    meta = make_synthetic_dataset(
+        str(tmp_path),
+        2,
+        seed=1,
+        shape=(8, 24, 24),
+        num_objects=2,
+        size_range=(2.0, 3.0),
+        spacing=(1.0, 1.0, 1.0),
+    )
     assert meta["thing_classes"] == ["ellipsoid", "cuboid", "blob"]
     assert read_volume(str(tmp_path / "images" / "vol_001.tif")).shape == (1, 8, 24, 24)
     assert read_labels(str(tmp_path / "labels" / "vol_001.tif")).max() == 2

@@ -5,24 +5,68 @@ import sys
 
 import numpy as np
 
-from det3d.data import DatasetCatalog, MetadataCatalog, load_coco3d_json, load_record_labels, read_labels
+from det3d.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    load_coco3d_json,
+    load_record_labels,
+    read_labels,
+)
 from det3d.data.datasets import builtin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(script, *args):
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", script), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_tools_make_synthetic_then_convert(tmp_path):
     out = tmp_path / "synth"
-    _run("make_synthetic.py", "--output", str(out), "--num-volumes", "2", "--shape", "8", "24", "24",
-         "--num-objects", "2", "--size-range", "2", "3", "--spacing", "1", "1", "1")
-    _run("convert_to_coco3d.py", "--images", str(out / "images"), "--labels", str(out / "labels"),
-         "--output", str(tmp_path / "c.json"), "--class-map", str(out / "classes"),
-         "--thing-classes", "ellipsoid", "cuboid", "blob", "--spacing", "2", "0.5", "0.5")
+    _run(
+        "make_synthetic.py",
+        "--output",
+        str(out),
+        "--num-volumes",
+        "2",
+        "--shape",
+        "8",
+        "24",
+        "24",
+        "--num-objects",
+        "2",
+        "--size-range",
+        "2",
+        "3",
+        "--spacing",
+        "1",
+        "1",
+        "1",
+    )
+    _run(
+        "convert_to_coco3d.py",
+        "--images",
+        str(out / "images"),
+        "--labels",
+        str(out / "labels"),
+        "--output",
+        str(tmp_path / "c.json"),
+        "--class-map",
+        str(out / "classes"),
+        "--thing-classes",
+        "ellipsoid",
+        "cuboid",
+        "blob",
+        "--spacing",
+        "2",
+        "0.5",
+        "0.5",
+    )
     data = json.loads((tmp_path / "c.json").read_text())
     assert len(data["images"]) == 2 and len(data["annotations"]) == 4
     recs = load_coco3d_json(str(tmp_path / "c.json"), str(out / "images"))
@@ -43,9 +87,14 @@ def test_builtin_synthetic_lazy(tmp_path):
         assert os.path.getmtime(recs[0]["file_name"]) == mtime
         os.remove(tmp_path / "synthetic_tiny_train" / "meta.json")  # marker gone: regenerate
         again = DatasetCatalog.get("synthetic_tiny_train")
-        np.testing.assert_array_equal(read_labels(again[0]["instance_label_file"]),
-                                      load_record_labels(recs[0])[0])
-        assert MetadataCatalog.get("synthetic_tiny_train").thing_classes == ["ellipsoid", "cuboid", "blob"]
+        np.testing.assert_array_equal(
+            read_labels(again[0]["instance_label_file"]), load_record_labels(recs[0])[0]
+        )
+        assert MetadataCatalog.get("synthetic_tiny_train").thing_classes == [
+            "ellipsoid",
+            "cuboid",
+            "blob",
+        ]
         assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporaries left
     finally:
         builtin.set_synthetic_root(None)

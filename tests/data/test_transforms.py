@@ -24,8 +24,14 @@ def _pair(shape=(6, 10, 10), seed=0):
 
 @pytest.mark.parametrize(
     "t",
-    [CropTransform((1, 2, 3), (4, 5, 6)), PadTransform((1, 0, 2), (0, 3, 1)), FlipTransform((0, 2)),
-     Rot90Transform(1), Rot90Transform(3), ResampleTransform((6, 10, 10), (2.0, 0.5, 1.0))],
+    [
+        CropTransform((1, 2, 3), (4, 5, 6)),
+        PadTransform((1, 0, 2), (0, 3, 1)),
+        FlipTransform((0, 2)),
+        Rot90Transform(1),
+        Rot90Transform(3),
+        ResampleTransform((6, 10, 10), (2.0, 0.5, 1.0)),
+    ],
 )
 def test_transform_keeps_image_and_labels_aligned(t):
     image, labels = _pair()
@@ -80,6 +86,10 @@ def test_intensity():
     t = IntensityTransform(scale=2.0, shift=0.5, gamma=1.0)
     np.testing.assert_allclose(t.apply_image(image), image * 2 + 0.5)
     assert t.apply_labels(labels) is labels
-    t = RandomIntensity((0.9, 1.1), (-0.1, 0.1), (0.8, 1.25), 0.02).get_transform(AugInput(image), np.random.default_rng(0))
-    t2 = RandomIntensity((0.9, 1.1), (-0.1, 0.1), (0.8, 1.25), 0.02).get_transform(AugInput(image), np.random.default_rng(0))
+    t = RandomIntensity((0.9, 1.1), (-0.1, 0.1), (0.8, 1.25), 0.02).get_transform(
+        AugInput(image), np.random.default_rng(0)
+    )
+    t2 = RandomIntensity((0.9, 1.1), (-0.1, 0.1), (0.8, 1.25), 0.02).get_transform(
+        AugInput(image), np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(t.apply_image(image), t2.apply_image(image))

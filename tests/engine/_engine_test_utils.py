@@ -1,4 +1,5 @@
 """Tiny models and loaders for engine tests: no det3d.modeling or det3d.data needed."""
+
 import itertools
 
 import torch

@@ -4,11 +4,10 @@ import os
 
 import pytest
 import torch
+from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
-
-from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -181,7 +180,6 @@ def test_auto_scale_workers():
     assert scaled.SOLVER.MAX_ITER == 500 and scaled.SOLVER.STEPS == (300, 400)
     assert scaled.is_frozen() and cfg.SOLVER.MAX_ITER == 1000
     assert DefaultTrainer.auto_scale_workers(cfg, 2) is cfg
-
 
 
 def test_amp_config_on_cpu_falls_back_to_float32(tmp_path):

@@ -3,13 +3,12 @@ import os
 
 import pytest
 import torch
+from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from det3d.checkpoint import DetectionCheckpointer
 from det3d.engine import SimpleTrainer, hooks
 from det3d.utils.events import CommonMetricPrinter, JSONWriter
-
-from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
 
 def _trainer(lr=0.05):

@@ -1,15 +1,15 @@
 """Multi-process training on CPU (gloo), as ``launch`` runs it; and launch under torchrun."""
+
 import os
 
 import torch
 import torch.distributed as dist
+from _engine_test_utils import ListLoader, make_dataset
 from torch import nn
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, launch
 from det3d.utils import comm
-
-from _engine_test_utils import ListLoader, make_dataset
 
 
 class _NoBNModel(nn.Module):

@@ -3,11 +3,10 @@ import math
 
 import pytest
 import torch
+from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
 from det3d.engine import AMPTrainer, HookBase, SimpleTrainer, hooks
 from det3d.utils.events import get_event_storage
-
-from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 
 
 def _trainer(**kwargs):

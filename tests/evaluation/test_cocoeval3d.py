@@ -1,4 +1,5 @@
 """COCOeval3D against plain pycocotools (2D) and against a brute-force AP reference (3D)."""
+
 import contextlib
 import copy
 import io
@@ -189,7 +190,14 @@ def _random_3d_case(seed, n_img=3, n_cat=2, shape=(10, 24, 28)):
                 if not m.any():
                     continue
                 zz, yy, xx = np.nonzero(m)
-                box = [xx.min(), yy.min(), zz.min(), xx.max() + 1 - xx.min(), yy.max() + 1 - yy.min(), zz.max() + 1 - zz.min()]
+                box = [
+                    xx.min(),
+                    yy.min(),
+                    zz.min(),
+                    xx.max() + 1 - xx.min(),
+                    yy.max() + 1 - yy.min(),
+                    zz.max() + 1 - zz.min(),
+                ]
                 dcat = a["category_id"] if rng.random() < 0.85 else int(rng.integers(0, n_cat))
                 dts.append(
                     {
@@ -224,8 +232,12 @@ def _brute_force_ap(gts, dts, gt_masks, dt_masks, cats, imgs, iou_type, thrs):
                 continue
             scored = []  # (score, is_tp)
             for img in imgs:
-                gi = [i for i, g in enumerate(gts) if g["image_id"] == img and g["category_id"] == c]
-                di = [i for i, d in enumerate(dts) if d["image_id"] == img and d["category_id"] == c]
+                gi = [
+                    i for i, g in enumerate(gts) if g["image_id"] == img and g["category_id"] == c
+                ]
+                di = [
+                    i for i, d in enumerate(dts) if d["image_id"] == img and d["category_id"] == c
+                ]
                 di.sort(key=lambda i: -dts[i]["score"])
                 used = set()
                 for i in di:

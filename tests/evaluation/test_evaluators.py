@@ -1,4 +1,5 @@
 """Evaluators end to end: catalog ground truth, the reset/process/evaluate protocol, files written."""
+
 import contextlib
 import copy
 import io
@@ -37,7 +38,9 @@ def _blobs(rng, shape, n):
     labels = np.zeros(shape, np.int32)
     for k in range(1, n + 1):
         z, y, x = (rng.integers(0, s - 3) for s in shape)
-        labels[z : z + rng.integers(2, 5), y : y + rng.integers(3, 9), x : x + rng.integers(3, 9)] = k
+        labels[
+            z : z + rng.integers(2, 5), y : y + rng.integers(3, 9), x : x + rng.integers(3, 9)
+        ] = k
     # Ids that were fully overwritten disappear; keep ids consecutive for readability.
     ids = np.unique(labels)
     return np.searchsorted(ids, labels).astype(np.int32)
@@ -143,7 +146,12 @@ def test_perfect_predictions(label_dataset, tmp_path):
     assert res["matching"]["f1@0.5"] == 1.0 and res["matching"]["panoptic_quality@0.9"] == 1.0
     assert res["seg"]["SEG"] == 1.0
     out = tmp_path / "out"
-    for f in ("coco3d_results.json", "coco3d_instances_results.json", "matching_results.json", "seg_results.json"):
+    for f in (
+        "coco3d_results.json",
+        "coco3d_instances_results.json",
+        "matching_results.json",
+        "seg_results.json",
+    ):
         with open(out / f) as fh:
             json.load(fh)
     preds = torch.load(out / "instances_predictions.pth", weights_only=False)
@@ -240,7 +248,15 @@ def test_2d_annotation_records_equal_pycocotools(tmp_path):
                     "segmentation": rle,
                 }
             )
-        records.append({"file_name": f"{img}.tif", "image_id": img, "height": h, "width": w, "annotations": anns})
+        records.append(
+            {
+                "file_name": f"{img}.tif",
+                "image_id": img,
+                "height": h,
+                "width": w,
+                "annotations": anns,
+            }
+        )
         images.append({"id": img, "height": h, "width": w})
         pred = np.roll(labels, (1, 0), (0, 1))
         pred[rng.random(pred.shape) < 0.1] = 0
@@ -315,10 +331,19 @@ def test_pasted_masks_fallback(label_dataset):
     labels[4:6, 0:4, 0:4] = 3
     path = os.path.join(os.path.dirname(label_dataset[1][0]["instance_label_file"]), "boxes.tif")
     write_volume(path, labels)
-    rec = {"file_name": "x", "image_id": 7, "depth": 6, "height": 20, "width": 20, "instance_label_file": path}
+    rec = {
+        "file_name": "x",
+        "image_id": 7,
+        "depth": 6,
+        "height": 20,
+        "width": 20,
+        "instance_label_file": path,
+    }
     name = _register([rec], classes=("cell",))
     try:
-        boxes = torch.tensor([[0, 0, 0, 6, 5, 3], [10, 8, 2, 19, 16, 6], [0, 0, 4, 4, 4, 6]], dtype=torch.float32)
+        boxes = torch.tensor(
+            [[0, 0, 0, 6, 5, 3], [10, 8, 2, 19, 16, 6], [0, 0, 4, 4, 4, 6]], dtype=torch.float32
+        )
         inst = Instances(
             shape,
             pred_boxes=Boxes(boxes),
@@ -345,8 +370,15 @@ def test_ctc_slice_ground_truth(tmp_path):
         p = str(tmp_path / f"man_seg_000_{z:03d}.tif")
         write_volume(p, gt[z][None])
         files.append(p)
-    rec = {"file_name": "t000.tif", "image_id": 0, "depth": 5, "height": 12, "width": 12,
-           "seg_slices": [1, 3], "seg_slice_files": files}
+    rec = {
+        "file_name": "t000.tif",
+        "image_id": 0,
+        "depth": 5,
+        "height": 12,
+        "width": 12,
+        "seg_slices": [1, 3],
+        "seg_slice_files": files,
+    }
     name = _register([rec], classes=("cell",))
     pred = np.zeros(shape, np.int32)
     pred[1, 2:8, 2:8] = 1  # exact on slice 1

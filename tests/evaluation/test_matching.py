@@ -1,4 +1,5 @@
 """label_overlap and matching_metrics: hand-computed cases and slow per-object references."""
+
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -131,8 +132,14 @@ def test_random_against_dense_hungarian(seed):
         assert res[t]["tp"] == tp, t
         assert res[t]["sum_matched_iou"] == pytest.approx(s, abs=1e-9)
         ref = metrics_from_counts(
-            {"n_true": len(gids), "n_pred": len(pids), "tp": tp, "fp": len(pids) - tp,
-             "fn": len(gids) - tp, "sum_matched_iou": s}
+            {
+                "n_true": len(gids),
+                "n_pred": len(pids),
+                "tp": tp,
+                "fp": len(pids) - tp,
+                "fn": len(gids) - tp,
+                "sum_matched_iou": s,
+            }
         )
         for k, v in ref.items():
             assert res[t][k] == pytest.approx(v, abs=1e-9), (t, k)

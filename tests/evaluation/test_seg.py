@@ -1,4 +1,5 @@
 """CTC SEG: hand-computed cases (the > 0.5 rule at its boundary) and a slow per-object reference."""
+
 import warnings
 
 import numpy as np
@@ -97,7 +98,9 @@ def test_random_against_slow_reference(seed):
     gt = np.zeros(shape, np.int32)
     for k in range(1, 20):
         z, y, x = (rng.integers(0, s - 2) for s in shape)
-        gt[z : z + rng.integers(1, 4), y : y + rng.integers(2, 7), x : x + rng.integers(2, 7)] = k * 5
+        gt[z : z + rng.integers(1, 4), y : y + rng.integers(2, 7), x : x + rng.integers(2, 7)] = (
+            k * 5
+        )
     pred = np.roll(gt, (0, rng.integers(-1, 2), rng.integers(-1, 2)), (0, 1, 2))
     pred = np.where(rng.random(shape) < 0.1, 0, pred)
     pred[:, :, ::7] = np.where(pred[:, :, ::7] > 0, 999, 0)  # cuts that split objects

@@ -1,4 +1,5 @@
 """det3d.layers.nms / batched_nms against a slow, obviously-correct greedy NMS."""
+
 import itertools
 import math
 

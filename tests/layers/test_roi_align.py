@@ -1,4 +1,5 @@
 """det3d.layers.roi_align against explicit bilinear / trilinear sampling loops."""
+
 import itertools
 import math
 
@@ -94,7 +95,9 @@ def test_roi_align_matches_reference(ndim, aligned, sampling_ratio, spatial_scal
     expected = ref_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     # float32 agrees up to rounding
-    out32 = roi_align(input.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned)
+    out32 = roi_align(
+        input.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned
+    )
     torch.testing.assert_close(out32.double(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -102,7 +105,9 @@ def test_int_output_size_and_module():
     input, rois = make_case(3, seed=0)
     rois = rois.float().double()  # exactly representable in float32
     module = ROIAlign(2, spatial_scale=1.0, sampling_ratio=2)
-    assert repr(module) == "ROIAlign(output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=True)"
+    assert (
+        repr(module) == "ROIAlign(output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=True)"
+    )
     out = module(input, rois.float())  # rois follow the input's dtype
     torch.testing.assert_close(out, roi_align(input, rois, (2, 2, 2), 1.0, 2))
     assert out.dtype == torch.float64
@@ -175,7 +180,15 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="spatial_scale"):
         ops.roi_align(input, rois, -1.0, [2, 2, 2], 0, True)
     with pytest.raises(RuntimeError, match="grad"):
-        ops._roi_align_backward(torch.zeros(5, 3, 2, 2, 1, dtype=rois.dtype), rois, 1.0, [2, 2, 2], [2, 3, 4, 5, 6], 0, True)
+        ops._roi_align_backward(
+            torch.zeros(5, 3, 2, 2, 1, dtype=rois.dtype),
+            rois,
+            1.0,
+            [2, 2, 2],
+            [2, 3, 4, 5, 6],
+            0,
+            True,
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
@@ -191,7 +204,9 @@ def test_roi_align_cuda_matches_cpu(ndim, dtype, aligned):
     out_gpu = roi_align(x_gpu, rois.cuda(), output_size, 0.5, 0, aligned)
     tol = {torch.float16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
     torch.testing.assert_close(out_gpu.double().cpu(), out_cpu, rtol=tol, atol=tol)
-    grad = torch.randn(out_cpu.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(
+        out_cpu.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     out_cpu.backward(grad)
     out_gpu.backward(grad.to("cuda", dtype))
     torch.testing.assert_close(x_gpu.grad.double().cpu(), x_cpu.grad, rtol=tol, atol=tol)

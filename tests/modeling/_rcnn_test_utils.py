@@ -1,4 +1,5 @@
 """Tiny configs and synthetic inputs shared by the R-CNN tests (modeling B)."""
+
 import contextlib
 
 import torch

@@ -1,6 +1,8 @@
 """MaskRCNNConvUpsampleHead3D: shapes, losses (bce, bce_dice) against manual values, inference."""
+
 import pytest
 import torch
+from _rcnn_test_utils import tiny_cfg
 from torch.nn import functional as F
 
 from det3d.layers import ShapeSpec
@@ -8,8 +10,6 @@ from det3d.modeling import ROI_MASK_HEAD_REGISTRY
 from det3d.modeling.roi_heads import build_mask_head, mask_rcnn_inference, mask_rcnn_loss
 from det3d.structures import Boxes, Instances
 from det3d.structures.masks import BitMasks
-
-from _rcnn_test_utils import tiny_cfg
 
 
 @pytest.mark.parametrize("agnostic", [False, True])

@@ -1,11 +1,11 @@
 """GeneralizedRCNN3D and ProposalNetwork3D from configs, in 2D and 3D."""
+
 import pytest
 import torch
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 import det3d.modeling as modeling
 from det3d.modeling import META_ARCH_REGISTRY, build_model
-
-from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 ALL_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
 SHAPES = {3: (16, 32, 32), 2: (64, 64)}
@@ -24,10 +24,25 @@ def _batch(ndim, n=2):
 def test_package_surface_registers_every_part():
     for name in ["GeneralizedRCNN3D", "ProposalNetwork3D"]:
         assert name in META_ARCH_REGISTRY
-    for name in ["RPN3D", "build_proposal_generator", "DefaultAnchorGenerator3D", "ROIPooler",
-                 "StandardROIHeads3D", "build_roi_heads", "Box2BoxTransform", "Matcher",
-                 "subsample_labels", "build_resnet3d_backbone", "build_resnet3d_fpn_backbone",
-                 "FPN", "ResNet", "Backbone", "ShapeSpec", "build_backbone", "build_model"]:
+    for name in [
+        "RPN3D",
+        "build_proposal_generator",
+        "DefaultAnchorGenerator3D",
+        "ROIPooler",
+        "StandardROIHeads3D",
+        "build_roi_heads",
+        "Box2BoxTransform",
+        "Matcher",
+        "subsample_labels",
+        "build_resnet3d_backbone",
+        "build_resnet3d_fpn_backbone",
+        "FPN",
+        "ResNet",
+        "Backbone",
+        "ShapeSpec",
+        "build_backbone",
+        "build_model",
+    ]:
         assert hasattr(modeling, name), name
     assert "RPN3D" in modeling.PROPOSAL_GENERATOR_REGISTRY
     assert "build_resnet3d_fpn_backbone" in modeling.BACKBONE_REGISTRY

@@ -2,15 +2,15 @@
 A tiny 3D Mask R-CNN overfits one synthetic volume: every object is found, with its box and its
 mask (from ``instance_labels``), within a bounded number of CPU iterations.
 """
+
 import time
 
 import torch
+from _rcnn_test_utils import single_thread, tiny_cfg
 
 from det3d.modeling import build_model
 from det3d.structures import Instances, pairwise_iou
 from det3d.structures.masks import BitMasks
-
-from _rcnn_test_utils import single_thread, tiny_cfg
 
 MAX_ITERS = 150
 

@@ -1,4 +1,5 @@
 """ROIPooler and level assignment against slow, obviously-correct references."""
+
 import itertools
 import math
 
@@ -98,9 +99,7 @@ def test_assign_boxes_to_levels_matches_formula(ndim):
     shape = (64,) * ndim
     boxes = [Boxes(_random_boxes(g, 40, shape, 1, 60)), Boxes(_random_boxes(g, 7, shape, 1, 60))]
     levels = assign_boxes_to_levels(boxes, 2, 5, 16, 4)
-    expected = [
-        _ref_level(b.tolist(), 16, 4, 2, 5) - 2 for bl in boxes for b in bl.tensor
-    ]
+    expected = [_ref_level(b.tolist(), 16, 4, 2, 5) - 2 for bl in boxes for b in bl.tensor]
     assert levels.tolist() == expected
     assert set(expected) == {0, 1, 2, 3}  # the random boxes cover every level
 
@@ -142,8 +141,12 @@ def test_pooler_matches_reference(ndim, aligned, sampling_ratio):
             level = _ref_level(box.tolist(), 16, 3, 2, 4) - 2
             scale = [1.0 / s for s in strides[level]]
             ref = _ref_roi_align(
-                features[level][img].double().numpy(), box.double().numpy(), scale, output_size,
-                sampling_ratio, aligned,
+                features[level][img].double().numpy(),
+                box.double().numpy(),
+                scale,
+                output_size,
+                sampling_ratio,
+                aligned,
             )
             np.testing.assert_allclose(out[row].numpy(), ref, rtol=1e-4, atol=1e-5)
             row += 1

@@ -1,4 +1,5 @@
 """Box rescaling, mask pasting and label volumes (det3d.modeling.postprocessing)."""
+
 import os
 import subprocess
 import sys

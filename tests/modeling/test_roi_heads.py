@@ -1,6 +1,8 @@
 """StandardROIHeads3D, the box head and the Fast R-CNN predictor (losses and inference)."""
+
 import pytest
 import torch
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 from torch.nn import functional as F
 
 from det3d.layers import ShapeSpec, giou_loss, huber_soft_clip_loss
@@ -8,8 +10,6 @@ from det3d.modeling import ROI_BOX_HEAD_REGISTRY, ROI_HEADS_REGISTRY, build_roi_
 from det3d.modeling.box_regression import Box2BoxTransform
 from det3d.modeling.roi_heads import FastRCNNOutputLayers3D, build_box_head, fast_rcnn_inference
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
-
-from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -2,15 +2,15 @@
 Staged training (seed doc 000): (a) RPN only, (b) heads only on live proposals of the frozen
 backbone + RPN, (c) everything; checkpoints of each stage load into the next.
 """
+
 import logging
 
 import pytest
 import torch
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 from fvcore.common.checkpoint import Checkpointer
 
 from det3d.modeling import build_model
-
-from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 HEAD_LOSSES = {"loss_cls", "loss_box_reg", "loss_mask"}
 RPN_LOSSES = {"loss_rpn_cls", "loss_rpn_loc"}

@@ -45,9 +45,7 @@ def test_constant_warmup():
 
 
 def test_warmup_cosine_values():
-    cfg = _cfg(
-        LR_SCHEDULER_NAME="WarmupCosineLR", MAX_ITER=10, WARMUP_ITERS=0, BASE_LR_END=0.02
-    )
+    cfg = _cfg(LR_SCHEDULER_NAME="WarmupCosineLR", MAX_ITER=10, WARMUP_ITERS=0, BASE_LR_END=0.02)
     lrs, _, _ = _lrs(cfg)
     expected = [0.02 + 0.5 * (0.1 - 0.02) * (1 + math.cos(math.pi * t / 10)) for t in range(10)]
     assert lrs == pytest.approx(expected)

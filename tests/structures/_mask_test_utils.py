@@ -1,4 +1,5 @@
 """Label volumes and reference boxes shared by the mask and RLE tests."""
+
 import numpy as np
 
 
@@ -8,7 +9,7 @@ def random_labels(shape, n_ids, seed):
     labels = np.zeros(shape, dtype=np.int32)
     for i in range(1, n_ids + 1):
         lo = [rng.integers(0, s - 1) for s in shape]
-        hi = [rng.integers(l + 1, s + 1) for l, s in zip(lo, shape)]
+        hi = [rng.integers(low + 1, s + 1) for low, s in zip(lo, shape)]
         labels[tuple(slice(a, b) for a, b in zip(lo, hi))] = i
     return labels
 

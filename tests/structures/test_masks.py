@@ -23,9 +23,7 @@ def test_label_volume_round_trip_and_boxes(shape):
     assert isinstance(boxes, Boxes) and boxes.ndim == len(shape)
     for b, i in zip(boxes.tensor.tolist(), ids.tolist()):
         assert b == reference_box(labels == i)
-    torch.testing.assert_close(
-        masks.volume(), torch.tensor([(labels == i).sum() for i in present])
-    )
+    torch.testing.assert_close(masks.volume(), torch.tensor([(labels == i).sum() for i in present]))
 
 
 def test_from_label_volume_explicit_ids_and_errors():

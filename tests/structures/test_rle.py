@@ -1,4 +1,5 @@
 """det3d.structures.rle: exact round trips, and the many-instance encoders equal encode_rle."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """tools/demo.py on the instant schedule: trains, evaluates, writes the picture."""
+
 import importlib.util
 import logging
 import os

@@ -2,6 +2,7 @@
 End to end through tools/train_net.py's main(): the instant schedules train a few iterations on
 the tiny synthetic splits, evaluate, reload with --eval-only, resume, and run a staged schedule.
 """
+
 import importlib.util
 import json
 import logging
@@ -189,8 +190,7 @@ def _ddp_worker(output_dir, synthetic_root):
 
 
 def test_mask_rcnn_ddp_two_cpu_processes(synthetic_root, tmp_path):
-    from det3d.data import DatasetCatalog
-    from det3d.data import set_synthetic_root
+    from det3d.data import DatasetCatalog, set_synthetic_root
     from det3d.engine import launch
 
     set_synthetic_root(synthetic_root)

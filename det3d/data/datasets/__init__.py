@@ -1,4 +1,6 @@
 """Dataset formats (label-volume folders, COCO-3D json, Cell Tracking Challenge) and builtins."""
+
+from . import builtin as _builtin  # registers the builtin datasets
 from .coco3d import convert_to_coco3d, load_coco3d_json, register_coco3d_instances
 from .ctc import load_ctc_dataset, register_ctc_dataset
 from .label_volumes import (
@@ -7,6 +9,5 @@ from .label_volumes import (
     load_label_volume_dataset,
     register_label_volume_dataset,
 )
-from . import builtin as _builtin  # registers the builtin datasets
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

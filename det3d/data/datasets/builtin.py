@@ -10,6 +10,7 @@ argument (the engine passes ``cfg.SYNTHETIC.ROOT``) when it is not the default
 other generator parameters/version; generation writes into a temporary folder renamed into place,
 so concurrent processes never see half-written splits.
 """
+
 import json
 import logging
 import os
@@ -18,7 +19,12 @@ import tempfile
 from typing import Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..synthetic import GENERATOR_VERSION, SHAPE_CLASSES, make_synthetic_dataset, read_synthetic_meta
+from ..synthetic import (
+    GENERATOR_VERSION,
+    SHAPE_CLASSES,
+    make_synthetic_dataset,
+    read_synthetic_meta,
+)
 from .label_volumes import load_label_volume_dataset
 
 __all__ = ["register_all_synthetic", "set_synthetic_root", "get_synthetic_root", "SYNTHETIC_SPLITS"]
@@ -26,15 +32,36 @@ __all__ = ["register_all_synthetic", "set_synthetic_root", "get_synthetic_root",
 logger = logging.getLogger(__name__)
 
 _SPACING = (1.0, 0.5, 0.5)
-_COMMON = dict(classes=SHAPE_CLASSES, size_range=(2.5, 5.0), spacing=_SPACING, blur_sigma=0.5,
-               noise="gaussian", noise_level=0.05, touching=False)
+_COMMON = dict(
+    classes=SHAPE_CLASSES,
+    size_range=(2.5, 5.0),
+    spacing=_SPACING,
+    blur_sigma=0.5,
+    noise="gaussian",
+    noise_level=0.05,
+    touching=False,
+)
 SYNTHETIC_SPLITS = {
-    "synthetic_train": dict(num_volumes=16, seed=1, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON),
-    "synthetic_val": dict(num_volumes=4, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON),
-    "synthetic_tiny_train": dict(num_volumes=4, seed=3, shape=(16, 32, 32), num_objects=(2, 3),
-                                 **dict(_COMMON, size_range=(2.0, 3.5))),
-    "synthetic_tiny_val": dict(num_volumes=2, seed=4, shape=(16, 32, 32), num_objects=(2, 3),
-                               **dict(_COMMON, size_range=(2.0, 3.5))),
+    "synthetic_train": dict(
+        num_volumes=16, seed=1, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
+    ),
+    "synthetic_val": dict(
+        num_volumes=4, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
+    ),
+    "synthetic_tiny_train": dict(
+        num_volumes=4,
+        seed=3,
+        shape=(16, 32, 32),
+        num_objects=(2, 3),
+        **dict(_COMMON, size_range=(2.0, 3.5)),
+    ),
+    "synthetic_tiny_val": dict(
+        num_volumes=2,
+        seed=4,
+        shape=(16, 32, 32),
+        num_objects=(2, 3),
+        **dict(_COMMON, size_range=(2.0, 3.5)),
+    ),
 }
 
 _ROOT: Optional[str] = None

@@ -8,6 +8,7 @@ COCO-3D: COCO's instance json extended to volumes (format in ``docs/coco3d.md``)
   :func:`det3d.structures.rle.encode_rle`), ``area`` (voxels), ``iscrowd``;
 * categories: ``id``, ``name``.
 """
+
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ __all__ = ["load_coco3d_json", "register_coco3d_instances", "convert_to_coco3d"]
 logger = logging.getLogger(__name__)
 
 
-def load_coco3d_json(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[dict]:
+def load_coco3d_json(
+    json_file: str, image_root: str, dataset_name: Optional[str] = None
+) -> List[dict]:
     """
     Reads a COCO-3D json file into records (DESIGN.md). ``category_id`` of the records is the
     contiguous index into the categories sorted by id; the mapping is stored in the metadata of
@@ -70,9 +73,13 @@ def load_coco3d_json(json_file: str, image_root: str, dataset_name: Optional[str
     for ann in data["annotations"]:
         rec = records.get(ann["image_id"])
         if rec is None:
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} names unknown image {ann['image_id']}")
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} names unknown image {ann['image_id']}"
+            )
         if ann["category_id"] not in id_map:
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} has unknown category {ann['category_id']}")
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} has unknown category {ann['category_id']}"
+            )
         seg = ann["segmentation"]
         shape = [rec["depth"], rec["height"], rec["width"]]
         if not isinstance(seg, dict) or list(seg.get("size", [])) != shape:
@@ -82,7 +89,9 @@ def load_coco3d_json(json_file: str, image_root: str, dataset_name: Optional[str
             )
         bbox = [float(v) for v in ann["bbox"]]
         if len(bbox) != 6:
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} bbox must be [x, y, z, w, h, d]")
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} bbox must be [x, y, z, w, h, d]"
+            )
         anno = {
             "bbox": bbox,
             "bbox_mode": BoxMode.XYZWHD_ABS,
@@ -97,7 +106,9 @@ def load_coco3d_json(json_file: str, image_root: str, dataset_name: Optional[str
     return list(records.values())
 
 
-def register_coco3d_instances(name: str, metadata: Optional[dict], json_file: str, image_root: str) -> None:
+def register_coco3d_instances(
+    name: str, metadata: Optional[dict], json_file: str, image_root: str
+) -> None:
     """Registers a COCO-3D json file as ``name`` (loaded lazily); ``metadata`` is added."""
     DatasetCatalog.register(name, lambda: load_coco3d_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(
@@ -135,8 +146,13 @@ def convert_to_coco3d(
         if image_dir is None or label_dir is None:
             raise ValueError("convert_to_coco3d: give records, or image_dir and label_dir")
         records = load_label_volume_dataset(
-            image_dir, label_dir, spacing=spacing, class_map=class_map,
-            label_suffix=label_suffix, thing_classes=thing_classes)
+            image_dir,
+            label_dir,
+            spacing=spacing,
+            class_map=class_map,
+            label_suffix=label_suffix,
+            thing_classes=thing_classes,
+        )
         image_root = image_dir if image_root is None else image_root
     images, annotations = [], []
     max_cat = -1
@@ -152,14 +168,16 @@ def convert_to_coco3d(
         fn = rec["file_name"]
         if image_root is not None:
             fn = os.path.relpath(fn, image_root)
-        images.append({
-            "id": image_id,
-            "file_name": fn,
-            "depth": int(rec["depth"]),
-            "height": int(rec["height"]),
-            "width": int(rec["width"]),
-            "spacing": [float(s) for s in rec.get("spacing", (1.0, 1.0, 1.0))],
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": fn,
+                "depth": int(rec["depth"]),
+                "height": int(rec["height"]),
+                "width": int(rec["width"]),
+                "spacing": [float(s) for s in rec.get("spacing", (1.0, 1.0, 1.0))],
+            }
+        )
         if "annotations" in rec:
             annos = rec["annotations"]
         else:
@@ -189,10 +207,16 @@ def convert_to_coco3d(
     if thing_classes is None:
         thing_classes = ["object"] if max_cat <= 0 else [f"class_{i}" for i in range(max_cat + 1)]
     if max_cat >= len(thing_classes):
-        raise ValueError(f"convert_to_coco3d: category index {max_cat} but only {len(thing_classes)} classes")
+        raise ValueError(
+            f"convert_to_coco3d: category index {max_cat} but only {len(thing_classes)} classes"
+        )
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(thing_classes)]
     return {
-        "info": {"description": "COCO-3D instances written by det3d", "format": "coco3d", "version": 1},
+        "info": {
+            "description": "COCO-3D instances written by det3d",
+            "format": "coco3d",
+            "version": 1,
+        },
         "images": images,
         "annotations": annotations,
         "categories": categories,

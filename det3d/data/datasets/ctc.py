@@ -19,6 +19,7 @@ elsewhere, and the zeros mean *unknown*, not background. So:
 
 Where a time point has both, the full volume is used.
 """
+
 import logging
 import os
 import re
@@ -39,7 +40,9 @@ _GT_FOLDERS = {"SEG": "_GT", "GT": "_GT", "ST": "_ST"}
 
 def _gt_dir(root: str, sequence: str, gt: str) -> str:
     if gt not in _GT_FOLDERS:
-        raise ValueError(f"load_ctc_dataset: gt must be one of {sorted(_GT_FOLDERS)} or None, got {gt!r}")
+        raise ValueError(
+            f"load_ctc_dataset: gt must be one of {sorted(_GT_FOLDERS)} or None, got {gt!r}"
+        )
     return os.path.join(root, sequence + _GT_FOLDERS[gt], "SEG")
 
 

@@ -8,10 +8,11 @@ category index; ids not in the map get category 0), not ``annotations``: label v
 when a volume is used. :func:`label_volume_to_annotations` turns a label volume into COCO-style
 annotations when those are wanted (COCO-3D export, evaluation).
 """
+
 import json
 import logging
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -134,7 +135,9 @@ def load_label_volume_dataset(
                     f"Shape mismatch: image {image_file} is (C, D, H, W) = {(c, d, h, w)} but labels "
                     f"{label_file} are {tuple(lshape)}"
                 )
-        rec_spacing = spacing if spacing is not None else (read_spacing(image_file) or (1.0, 1.0, 1.0))
+        rec_spacing = (
+            spacing if spacing is not None else (read_spacing(image_file) or (1.0, 1.0, 1.0))
+        )
         record = {
             "file_name": image_file,
             "image_id": image_id,
@@ -153,7 +156,9 @@ def load_label_volume_dataset(
         records.append(record)
     unused = set(labels) - {s + label_suffix for s in images}
     if unused:
-        logger.warning(f"{label_dir}: {len(unused)} label volumes have no image, e.g. {sorted(unused)[:3]}")
+        logger.warning(
+            f"{label_dir}: {len(unused)} label volumes have no image, e.g. {sorted(unused)[:3]}"
+        )
     return records
 
 
@@ -176,8 +181,13 @@ def register_label_volume_dataset(
     DatasetCatalog.register(
         name,
         lambda: load_label_volume_dataset(
-            image_dir, label_dir, spacing=spacing, class_map=class_map,
-            label_suffix=label_suffix, thing_classes=thing_classes),
+            image_dir,
+            label_dir,
+            spacing=spacing,
+            class_map=class_map,
+            label_suffix=label_suffix,
+            thing_classes=thing_classes,
+        ),
     )
     metadata.setdefault("evaluator_type", "coco3d")
     if spacing is not None:

@@ -1,4 +1,5 @@
 """Transforms (deterministic) and augmentations (random, drawing transforms) for volumes."""
+
 from .augmentation import (
     AugInput,
     Augmentation,

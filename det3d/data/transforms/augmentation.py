@@ -10,6 +10,7 @@ Protocol (as in Detectron2)::
     transforms = apply_augmentations([RandomCrop(...), RandomFlip(...)], aug_input, rng)
     image, labels = aug_input.image, aug_input.labels
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -43,7 +44,9 @@ class AugInput:
 
     def __init__(self, image: np.ndarray, labels: Optional[np.ndarray] = None):
         if labels is not None and tuple(image.shape[1:]) != tuple(labels.shape):
-            raise ValueError(f"AugInput: image {image.shape} and labels {labels.shape} differ in shape")
+            raise ValueError(
+                f"AugInput: image {image.shape} and labels {labels.shape} differ in shape"
+            )
         self.image = image
         self.labels = labels
 
@@ -95,7 +98,9 @@ class RandomCrop(Augmentation):
         shape = aug_input.spatial_shape
         size = self.crop_size
         if len(size) != len(shape):
-            raise ValueError(f"RandomCrop: crop size {size} does not match the volume shape {shape}")
+            raise ValueError(
+                f"RandomCrop: crop size {size} does not match the volume shape {shape}"
+            )
         pad_total = [max(0, c - n) for c, n in zip(size, shape)]
         before = [int(rng.integers(0, p + 1)) for p in pad_total]
         ts: List[Transform] = []

@@ -6,6 +6,7 @@ image and to the labels moves them identically.
 
 Label volumes are moved without interpolation (order 0): their ids never mix.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -171,7 +172,9 @@ class ResampleTransform(Transform):
             return image
         out = np.empty((image.shape[0],) + self.out_shape, np.float32)
         for c in range(image.shape[0]):
-            out[c] = ndimage.zoom(image[c], self._factors(), order=1, grid_mode=True, mode="nearest")
+            out[c] = ndimage.zoom(
+                image[c], self._factors(), order=1, grid_mode=True, mode="nearest"
+            )
         return out
 
     def apply_labels(self, labels):
@@ -189,8 +192,14 @@ class IntensityTransform(Transform):
     ``noise_std`` drawn from ``np.random.default_rng(noise_seed)``. Labels are untouched.
     """
 
-    def __init__(self, scale: float = 1.0, shift: float = 0.0, gamma: float = 1.0,
-                 noise_std: float = 0.0, noise_seed: Optional[int] = None):
+    def __init__(
+        self,
+        scale: float = 1.0,
+        shift: float = 0.0,
+        gamma: float = 1.0,
+        noise_std: float = 0.0,
+        noise_seed: Optional[int] = None,
+    ):
         self.scale, self.shift, self.gamma = float(scale), float(shift), float(gamma)
         self.noise_std, self.noise_seed = float(noise_std), noise_seed
 

@@ -1,4 +1,5 @@
 """Meta-architectures (whole models) and ``build_model``."""
+
 from .build import META_ARCH_REGISTRY, build_model, count_parameters, freeze_modules
 from .rcnn import GeneralizedRCNN3D, ProposalNetwork3D
 

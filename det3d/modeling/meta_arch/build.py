@@ -1,4 +1,5 @@
 """``build_model`` and module freezing (training stages)."""
+
 import logging
 from typing import Iterable
 

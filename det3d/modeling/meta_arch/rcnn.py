@@ -8,8 +8,9 @@ Staged training (see ``MODEL.FREEZE_MODULES``): (a) train ``ProposalNetwork3D``;
 ``GeneralizedRCNN3D`` with ``backbone`` and ``proposal_generator`` frozen, so the heads learn on the
 live proposals of the frozen RPN, exactly those it gives at inference; (c) train everything.
 """
+
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def _original_size(input_dict: dict, image_size: Sequence[int]) -> tuple:
     """The size the outputs are rescaled to: the input's "depth"/"height"/"width" if given."""
-    keys = ("depth", "height", "width")[-len(image_size):]
+    keys = ("depth", "height", "width")[-len(image_size) :]
     return tuple(int(input_dict.get(k, s)) for k, s in zip(keys, image_size))
 
 
@@ -225,9 +226,7 @@ class GeneralizedRCNN3D(_RCNNBase):
             losses.update(detector_losses)
         return losses
 
-    def inference(
-        self, batched_inputs: List[Dict], do_postprocess: bool = True
-    ) -> List[Dict]:
+    def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True) -> List[Dict]:
         """
         Returns:
             With ``do_postprocess`` (default): per input, ``{"instances": Instances,

@@ -1,4 +1,5 @@
 """Box heads: pooled RoI features -> one feature vector per RoI."""
+
 from typing import List, Sequence
 
 import fvcore.nn.weight_init as weight_init

@@ -2,6 +2,7 @@
 The Fast R-CNN box predictor: class scores and per-class box deltas for each RoI, its losses and
 its inference (decode, clip, threshold, per-class NMS), in N spatial dims.
 """
+
 import logging
 from typing import Dict, List, Tuple
 
@@ -23,6 +24,7 @@ from ..box_regression import (
 __all__ = ["FastRCNNOutputLayers3D", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
 logger = logging.getLogger(__name__)
+
 
 def _log_classification_stats(scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
     """Accuracy of the sampled RoIs (all, foreground, background) to the trainer's storage."""

@@ -1,4 +1,5 @@
 """Mask heads: pooled RoI features -> per-class mask logits at twice the pooled resolution."""
+
 from typing import List
 
 import fvcore.nn.weight_init as weight_init
@@ -7,14 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from det3d.config import configurable
-from det3d.layers import (
-    ShapeSpec,
-    cat,
-    conv_nd,
-    conv_norm_relu_stack,
-    conv_transpose_nd,
-    dice_loss,
-)
+from det3d.layers import ShapeSpec, cat, conv_nd, conv_norm_relu_stack, conv_transpose_nd, dice_loss
 from det3d.structures import Instances
 
 from ..registries import ROI_MASK_HEAD_REGISTRY

@@ -2,6 +2,7 @@
 ROI heads: sample proposals against the ground truth, pool their features, and run the box and
 mask branches. N-D (2 or 3 spatial dims) from one code path.
 """
+
 import logging
 from typing import Dict, List, Optional, Tuple
 
