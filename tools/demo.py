@@ -12,12 +12,15 @@ validation volume.
 
 Every ``tools/train_net.py`` flag and ``KEY VALUE`` override works here too. Outputs go to
 ``OUTPUT_DIR`` (default ``./output/demo``): checkpoints, ``metrics.json``, ``log.txt``,
-``inference/`` and ``demo_<volume>.png`` (white: ground truth, colours: predictions).
+``inference/`` and ``predictions/`` (one ``<volume>_labels.tif`` label volume and one
+``<volume>.png`` slice montage per validation volume; white: ground truth, colours: predictions).
 """
 import logging
 import os
 import sys
+from typing import List, Tuple
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_net  # noqa: E402  (tools/train_net.py: setup, Trainer)
 
 from det3d.checkpoint import DetectionCheckpointer  # noqa: E402
-from det3d.data import DatasetCatalog, build_detection_test_loader, load_record_labels  # noqa: E402
+from det3d.data import (  # noqa: E402
+    DatasetCatalog,
+    build_detection_test_loader,
+    load_record_labels,
+    write_volume,
+)
 from det3d.engine import default_argument_parser  # noqa: E402
 from det3d.evaluation import inference_context  # noqa: E402
 from det3d.utils.visualizer import volume_montage, write_png  # noqa: E402
@@ -35,21 +43,35 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3
 logger = logging.getLogger("det3d.tools.demo")
 
 
-def draw_predictions(cfg, model, dataset_name: str, output_dir: str, index: int = 0) -> str:
-    """Runs ``model`` on volume ``index`` of ``dataset_name`` and writes a slice montage (PNG)."""
+def write_predictions(cfg, model, dataset_name: str, output_dir: str) -> Tuple[str, List[str]]:
+    """
+    Runs ``model`` on every volume of ``dataset_name``; writes each predicted label volume as a
+    TIFF (with the record's spacing) and a PNG montage of slices (white outlines: ground truth,
+    colours: predictions) into ``output_dir/predictions``.
+
+    Returns:
+        the folder, and the paths of the PNG montages.
+    """
+    folder = os.path.join(output_dir, "predictions")
+    os.makedirs(folder, exist_ok=True)
     records = DatasetCatalog.get(dataset_name)
-    record = records[index]
-    loader = build_detection_test_loader(cfg, dataset_name, dataset=[record])
-    inputs = next(iter(loader))
+    pictures = []
+    loader = build_detection_test_loader(cfg, dataset_name, dataset=records)
     with inference_context(model), torch.no_grad():
-        outputs = model(inputs)
-    pred = outputs[0]["instance_labels"].cpu().numpy()
-    gt, _ = load_record_labels(record)
-    picture = volume_montage(inputs[0]["image"].cpu().numpy(), pred, gt, num_slices=8, columns=4)
-    path = os.path.join(output_dir, f"demo_{record['image_id']}.png")
-    write_png(path, picture)
-    logger.info(f"{len(outputs[0]['instances'])} instances found in {record['file_name']}")
-    return path
+        for record, inputs in zip(records, loader):
+            output = model(inputs)[0]
+            pred = output["instance_labels"].cpu().numpy()
+            name = os.path.splitext(os.path.basename(record["file_name"]))[0]
+            write_volume(os.path.join(folder, f"{name}_labels.tif"), pred, record.get("spacing"))
+            gt, _ = load_record_labels(record)
+            image = inputs[0]["image"].cpu().numpy()
+            picture = volume_montage(image, pred, gt, num_slices=8, columns=4)
+            path = os.path.join(folder, f"{name}.png")
+            write_png(path, picture)
+            pictures.append(path)
+            found = int(np.count_nonzero(np.unique(pred)))
+            logger.info(f"{found} instances in {record['file_name']}")
+    return folder, pictures
 
 
 def summary(results: dict) -> str:
@@ -90,9 +112,10 @@ def main(args):
         results = trainer.train()
         model = trainer.model
 
-    picture = draw_predictions(cfg, model, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR)
+    folder, pictures = write_predictions(cfg, model, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR)
     print(f"\ndet3d demo results ({cfg.DATASETS.TEST[0]}):\n{summary(results or {})}")
-    print(f"Picture (white: ground truth, colours: predictions): {picture}")
+    print(f"Predicted label volumes (TIFF) and slice montages (PNG): {folder}")
+    print(f"  e.g. {pictures[0]} (white: ground truth, colours: predictions)")
     print(f"Checkpoints, metrics.json and log.txt: {cfg.OUTPUT_DIR}")
     return results
 

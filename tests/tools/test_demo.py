@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from det3d.data import DatasetCatalog, read_labels
 from det3d.engine import default_argument_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,5 +40,12 @@ def test_demo_trains_evaluates_and_draws(demo, tmp_path, capsys):
     )  # fmt: skip
     results = demo.main(args)
     assert "seg" in results
-    assert (tmp_path / "out" / "demo_0.png").stat().st_size > 0
-    assert "seg/SEG" in capsys.readouterr().out
+    predictions = tmp_path / "out" / "predictions"
+    records = DatasetCatalog.get("synthetic_tiny_val")
+    for record in records:
+        name = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        assert (predictions / f"{name}.png").stat().st_size > 0
+        labels = read_labels(str(predictions / f"{name}_labels.tif"))
+        assert labels.shape == (record["depth"], record["height"], record["width"])
+    out = capsys.readouterr().out
+    assert "seg/SEG" in out and str(predictions) in out
