@@ -46,7 +46,7 @@ SYNTHETIC_SPLITS = {
         num_volumes=16, seed=1, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
     ),
     "synthetic_val": dict(
-        num_volumes=4, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
+        num_volumes=8, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
     ),
     "synthetic_tiny_train": dict(
         num_volumes=4,
