@@ -60,6 +60,44 @@ def _shape_inside(
     return norm <= rad
 
 
+def _random_lumps(rng: np.random.Generator) -> np.ndarray:
+    """
+    (3, 5) lobes of a blob: angular frequencies (3), phase, amplitude. Low frequencies and 15-30%
+    radius swings give lobes a few voxels deep, so a blob is told from an ellipsoid by its shape,
+    as a lobed nucleus is told from a round one.
+    """
+    return np.concatenate(
+        [
+            rng.normal(0, 2.0, (3, 3)),
+            rng.uniform(0, 2 * np.pi, (3, 1)),
+            rng.uniform(0.15, 0.3, (3, 1)),
+        ],
+        axis=1,
+    )
+
+
+def _fibonacci_sphere(n: int = 2000) -> np.ndarray:
+    """(3, n) unit vectors spread evenly over the sphere (deterministic)."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    r = np.sqrt(1.0 - z**2)
+    phi = np.pi * (3.0 - np.sqrt(5.0)) * k
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z])
+
+
+_DIRECTIONS = _fibonacci_sphere()
+
+
+def _lobe_scale(lumps: np.ndarray) -> float:
+    """
+    Largest radius factor of a blob over all directions (the lobes are smooth, so a dense set of
+    directions plus 5% finds it), rather than the loose bound 1 + sum of amplitudes.
+    """
+    freq, phase, amp = lumps[:, :3], lumps[:, 3], lumps[:, 4]
+    rad = 1.0 + (amp[:, None] * np.sin(freq @ _DIRECTIONS + phase[:, None])).sum(axis=0)
+    return float(rad.max() * 1.05)
+
+
 class _Object:
     def __init__(self, kind, center, radii, rotation, lumps):
         self.kind, self.center, self.radii, self.rotation, self.lumps = (
@@ -69,7 +107,7 @@ class _Object:
             rotation,
             lumps,
         )
-        scale = 1.0 + (np.abs(lumps[:, 4]).sum() if lumps is not None else 0.0)
+        scale = 1.0 if lumps is None else _lobe_scale(lumps)
         # cuboid corners reach sqrt(3) * radius
         self.bound = float(radii.max() * scale * (np.sqrt(3) if kind == "cuboid" else 1.0))
 
@@ -159,17 +197,7 @@ def make_synthetic_volume(
         radii = rng.uniform(size_range[0], size_range[1], size=3)
         lumps = None
         if kind == "blob":
-            lumps = np.concatenate(
-                [
-                    # low angular frequencies and 15-30% radius swings: lobes a few voxels
-                    # deep, so a blob is told from an ellipsoid by its shape, as a lobed nucleus
-                    # is told from a round one
-                    rng.normal(0, 2.0, (3, 3)),
-                    rng.uniform(0, 2 * np.pi, (3, 1)),
-                    rng.uniform(0.15, 0.3, (3, 1)),
-                ],
-                axis=1,
-            )
+            lumps = _random_lumps(rng)
         rot = _random_rotation(rng)
         obj = _Object(kind, np.zeros(3), radii, rot, lumps)
         # keep the object inside the volume where it fits; else centre it on that axis

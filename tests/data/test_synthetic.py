@@ -71,3 +71,22 @@ def test_make_dataset(tmp_path):
     assert read_volume(str(tmp_path / "images" / "vol_001.tif")).shape == (1, 8, 24, 24)
     assert read_labels(str(tmp_path / "labels" / "vol_001.tif")).max() == 2
     assert (tmp_path / "classes" / "vol_000.json").exists() and (tmp_path / "meta.json").exists()
+
+
+def test_blob_lobes_fit_inside_their_bounding_region():
+    # The blob's bound comes from a finite set of directions; no voxel of the blob may lie on the
+    # border of the region it is rasterised in (which would cut a lobe off).
+    from det3d.data.synthetic import _Object, _random_lumps, _random_rotation
+
+    rng = np.random.default_rng(0)
+    spacing = (1.0, 0.5, 0.5)
+    for _ in range(40):
+        radii = rng.uniform(2.0, 5.0, size=3)
+        obj = _Object(
+            "blob", np.array([20.0, 20.0, 20.0]), radii, _random_rotation(rng), _random_lumps(rng)
+        )
+        _, mask = obj.rasterize((40, 80, 80), spacing)
+        assert mask.any()
+        for axis in range(3):
+            assert not np.take(mask, 0, axis=axis).any()
+            assert not np.take(mask, -1, axis=axis).any()

@@ -53,14 +53,14 @@ SYNTHETIC_SPLITS = {
         seed=3,
         shape=(16, 32, 32),
         num_objects=(2, 3),
-        **dict(_COMMON, size_range=(2.0, 3.5)),
+        **dict(_COMMON, size_range=(1.5, 3.0)),
     ),
     "synthetic_tiny_val": dict(
         num_volumes=2,
         seed=4,
         shape=(16, 32, 32),
         num_objects=(2, 3),
-        **dict(_COMMON, size_range=(2.0, 3.5)),
+        **dict(_COMMON, size_range=(1.5, 3.0)),
     ),
 }
 
