@@ -1,3 +1,11 @@
 """det3d: Detectron2-style 3D instance detection and segmentation for microscopy volumes."""
 
 __version__ = "0.1.0"
+
+# Register the compiled ops (torch.ops.det3d.nms, .roi_align, ...) as soon as det3d is imported.
+# A source checkout without the build still imports, so configs and data tools work; the op
+# wrappers in det3d.layers then say how to build det3d._C.
+try:
+    from . import _C  # noqa: F401
+except ImportError:  # pragma: no cover - only in an unbuilt checkout
+    pass
