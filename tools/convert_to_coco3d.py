@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from det3d.data.datasets.coco3d import convert_to_coco3d  # noqa: E402
-from det3d.data.io import write_json_atomic  # noqa: E402
+from det3d.utils.file_io import write_json_atomic  # noqa: E402
 
 
 def main(argv=None):

@@ -13,56 +13,20 @@
 import logging
 import os
 import pickle
-import tempfile
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from fvcore.common.checkpoint import Checkpointer
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.utils import comm
+from det3d.utils.file_io import atomic_write
 
 __all__ = ["DetectionCheckpointer", "CheckpointError", "atomic_write"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not hold what a checkpoint should."""
-
-
-def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "wb") -> None:
-    """
-    Writes ``path`` all at once or not at all: ``write_fn(f)`` writes to a temporary file next
-    to ``path``, which is fsynced and then renamed over ``path``. If ``write_fn`` raises, the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable; not every filesystem allows fsync on a directory.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 class DetectionCheckpointer(Checkpointer):

@@ -12,14 +12,14 @@ Letters: ``T`` (time, must have size 1), ``Z``, ``C`` or ``S`` (channels / sampl
 any other letter must have size 1.
 """
 
-import json
 import logging
 import os
-import tempfile
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tifffile
+
+from det3d.utils.file_io import atomic_write
 
 __all__ = [
     "read_volume",
@@ -453,13 +453,8 @@ def write_volume(
         if len(spacing) != 3:
             raise ValueError(f"{path}: spacing must be (z, y, x), got {spacing}")
     kwargs = {"compression": "zlib"} if compress else {}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    os.close(fd)
-    try:
+
+    def write(f) -> None:
         if array.dtype in _IMAGEJ_DTYPES:
             if array.ndim == 4:  # ImageJ's order is TZCYXS
                 data, ij_axes = np.ascontiguousarray(array.transpose(1, 0, 2, 3)), "ZCYX"
@@ -471,32 +466,12 @@ def write_volume(
                 metadata.update(spacing=spacing[0], unit="micron")
                 resolution = (1.0 / spacing[2], 1.0 / spacing[1])
             tifffile.imwrite(
-                tmp, data, imagej=True, metadata=metadata, resolution=resolution, **kwargs
+                f, data, imagej=True, metadata=metadata, resolution=resolution, **kwargs
             )
         else:
             metadata = {"axes": axes}
             if spacing is not None:
                 metadata["spacing"] = list(spacing)
-            tifffile.imwrite(tmp, array, metadata=metadata, photometric="minisblack", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            tifffile.imwrite(f, array, metadata=metadata, photometric="minisblack", **kwargs)
 
-
-def write_json_atomic(path: str, obj) -> None:
-    """Writes ``obj`` as JSON atomically (temporary file, then ``os.replace``)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write)

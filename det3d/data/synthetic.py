@@ -19,7 +19,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
-from .io import write_json_atomic, write_volume
+from det3d.utils.file_io import write_json_atomic
+
+from .io import write_volume
 
 __all__ = ["make_synthetic_volume", "make_synthetic_dataset", "SHAPE_CLASSES", "GENERATOR_VERSION"]
 

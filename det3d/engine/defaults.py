@@ -16,12 +16,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.checkpoint import DetectionCheckpointer
-from det3d.checkpoint.detection_checkpoint import atomic_write
 from det3d.solver import build_lr_scheduler, build_optimizer
 from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
 from det3d.utils.env import seed_all_rng
 from det3d.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
+from det3d.utils.file_io import atomic_write
 from det3d.utils.logger import setup_logger
 
 from . import hooks

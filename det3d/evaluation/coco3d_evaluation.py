@@ -2,7 +2,6 @@
 
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from det3d.structures.rle import box_mask_to_rle, label_volume_to_rles
+from det3d.utils.file_io import atomic_write
 
 from .cocoeval3d import STAT_NAMES, COCOeval3D, default_area_ranges
 from .evaluator import DatasetEvaluator, gather_on_main_process
@@ -95,19 +95,7 @@ def instances_to_coco3d_json(
 
 
 def _save_atomic(obj, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _nan_to_none(x):
@@ -280,7 +268,7 @@ class COCO3DEvaluator(DatasetEvaluator):
             }
             logger.info("Evaluation results for %s (%dD):\n%s", task, ndim, _table(res))
         if self._output_dir:
-            from det3d.data.io import write_json_atomic
+            from det3d.utils.file_io import write_json_atomic
 
             write_json_atomic(os.path.join(self._output_dir, "coco3d_instances_results.json"), dts)
             write_json_atomic(

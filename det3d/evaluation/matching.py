@@ -237,7 +237,7 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
             for k in _METRIC_KEYS:
                 result[f"{k}@{t:g}"] = metrics[t][k]
         if self._output_dir:
-            from det3d.data.io import write_json_atomic
+            from det3d.utils.file_io import write_json_atomic
 
             write_json_atomic(
                 os.path.join(self._output_dir, "matching_results.json"),

@@ -155,7 +155,7 @@ class SEGEvaluator(DatasetEvaluator):
             )
         seg = sum(v["sum_jaccard"] for v in per_volume) / n if n else float("nan")
         if self._output_dir:
-            from det3d.data.io import write_json_atomic
+            from det3d.utils.file_io import write_json_atomic
 
             write_json_atomic(
                 os.path.join(self._output_dir, "seg_results.json"),

@@ -5,6 +5,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from .file_io import atomic_write
+
 __all__ = ["to_uint8", "label_outlines", "draw_slice", "volume_montage", "write_png"]
 
 
@@ -102,13 +104,8 @@ def volume_montage(
 
 
 def write_png(path: str, picture: np.ndarray) -> None:
-    """Writes a PNG atomically (temp file in the same folder, then rename)."""
-    import os
-
+    """Writes a PNG atomically (temporary file in the same folder, then rename)."""
     ok, buf = cv2.imencode(".png", picture)
     if not ok:
         raise OSError(f"Could not encode PNG for {path!r}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(buf.tobytes()))

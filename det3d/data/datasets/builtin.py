@@ -115,7 +115,7 @@ def ensure_synthetic_split(name: str, root: Optional[str] = None) -> str:
         kwargs = dict(params)
         meta = make_synthetic_dataset(tmp, **kwargs)
         meta["request"] = _expected_meta(params)
-        from ..io import write_json_atomic
+        from det3d.utils.file_io import write_json_atomic
 
         write_json_atomic(os.path.join(tmp, "meta.json"), meta)
         if os.path.isdir(split_dir):

@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+from det3d.utils.file_io import atomic_write, write_json_atomic
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    write_json_atomic(str(path), {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    write_json_atomic(str(path), {"x": 2})
+    assert json.loads(path.read_text()) == {"x": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]  # no temporary files left
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"old")
+
+    def half_then_fail(f):
+        f.write(b"new but incomplete")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(str(path), half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
