@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 The det3d demo (``make demo``): trains a small 3D Mask R-CNN on synthetic microscopy volumes on the
-CPU (about 10 minutes on a laptop), evaluates it, and draws its instances over slices of a
+CPU (about 13 minutes on 2 cores), evaluates it, and draws its instances over slices of a
 validation volume.
 
 .. code-block:: none
