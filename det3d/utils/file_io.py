@@ -5,7 +5,7 @@ import os
 import tempfile
 from typing import IO, Any, Callable
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "read_json"]
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "wb") -> None:
@@ -48,3 +48,17 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes ``obj`` as JSON with :func:`atomic_write`."""
     atomic_write(path, lambda f: json.dump(obj, f), mode="w")
+
+
+def read_json(path: str, what: str = "JSON") -> Any:
+    """
+    Reads a JSON file; a missing file or invalid JSON raises an error naming the file and
+    ``what`` it should have been (e.g. "COCO-3D json", "class map").
+    """
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e

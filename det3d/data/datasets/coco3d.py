@@ -9,7 +9,6 @@ COCO-3D: COCO's instance json extended to volumes (format in ``docs/coco3d.md``)
 * categories: ``id``, ``name``.
 """
 
-import json
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -36,14 +35,9 @@ def load_coco3d_json(
         inconsistent file (unknown image or category id, mask size != [D, H, W]).
     """
     from det3d.structures import BoxMode
+    from det3d.utils.file_io import read_json
 
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{json_file}: no such COCO-3D json file") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file}: not valid JSON ({e})") from e
+    data = read_json(json_file, "COCO-3D json")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"{json_file}: missing the {key!r} list of a COCO-3D file")

@@ -9,13 +9,14 @@ when a volume is used. :func:`label_volume_to_annotations` turns a label volume 
 annotations when those are wanted (COCO-3D export, evaluation).
 """
 
-import json
 import logging
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
+
+from det3d.utils.file_io import read_json
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..io import read_spacing, volume_shape
@@ -62,14 +63,7 @@ def load_class_map(
     if class_map is None:
         return None
     if isinstance(class_map, (str, os.PathLike)):
-        source = os.fspath(class_map)
-        try:
-            with open(source) as f:
-                class_map = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{source}: no such class map file") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not valid JSON ({e})") from e
+        class_map = read_json(os.fspath(class_map), "class map")
     out = {}
     for k, v in class_map.items():
         try:
