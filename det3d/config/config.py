@@ -65,23 +65,17 @@ class CfgNode(_FvCfgNode):
             raise KeyError(str(e)) from None
 
 
-def _is_int_or_ints(x: Any, allow_scalar: bool) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, int):
-        return allow_scalar
-    return (
-        isinstance(x, (list, tuple))
-        and len(x) > 0
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
-    )
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_int_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_int(v) for v in x)
 
 
 def _is_per_axis_swap(old: Any, new: Any) -> bool:
     """True when one of ``old``/``new`` is an int and the other a list of ints (per axis)."""
-    return (isinstance(old, int) and _is_int_or_ints(new, False)) or (
-        _is_int_or_ints(old, False) and isinstance(new, int) and not isinstance(new, bool)
-    )
+    return (_is_int(old) and _is_int_list(new)) or (_is_int_list(old) and _is_int(new))
 
 
 def _parent(cfg: _FvCfgNode, full_key: str):
