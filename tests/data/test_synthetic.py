@@ -2,6 +2,12 @@ import numpy as np
 import pytest
 
 from det3d.data import make_synthetic_dataset, make_synthetic_volume, read_labels, read_volume
+from det3d.data.synthetic import GENERATOR_VERSION
+
+# (class, voxel count) of each instance of one fixed volume, per generator version. Cached builtin
+# splits are reused while GENERATOR_VERSION is unchanged, so an edit that changes the output must
+# bump the version and record the new fingerprint here.
+_FINGERPRINTS = {3: [(1, 721), (2, 701), (0, 383), (2, 154), (0, 310)]}
 
 
 def _touching_pairs(labels):
@@ -25,6 +31,23 @@ def test_deterministic_and_counts():
     assert im1.shape == (1, 16, 48, 48) and im1.dtype == np.float32 and lab1.dtype == np.int32
     assert sorted(np.unique(lab1)[1:].tolist()) == list(range(1, 7))
     assert set(cls1) == set(range(1, 7)) and set(cls1.values()) <= {0, 1, 2}
+
+
+def test_output_change_bumps_generator_version():
+    _, lab, cls = make_synthetic_volume(
+        shape=(16, 48, 48), num_objects=5, spacing=(1.0, 0.5, 0.5), size_range=(2.0, 3.5), seed=9
+    )
+    got = [(cls[i], int((lab == i).sum())) for i in sorted(cls)]
+    want = _FINGERPRINTS.get(GENERATOR_VERSION)
+    assert want is not None, f"record the fingerprint of GENERATOR_VERSION {GENERATOR_VERSION}"
+    msg = (
+        f"the generator's output changed ({got} != {want}) but GENERATOR_VERSION is still "
+        f"{GENERATOR_VERSION}: bump it so cached synthetic splits regenerate"
+    )
+    assert [c for c, _ in got] == [c for c, _ in want], msg
+    # 1% slack: a different BLAS may flip a boundary voxel; a change to a shape moves far more.
+    for (_, n), (_, m) in zip(got, want):
+        assert abs(n - m) <= max(1, 0.01 * m), msg
 
 
 def test_touching_flag():
