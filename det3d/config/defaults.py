@@ -292,6 +292,9 @@ def add_det3d_config(cfg: CN) -> None:
     # SCORE_THRESH_TEST stay in "instances" (COCO AP wants them); the label volume, which matching
     # metrics and SEG score and biologists use, holds only the confident ones.
     _add(_C.MODEL.ROI_HEADS, "LABELS_SCORE_THRESH_TEST", 0.5)
+    # A detection whose mask is already claimed by higher-scoring ones for more than this fraction
+    # of its voxels stays out of the label volume (one label per object, whatever its class).
+    _add(_C.MODEL.ROI_HEADS, "LABELS_OVERLAP_THRESH_TEST", 0.5)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_DELTA", 1.0)
 

@@ -120,12 +120,16 @@ def instances_to_label_volume(
     image_shape: Optional[Sequence[int]] = None,
     threshold: float = 0.5,
     score_threshold: float = 0.0,
+    overlap_threshold: float = 0.5,
 ) -> torch.Tensor:
     """
     Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``. Instances are
     pasted in decreasing score and a voxel keeps the first (highest-score) instance that claims
     it. Without ``pred_masks`` every voxel of the box is claimed. Instances scoring below
-    ``score_threshold`` are left out (their label does not occur).
+    ``score_threshold`` are left out (their label does not occur), and so is an instance whose
+    mask is claimed by higher-scoring ones for more than ``overlap_threshold`` of its voxels
+    (as Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
+    another class, would otherwise leave its rim behind as a spurious object.
 
     Args:
         instances: ``pred_boxes``, ``scores`` and optionally ``pred_masks`` (N, *M), boxes in the
@@ -133,6 +137,8 @@ def instances_to_label_volume(
         image_shape: spatial shape of the output; default ``instances.image_size``.
         threshold: mask probability threshold.
         score_threshold: the score an instance needs to be pasted.
+        overlap_threshold: the largest fraction of an instance's voxels that may already be
+            claimed for it to be pasted; 1.0 pastes every instance that has a free voxel.
 
     Returns:
         Tensor: int32 ``image_shape`` volume, on the instances' device.
@@ -158,5 +164,10 @@ def instances_to_label_volume(
             slices = tuple(slice(lo, hi) for lo, hi in clipped)
             local = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
         region = labels[slices]  # a view: writing into it writes into labels
-        region[local.to(region.device) & (region == 0)] = i + 1
+        local = local.to(region.device)
+        size = int(local.sum())
+        free = local & (region == 0)
+        if size == 0 or int(free.sum()) < (1.0 - overlap_threshold) * size:
+            continue
+        region[free] = i + 1
     return labels

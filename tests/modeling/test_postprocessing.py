@@ -146,3 +146,27 @@ def test_label_volume_leaves_out_low_scores():
     assert (labels[2:4, 4:8, 4:8] == 2).all()
     everything = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.0)
     assert set(everything.unique().tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("overlap_threshold, kept", [(0.5, {0, 1, 3}), (0.9, {0, 1, 2, 3})])
+def test_label_volume_drops_detections_mostly_claimed_already(overlap_threshold, kept):
+    # Row 0 (score 0.9) claims x in [0, 6); row 1 (0.8, another class) re-detects the same object
+    # shifted by one voxel: 5 of its 6 columns are taken (83%), so only its rim would remain.
+    # Row 2 (0.7) overlaps row 0 by 2 of 6 columns (33%) and keeps its free part either way.
+    shape = (2, 4, 16)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(
+        torch.tensor([[0.0, 0, 0, 6, 4, 2], [1.0, 0, 0, 7, 4, 2], [4.0, 0, 0, 10, 4, 2]])
+    )
+    inst.scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = instances_to_label_volume(inst, shape, 0.5, overlap_threshold=overlap_threshold)
+    assert set(labels.unique().tolist()) == kept
+    # the reference: each voxel's label, written out
+    ref = torch.zeros(shape, dtype=torch.int32)
+    ref[..., 0:6] = 1
+    if 2 in kept:
+        ref[..., 6:7] = 2
+        ref[..., 7:10] = 3
+    else:
+        ref[..., 6:10] = 3
+    assert torch.equal(labels, ref)

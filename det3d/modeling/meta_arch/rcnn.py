@@ -172,6 +172,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ndim: int = 3,
         mask_threshold: float = 0.5,
         label_score_threshold: float = 0.0,
+        label_overlap_threshold: float = 0.5,
         freeze: Sequence[str] = (),
     ):
         """
@@ -183,6 +184,8 @@ class GeneralizedRCNN3D(_RCNNBase):
                 ``instance_labels``.
             label_score_threshold: score a detection needs to be pasted into
                 ``instance_labels`` (all detections stay in ``instances``).
+            label_overlap_threshold: a detection whose mask is claimed by higher-scoring ones
+                for more than this fraction stays out of ``instance_labels``.
             freeze: names of children to freeze (see :func:`freeze_modules`).
         """
         super().__init__(
@@ -195,6 +198,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         self.roi_heads = roi_heads
         self.mask_threshold = mask_threshold
         self.label_score_threshold = label_score_threshold
+        self.label_overlap_threshold = label_overlap_threshold
         freeze_modules(self, freeze)
 
     @classmethod
@@ -203,6 +207,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["roi_heads"] = build_roi_heads(cfg, ret["backbone"].output_shape())
         ret["mask_threshold"] = cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD
         ret["label_score_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST
+        ret["label_overlap_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
         return ret
 
     def forward(self, batched_inputs: List[Dict]):
@@ -251,7 +256,11 @@ class GeneralizedRCNN3D(_RCNNBase):
             out_size = _original_size(input_dict, image_size)
             r = detector_postprocess(results, out_size)
             labels = instances_to_label_volume(
-                r, out_size, self.mask_threshold, score_threshold=self.label_score_threshold
+                r,
+                out_size,
+                self.mask_threshold,
+                score_threshold=self.label_score_threshold,
+                overlap_threshold=self.label_overlap_threshold,
             )
             processed.append({"instances": r, "instance_labels": labels})
         return processed
