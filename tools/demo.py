@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 The det3d demo (``make demo``): trains a small 3D Mask R-CNN on synthetic microscopy volumes on the
-CPU (about 13 minutes on 2 cores), evaluates it, and draws its instances over slices of a
+CPU (about 12 minutes on 2 cores), evaluates it, and draws its instances over slices of a
 validation volume.
 
 .. code-block:: none
@@ -9,6 +9,9 @@ validation volume.
     python tools/demo.py                                    # train + evaluate + picture
     python tools/demo.py --eval-only MODEL.WEIGHTS output/demo/model_final.pth
     python tools/demo.py --resume                           # continue an interrupted demo
+
+Run again over an earlier run's ``OUTPUT_DIR``, it continues that run (a finished one is only
+evaluated again) instead of overwriting its checkpoints; remove the folder to train afresh.
 
 Every ``tools/train_net.py`` flag and ``KEY VALUE`` override works here too. Outputs go to
 ``OUTPUT_DIR`` (default ``./output/demo``): checkpoints, ``metrics.json``, ``log.txt``,
@@ -108,7 +111,15 @@ def main(args):
         results = train_net.Trainer.test(cfg, model)
     else:
         trainer = train_net.Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
+        resume = args.resume or trainer.checkpointer.has_checkpoint()
+        if resume and not args.resume:
+            # A second `make demo` continues (or, when finished, re-evaluates) the first run's
+            # model rather than overwrite its checkpoints.
+            logger.info(
+                "%s holds an earlier demo run: continuing it (remove the folder to train afresh)",
+                cfg.OUTPUT_DIR,
+            )
+        trainer.resume_or_load(resume=resume)
         results = trainer.train()
         model = trainer.model
 

@@ -271,8 +271,17 @@ class DefaultTrainer(TrainerBase):
         """
         With ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``: restores the model, optimizer,
         scheduler, hook states and iteration from it, and training continues at the next
-        iteration. Otherwise loads ``MODEL.WEIGHTS`` (model only; may be "") and starts at 0.
+        iteration. Otherwise loads ``MODEL.WEIGHTS`` (model only; may be "") and starts at 0;
+        then ``OUTPUT_DIR`` must not hold an earlier run's checkpoints, which training from
+        iteration 0 would overwrite (:class:`FileExistsError` names them).
         """
+        if not resume and self.checkpointer.has_checkpoint():
+            raise FileExistsError(
+                f"OUTPUT_DIR {self.cfg.OUTPUT_DIR!r} already holds the checkpoints of an earlier "
+                f"run (last: {self.checkpointer.get_checkpoint_file() or 'last_checkpoint'}); "
+                "training from iteration 0 would overwrite them. Pass --resume to continue that "
+                "run, or choose another OUTPUT_DIR (or remove its checkpoints) to start afresh."
+            )
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             # The checkpoint holds the iteration that had just finished.

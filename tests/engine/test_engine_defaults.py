@@ -217,3 +217,16 @@ def test_resume_of_a_finished_run_only_evaluates(tmp_path):
     assert again.start_iter == 4
     assert again.train() == {"val": {"score": 1.0}}
     assert calls == [1] and again.iter == 4
+
+
+def test_fresh_run_refuses_to_overwrite_an_earlier_runs_checkpoints(tmp_path):
+    cfg = _cfg(tmp_path, MAX_ITER=4)
+    first = DummyTrainer(cfg)
+    first.resume_or_load(resume=False)
+    first.train()
+    saved = {p.name: p.read_bytes() for p in tmp_path.glob("model_*.pth")}
+    assert "model_final.pth" in saved
+    again = DummyTrainer(cfg)
+    with pytest.raises(FileExistsError, match="model_final.pth.*--resume"):
+        again.resume_or_load(resume=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("model_*.pth")} == saved

@@ -49,3 +49,14 @@ def test_demo_trains_evaluates_and_draws(demo, tmp_path, capsys):
         assert labels.shape == (record["depth"], record["height"], record["width"])
     out = capsys.readouterr().out
     assert "seg/SEG" in out and str(predictions) in out
+
+    # Run again over the same OUTPUT_DIR: the finished run is evaluated again, not retrained, and
+    # its checkpoints stay as they were.
+    final = tmp_path / "out" / "model_final.pth"
+    before = (final.read_bytes(), final.stat().st_mtime_ns)
+    again = demo.main(default_argument_parser().parse_args(
+        ["--config-file", INSTANT, "OUTPUT_DIR", str(tmp_path / "out"),
+         "SYNTHETIC.ROOT", str(tmp_path / "data"), "SOLVER.MAX_ITER", "2"]
+    ))  # fmt: skip
+    assert (final.read_bytes(), final.stat().st_mtime_ns) == before
+    assert again["seg"] == results["seg"]
