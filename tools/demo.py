@@ -99,7 +99,20 @@ def main(args):
         args.config_file = DEFAULT_CONFIG
     if "OUTPUT_DIR" not in (args.opts or [])[::2]:
         args.opts = list(args.opts or []) + ["OUTPUT_DIR", os.path.join("output", "demo")]
+    keys = list(args.opts[::2])
+    output_dir = args.opts[2 * (len(keys) - 1 - keys[::-1].index("OUTPUT_DIR")) + 1]
+    # A second `make demo` continues (or, when finished, re-evaluates) the first run rather than
+    # overwrite its checkpoints.
+    continuing = not (args.resume or args.eval_only) and os.path.isfile(
+        os.path.join(output_dir, "last_checkpoint")
+    )
+    args.resume = args.resume or continuing
     cfg = train_net.setup(args)
+    if continuing:
+        logger.info(
+            "%s holds an earlier demo run: continuing it (remove the folder to train afresh)",
+            cfg.OUTPUT_DIR,
+        )
 
     if args.eval_only:
         model = train_net.Trainer.build_model(cfg)
@@ -111,15 +124,7 @@ def main(args):
         results = train_net.Trainer.test(cfg, model)
     else:
         trainer = train_net.Trainer(cfg)
-        resume = args.resume or trainer.checkpointer.has_checkpoint()
-        if resume and not args.resume:
-            # A second `make demo` continues (or, when finished, re-evaluates) the first run's
-            # model rather than overwrite its checkpoints.
-            logger.info(
-                "%s holds an earlier demo run: continuing it (remove the folder to train afresh)",
-                cfg.OUTPUT_DIR,
-            )
-        trainer.resume_or_load(resume=resume)
+        trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
         model = trainer.model
 

@@ -6,6 +6,7 @@ from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 from . import hooks  # isort: skip
 from .defaults import (  # isort: skip
     DefaultTrainer,
+    check_no_earlier_run,
     create_ddp_model,
     default_argument_parser,
     default_setup,

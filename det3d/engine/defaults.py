@@ -28,6 +28,7 @@ from . import hooks
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = [
+    "check_no_earlier_run",
     "create_ddp_model",
     "default_argument_parser",
     "default_setup",
@@ -111,22 +112,61 @@ Run on multiple machines:
     return parser
 
 
+def check_no_earlier_run(output_dir: str) -> None:
+    """
+    Raises :class:`FileExistsError` when ``output_dir`` holds the checkpoints of an earlier run
+    (a ``last_checkpoint`` file), which a run starting from iteration 0 would overwrite.
+    """
+    tag = os.path.join(output_dir, "last_checkpoint") if output_dir else ""
+    if not tag or not os.path.isfile(tag):
+        return
+    with open(tag) as f:
+        last = f.read().strip() or "last_checkpoint"
+    raise FileExistsError(
+        f"OUTPUT_DIR {output_dir!r} already holds the checkpoints of an earlier run (last: "
+        f"{os.path.join(output_dir, last)}); training from iteration 0 would overwrite them. Pass "
+        "--resume to continue that run, or choose another OUTPUT_DIR (or remove its checkpoints) "
+        "to start afresh."
+    )
+
+
+def _keep_earlier_config(path: str, dumped: str) -> Optional[str]:
+    """Renames an existing, different ``config.yaml`` to ``config.<k>.yaml``; returns that name."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        if f.read() == dumped:
+            return None
+    root, ext = os.path.splitext(path)
+    k = 1
+    while os.path.exists(f"{root}.{k}{ext}"):
+        k += 1
+    os.replace(path, f"{root}.{k}{ext}")
+    return f"{root}.{k}{ext}"
+
+
 def default_setup(cfg, args) -> None:
     """
     What every run does first:
 
-    1. creates ``cfg.OUTPUT_DIR``; sets up the ``det3d`` and ``fvcore`` loggers (console on the
-       main rank, ``OUTPUT_DIR/log.txt`` on every rank);
-    2. logs the environment (``collect_env_info``), the command line and the config, and writes
-       the full config to ``OUTPUT_DIR/config.yaml`` (main rank);
-    3. seeds python / numpy / torch with ``cfg.SEED + rank`` (``SEED < 0``: a random seed, logged);
-    4. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only).
+    1. a training run without ``--resume`` checks that ``OUTPUT_DIR`` holds no earlier run's
+       checkpoints (:func:`check_no_earlier_run`), before anything is written there;
+    2. creates ``cfg.OUTPUT_DIR``; sets up the ``det3d`` and ``fvcore`` loggers (console on the
+       main rank, ``OUTPUT_DIR/log.txt`` on every rank, appended to);
+    3. logs the environment (``collect_env_info``), the command line and the config, and writes
+       the full config to ``OUTPUT_DIR/config.yaml`` (main rank; a different ``config.yaml``
+       already there, e.g. the training run's before an ``--eval-only`` run, is kept as
+       ``config.<k>.yaml``);
+    4. seeds python / numpy / torch with ``cfg.SEED + rank`` (``SEED < 0``: a random seed, logged);
+    5. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only).
 
     Args:
         cfg (CfgNode): the full config.
         args (argparse.Namespace): the parsed command line (``config_file``, ``eval_only``, ...).
     """
     output_dir = cfg.OUTPUT_DIR
+    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
+        check_no_earlier_run(output_dir)
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()  # other ranks write their logs into the directory rank 0 created
@@ -146,6 +186,9 @@ def default_setup(cfg, args) -> None:
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         dumped = cfg.dump()
+        kept = _keep_earlier_config(path, dumped)
+        if kept:
+            logger.info(f"The earlier, different {path} is kept as {kept}")
         atomic_write(path, lambda f: f.write(dumped), mode="w")
         logger.info(f"Full config saved to {path}")
     logger.info(f"Running with full config:\n{cfg.dump()}")
@@ -275,13 +318,8 @@ class DefaultTrainer(TrainerBase):
         then ``OUTPUT_DIR`` must not hold an earlier run's checkpoints, which training from
         iteration 0 would overwrite (:class:`FileExistsError` names them).
         """
-        if not resume and self.checkpointer.has_checkpoint():
-            raise FileExistsError(
-                f"OUTPUT_DIR {self.cfg.OUTPUT_DIR!r} already holds the checkpoints of an earlier "
-                f"run (last: {self.checkpointer.get_checkpoint_file() or 'last_checkpoint'}); "
-                "training from iteration 0 would overwrite them. Pass --resume to continue that "
-                "run, or choose another OUTPUT_DIR (or remove its checkpoints) to start afresh."
-            )
+        if not resume:
+            check_no_earlier_run(self.cfg.OUTPUT_DIR)
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             # The checkpoint holds the iteration that had just finished.

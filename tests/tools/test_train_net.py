@@ -129,6 +129,32 @@ def test_resume_continues_with_saved_state(synthetic_root, tmp_path):
     assert final["iteration"] == 4
 
 
+def test_new_run_into_an_earlier_runs_output_dir_writes_nothing(instant_run, synthetic_root):
+    out, _ = instant_run
+    before = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))
+              if os.path.isfile(os.path.join(out, f))}  # fmt: skip
+    with pytest.raises(FileExistsError, match="model_final.pth.*--resume"):
+        train_net.main(_args(INSTANT, "OUTPUT_DIR", out, "SYNTHETIC.ROOT", synthetic_root))
+    after = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))
+             if os.path.isfile(os.path.join(out, f))}  # fmt: skip
+    assert after == before  # checkpoints, config.yaml and log.txt untouched
+
+
+def test_eval_only_into_the_training_dir_keeps_its_config(instant_run, synthetic_root):
+    out, _ = instant_run
+    with open(os.path.join(out, "config.yaml")) as f:
+        training_config = f.read()
+    opts = ["OUTPUT_DIR", out, "SYNTHETIC.ROOT", synthetic_root]
+    weights = os.path.join(out, "model_final.pth")
+    train_net.main(_args(INSTANT, *opts, "MODEL.WEIGHTS", weights, flags=["--eval-only"]))
+    kept = [f for f in os.listdir(out) if f.startswith("config.") and f != "config.yaml"]
+    assert len(kept) == 1
+    with open(os.path.join(out, kept[0])) as f:
+        assert f.read() == training_config
+    with open(os.path.join(out, "config.yaml")) as f:
+        assert weights in f.read()  # config.yaml is the latest run's
+
+
 def test_staged_training_rpn_then_heads_with_frozen_rpn(synthetic_root, tmp_path):
     rpn_out = str(tmp_path / "rpn")
     opts = ["OUTPUT_DIR", rpn_out, "SYNTHETIC.ROOT", synthetic_root, "SOLVER.MAX_ITER", "2"]
