@@ -1,5 +1,4 @@
 import json
-import logging
 import os
 
 import pytest
@@ -9,16 +8,7 @@ from _engine_test_utils import LinearLossModel, ListLoader, make_dataset
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_loggers():
-    """default_setup / DefaultTrainer set up the det3d and fvcore loggers; undo it afterwards."""
-    names = ("det3d", "fvcore")
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names}
-    yield
-    for n, (handlers, propagate) in saved.items():
-        logging.getLogger(n).handlers[:] = handlers
-        logging.getLogger(n).propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_det3d_loggers")  # tests/conftest.py
 
 
 class DummyTrainer(DefaultTrainer):

@@ -5,7 +5,6 @@ the tiny synthetic splits, evaluate, reload with --eval-only, resume, and run a 
 
 import importlib.util
 import json
-import logging
 import math
 import os
 
@@ -19,15 +18,7 @@ INSTANT = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R18_FPN_3d
 RPN_INSTANT = os.path.join(ROOT, "configs", "quick_schedules", "rpn_R18_FPN_3d_instant_test.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_loggers():
-    """default_setup / DefaultTrainer set up the det3d and fvcore loggers; undo it afterwards."""
-    names = ("det3d", "fvcore")
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names}
-    yield
-    for n, (handlers, propagate) in saved.items():
-        logging.getLogger(n).handlers[:] = handlers
-        logging.getLogger(n).propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_det3d_loggers")  # tests/conftest.py
 
 
 def _load_train_net():
