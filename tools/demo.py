@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_net  # noqa: E402  (tools/train_net.py: setup, Trainer)
 
-from det3d.checkpoint import DetectionCheckpointer  # noqa: E402
+from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file  # noqa: E402
 from det3d.data import (  # noqa: E402
     DatasetCatalog,
     build_detection_test_loader,
@@ -99,13 +99,10 @@ def main(args):
         args.config_file = DEFAULT_CONFIG
     if "OUTPUT_DIR" not in (args.opts or [])[::2]:
         args.opts = list(args.opts or []) + ["OUTPUT_DIR", os.path.join("output", "demo")]
-    keys = list(args.opts[::2])
-    output_dir = args.opts[2 * (len(keys) - 1 - keys[::-1].index("OUTPUT_DIR")) + 1]
+    output_dir = dict(zip(args.opts[::2], args.opts[1::2]))["OUTPUT_DIR"]  # the last one given
     # A second `make demo` continues (or, when finished, re-evaluates) the first run rather than
     # overwrite its checkpoints.
-    continuing = not (args.resume or args.eval_only) and os.path.isfile(
-        os.path.join(output_dir, "last_checkpoint")
-    )
+    continuing = not (args.resume or args.eval_only) and bool(last_checkpoint_file(output_dir))
     args.resume = args.resume or continuing
     cfg = train_net.setup(args)
     if continuing:

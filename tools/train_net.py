@@ -17,7 +17,7 @@ checkpointing, DDP) comes from the config.
 import logging
 import os
 
-from det3d.checkpoint import DetectionCheckpointer
+from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from det3d.evaluation import (
@@ -113,8 +113,7 @@ def main(args):
     cfg = setup(args)
 
     if args.eval_only:
-        has_last = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-        if not cfg.MODEL.WEIGHTS and not (args.resume and has_last):
+        if not cfg.MODEL.WEIGHTS and not (args.resume and last_checkpoint_file(cfg.OUTPUT_DIR)):
             raise ValueError(
                 "--eval-only needs weights: give MODEL.WEIGHTS path/to/model.pth (or --resume "
                 f"with a last_checkpoint in OUTPUT_DIR={cfg.OUTPUT_DIR!r})"

@@ -2,6 +2,17 @@
 
 from fvcore.common.checkpoint import PeriodicCheckpointer
 
-from .detection_checkpoint import CheckpointError, DetectionCheckpointer, atomic_write
+from .detection_checkpoint import (
+    CheckpointError,
+    DetectionCheckpointer,
+    atomic_write,
+    last_checkpoint_file,
+)
 
-__all__ = ["DetectionCheckpointer", "PeriodicCheckpointer", "CheckpointError", "atomic_write"]
+__all__ = [
+    "DetectionCheckpointer",
+    "PeriodicCheckpointer",
+    "CheckpointError",
+    "atomic_write",
+    "last_checkpoint_file",
+]

@@ -22,11 +22,29 @@ from torch.nn.parallel import DistributedDataParallel
 from det3d.utils import comm
 from det3d.utils.file_io import atomic_write
 
-__all__ = ["DetectionCheckpointer", "CheckpointError", "atomic_write"]
+__all__ = ["DetectionCheckpointer", "CheckpointError", "atomic_write", "last_checkpoint_file"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not hold what a checkpoint should."""
+
+
+def last_checkpoint_file(save_dir: str) -> str:
+    """
+    The checkpoint a run saved last in ``save_dir`` (named in its ``last_checkpoint`` tag), or ""
+    when ``save_dir`` holds no run's checkpoints. An empty tag raises :class:`CheckpointError`.
+    """
+    if not save_dir:
+        return ""
+    tag = os.path.join(save_dir, "last_checkpoint")
+    try:
+        with open(tag) as f:
+            last_saved = f.read().strip()
+    except OSError:
+        return ""
+    if not last_saved:
+        raise CheckpointError(f"{tag!r} is empty: it should name the last checkpoint file")
+    return os.path.join(save_dir, last_saved)
 
 
 class DetectionCheckpointer(Checkpointer):
@@ -130,15 +148,7 @@ class DetectionCheckpointer(Checkpointer):
 
     def get_checkpoint_file(self) -> str:
         """The file named in ``<save_dir>/last_checkpoint``; "" if there is none."""
-        tag = os.path.join(self.save_dir, "last_checkpoint")
-        try:
-            with open(tag) as f:
-                last_saved = f.read().strip()
-        except OSError:
-            return ""
-        if not last_saved:
-            raise CheckpointError(f"{tag!r} is empty: it should name the last checkpoint file")
-        return os.path.join(self.save_dir, last_saved)
+        return last_checkpoint_file(self.save_dir)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from det3d.checkpoint import DetectionCheckpointer
+from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
 from det3d.solver import build_lr_scheduler, build_optimizer
 from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
@@ -117,17 +117,13 @@ def check_no_earlier_run(output_dir: str) -> None:
     Raises :class:`FileExistsError` when ``output_dir`` holds the checkpoints of an earlier run
     (a ``last_checkpoint`` file), which a run starting from iteration 0 would overwrite.
     """
-    tag = os.path.join(output_dir, "last_checkpoint") if output_dir else ""
-    if not tag or not os.path.isfile(tag):
-        return
-    with open(tag) as f:
-        last = f.read().strip() or "last_checkpoint"
-    raise FileExistsError(
-        f"OUTPUT_DIR {output_dir!r} already holds the checkpoints of an earlier run (last: "
-        f"{os.path.join(output_dir, last)}); training from iteration 0 would overwrite them. Pass "
-        "--resume to continue that run, or choose another OUTPUT_DIR (or remove its checkpoints) "
-        "to start afresh."
-    )
+    last = last_checkpoint_file(output_dir)
+    if last:
+        raise FileExistsError(
+            f"OUTPUT_DIR {output_dir!r} already holds the checkpoints of an earlier run (last: "
+            f"{last}); training from iteration 0 would overwrite them. Pass --resume to continue "
+            "that run, or choose another OUTPUT_DIR (or remove its checkpoints) to start afresh."
+        )
 
 
 def _keep_earlier_config(path: str, dumped: str) -> Optional[str]:
