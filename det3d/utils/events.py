@@ -21,6 +21,7 @@ from fvcore.common.history_buffer import HistoryBuffer
 
 __all__ = [
     "get_event_storage",
+    "current_event_storage",
     "EventStorage",
     "EventWriter",
     "JSONWriter",
@@ -41,6 +42,14 @@ def get_event_storage() -> "EventStorage":
         _CURRENT_STORAGE_STACK
     ), "get_event_storage() has to be called inside a 'with EventStorage(...)' context!"
     return _CURRENT_STORAGE_STACK[-1]
+
+
+def current_event_storage() -> Optional["EventStorage"]:
+    """
+    The open ``EventStorage``, or None outside a training loop (tests, notebooks, inference).
+    Code that reports training statistics asks this first, and skips computing them on None.
+    """
+    return _CURRENT_STORAGE_STACK[-1] if _CURRENT_STORAGE_STACK else None
 
 
 class EventStorage:

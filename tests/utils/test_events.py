@@ -8,9 +8,20 @@ from det3d.utils.events import (
     EventStorage,
     JSONWriter,
     TensorboardXWriter,
+    current_event_storage,
     get_event_storage,
 )
 from det3d.utils.logger import log_every_n, log_first_n, setup_logger
+
+
+def test_current_event_storage_is_none_outside_training():
+    assert current_event_storage() is None
+    with EventStorage(start_iter=0) as outer:
+        assert current_event_storage() is outer
+        with EventStorage(start_iter=0) as inner:
+            assert current_event_storage() is inner
+        assert current_event_storage() is outer
+    assert current_event_storage() is None
 
 
 def test_storage_history_latest_and_smoothing():

@@ -8,6 +8,7 @@ from torch import nn
 from det3d.config import configurable
 from det3d.layers import CLS_LOSS_TYPES, Conv, ShapeSpec, cat, classification_loss
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+from det3d.utils.events import current_event_storage
 
 from ..anchor_generator import build_anchor_generator
 from ..box_regression import (
@@ -396,11 +397,8 @@ class RPN3D(nn.Module):
 
     @staticmethod
     def _log_anchor_counts(pos_mask: torch.Tensor, neg_mask: torch.Tensor, num_images: int) -> None:
-        try:
-            from det3d.utils.events import get_event_storage
-
-            storage = get_event_storage()
-        except (ImportError, AssertionError):  # no trainer around (tests, notebooks)
+        storage = current_event_storage()
+        if storage is None:
             return
         storage.put_scalar("rpn/num_pos_anchors", pos_mask.sum().item() / num_images)
         storage.put_scalar("rpn/num_neg_anchors", neg_mask.sum().item() / num_images)

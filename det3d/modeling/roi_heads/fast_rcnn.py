@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from det3d.config import configurable
 from det3d.layers import CLS_LOSS_TYPES, ShapeSpec, batched_nms, cat, classification_loss
 from det3d.structures import Boxes, Instances
+from det3d.utils.events import current_event_storage
 
 from ..box_regression import (
     BOX_REG_LOSS_TYPES,
@@ -28,13 +29,8 @@ logger = logging.getLogger(__name__)
 
 def _log_classification_stats(scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
     """Accuracy of the sampled RoIs (all, foreground, background) to the trainer's storage."""
-    if gt_classes.numel() == 0:
-        return
-    try:
-        from det3d.utils.events import get_event_storage
-
-        storage = get_event_storage()
-    except (ImportError, AssertionError):  # no trainer around
+    storage = current_event_storage()
+    if storage is None or gt_classes.numel() == 0:
         return
     bg_class = scores.shape[1] - 1
     pred = scores.detach().argmax(dim=1)

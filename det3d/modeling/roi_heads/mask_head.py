@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from det3d.config import configurable
 from det3d.layers import ShapeSpec, cat, conv_nd, conv_norm_relu_stack, conv_transpose_nd, dice_loss
 from det3d.structures import Instances
+from det3d.utils.events import current_event_storage
 
 from ..registries import ROI_MASK_HEAD_REGISTRY
 
@@ -26,11 +27,8 @@ _MASK_LOSS_TYPES = ("bce", "bce_dice")
 
 def _log_mask_stats(logits: torch.Tensor, gt_masks: torch.Tensor) -> None:
     """Voxel accuracy and mean hard Dice of the predicted masks, to the trainer's storage."""
-    try:
-        from det3d.utils.events import get_event_storage
-
-        storage = get_event_storage()
-    except (ImportError, AssertionError):  # no trainer around
+    storage = current_event_storage()
+    if storage is None:
         return
     pred = (logits.detach() > 0).flatten(1)
     gt = gt_masks.flatten(1) > 0.5

@@ -13,6 +13,7 @@ from det3d.config import configurable
 from det3d.layers import ShapeSpec, nonzero_tuple
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
 from det3d.utils.axes import per_axis
+from det3d.utils.events import current_event_storage
 
 from ..matcher import Matcher
 from ..poolers import ROIPooler
@@ -58,18 +59,6 @@ def select_foreground_proposals(
         fg_proposals.append(p[nonzero_tuple(fg)[0]])
         fg_masks.append(fg)
     return fg_proposals, fg_masks
-
-
-def _put_scalars(scalars: Dict[str, float]) -> None:
-    """Logs to the trainer's EventStorage when there is one (not in tests or notebooks)."""
-    try:
-        from det3d.utils.events import get_event_storage
-
-        storage = get_event_storage()
-    except (ImportError, AssertionError):
-        return
-    for name, value in scalars.items():
-        storage.put_scalar(name, value)
 
 
 def _pooler_scales(input_shape: Dict[str, ShapeSpec], in_features: List[str], ndim: int):
@@ -211,12 +200,10 @@ class ROIHeads3D(nn.Module):
             num_bg.append(int((gt_classes == self.num_classes).sum().item()))
             num_fg.append(len(gt_classes) - num_bg[-1])
             sampled_proposals.append(proposals_per_image)
-        _put_scalars(
-            {
-                "roi_head/num_fg_samples": sum(num_fg) / max(len(num_fg), 1),
-                "roi_head/num_bg_samples": sum(num_bg) / max(len(num_bg), 1),
-            }
-        )
+        storage = current_event_storage()
+        if storage is not None:
+            storage.put_scalar("roi_head/num_fg_samples", sum(num_fg) / max(len(num_fg), 1))
+            storage.put_scalar("roi_head/num_bg_samples", sum(num_bg) / max(len(num_bg), 1))
         return sampled_proposals
 
     def forward(
