@@ -58,10 +58,7 @@ def _shape_inside(
         return r2 <= 1.0
     # blob: an ellipsoid whose radius varies smoothly with direction
     norm = np.sqrt(r2) + 1e-9
-    d = q / norm
-    freq, phase, amp = lumps[:, :3], lumps[:, 3], lumps[:, 4]
-    rad = 1.0 + (amp[:, None] * np.sin(freq @ d + phase[:, None])).sum(axis=0)
-    return norm <= rad
+    return norm <= _lobe_radius(lumps, q / norm)
 
 
 def _random_lumps(rng: np.random.Generator) -> np.ndarray:
@@ -78,6 +75,12 @@ def _random_lumps(rng: np.random.Generator) -> np.ndarray:
         ],
         axis=1,
     )
+
+
+def _lobe_radius(lumps: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """A blob's radius factor along each of the (3, N) unit ``directions``: (N,)."""
+    freq, phase, amp = lumps[:, :3], lumps[:, 3], lumps[:, 4]
+    return 1.0 + (amp[:, None] * np.sin(freq @ directions + phase[:, None])).sum(axis=0)
 
 
 def _fibonacci_sphere(n: int = 2000) -> np.ndarray:
@@ -97,9 +100,7 @@ def _lobe_scale(lumps: np.ndarray) -> float:
     Largest radius factor of a blob over all directions (the lobes are smooth, so a dense set of
     directions plus 5% finds it), rather than the loose bound 1 + sum of amplitudes.
     """
-    freq, phase, amp = lumps[:, :3], lumps[:, 3], lumps[:, 4]
-    rad = 1.0 + (amp[:, None] * np.sin(freq @ _DIRECTIONS + phase[:, None])).sum(axis=0)
-    return float(rad.max() * 1.05)
+    return float(_lobe_radius(lumps, _DIRECTIONS).max() * 1.05)
 
 
 class _Object:
