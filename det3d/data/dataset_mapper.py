@@ -4,12 +4,13 @@
 
 import copy
 import logging
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from det3d.config import configurable
+from det3d.utils.axes import per_axis
 
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
 from .io import read_volume
@@ -111,7 +112,7 @@ class DatasetMapper3D:
         augmentations: Sequence[Augmentation] = (),
         norm_percentiles: Sequence[float] = (1.0, 99.8),
         target_spacing: Sequence[float] = (),
-        crop_size: Sequence[int] = (),
+        crop_size: Union[int, Sequence[int]] = (),
         crop_min_visible_fraction: float = 0.25,
         min_instance_voxels: int = 8,
         in_channels: Optional[int] = None,
@@ -122,19 +123,19 @@ class DatasetMapper3D:
         self.augmentations = list(augmentations)
         self.norm_percentiles = tuple(norm_percentiles)
         self.target_spacing = tuple(float(s) for s in target_spacing)
-        self.crop_size = tuple(int(c) for c in crop_size)
         self.crop_min_visible_fraction = float(crop_min_visible_fraction)
         self.min_instance_voxels = int(min_instance_voxels)
         self.in_channels = in_channels
         if spatial_dims not in (2, 3):
             raise ValueError(f"DatasetMapper3D: spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
-        if self.crop_size and len(self.crop_size) == 1:
-            self.crop_size = self.crop_size * spatial_dims
-        if self.crop_size and len(self.crop_size) != spatial_dims:
-            raise ValueError(
-                f"DatasetMapper3D: crop_size {self.crop_size} needs {spatial_dims} values"
-            )
+        # an int is one size for every axis; [] or 0: no crop
+        crop = (
+            per_axis(crop_size, spatial_dims, "DatasetMapper3D crop_size (INPUT.CROP_SIZE)")
+            if _given(crop_size)
+            else ()
+        )
+        self.crop_size = tuple(int(c) for c in crop)
         self.reseed(seed)
 
     @classmethod
@@ -144,7 +145,7 @@ class DatasetMapper3D:
             "augmentations": build_augmentations(cfg, is_train),
             "norm_percentiles": cfg.INPUT.NORM_PERCENTILES,
             "target_spacing": cfg.INPUT.TARGET_SPACING,
-            "crop_size": _crop_size(cfg.INPUT.CROP_SIZE) if is_train else (),
+            "crop_size": cfg.INPUT.CROP_SIZE if is_train else (),
             "crop_min_visible_fraction": cfg.INPUT.CROP_MIN_VISIBLE_FRACTION,
             "min_instance_voxels": cfg.INPUT.MIN_INSTANCE_VOXELS,
             "in_channels": cfg.INPUT.IN_CHANNELS,
@@ -239,6 +240,6 @@ class DatasetMapper3D:
         return out
 
 
-def _crop_size(value) -> tuple:
-    """``INPUT.CROP_SIZE`` as a tuple: an int is one size for every axis, a list one per axis."""
-    return (value,) if isinstance(value, int) and value > 0 else tuple(value or ())
+def _given(value) -> bool:
+    """A per-axis size that is set: a positive int or a non-empty list."""
+    return value > 0 if isinstance(value, int) else len(value) > 0

@@ -220,3 +220,11 @@ def test_samplers_shard():
     merged = sorted(p0 + p1)
     assert sorted(i for _, i in merged[:5]) == list(range(5))  # one full permutation first
     assert firsts[0][0] == p0[0]
+
+
+def test_crop_size_is_a_per_axis_value():
+    assert DatasetMapper3D(True, crop_size=16).crop_size == (16, 16, 16)
+    assert DatasetMapper3D(True, crop_size=[8, 16, 16], spatial_dims=2).crop_size == (16, 16)
+    assert DatasetMapper3D(True, crop_size=[]).crop_size == ()
+    with pytest.raises(ValueError, match=r"crop_size.*length 2, expected 3"):
+        DatasetMapper3D(True, crop_size=[16, 16])
