@@ -74,7 +74,9 @@ def roi_align(
             (Detectron2's ``aligned=True``); False is the legacy behaviour.
 
     Returns:
-        Tensor: (K, C, *output_size), the average of the interpolated samples in every bin.
+        Tensor: (K, C, *output_size), the average of the interpolated samples in every bin, in
+        the dtype of ``input``. Under autocast, and for bfloat16 input (float16 on CPU), the
+        samples are computed in float32 (as torchvision's autocast kernel does).
     """
     if not isinstance(input, Tensor) or input.dim() not in (4, 5):
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input)
@@ -94,10 +96,32 @@ def roi_align(
     if spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be > 0, got {spatial_scale}")
     output_size = _output_size_tuple(output_size, ndim)
-    rois = rois.to(dtype=input.dtype)
+    dtype = input.dtype
+    if _needs_float32(input):
+        # As torchvision's autocast kernel of roi_align: interpolate in float32 (the kernels have
+        # no bfloat16, and CPU none in float16) and hand back the caller's dtype. The casts are
+        # differentiable, so the backward pass runs in float32 too.
+        with torch.autocast(input.device.type, enabled=False):
+            out = _ROIAlignFunction.apply(
+                input.float(),
+                rois.float(),
+                output_size,
+                float(spatial_scale),
+                int(sampling_ratio),
+                bool(aligned),
+            )
+        return out.to(dtype)
+    rois = rois.to(dtype=dtype)
     return _ROIAlignFunction.apply(
         input, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )
+
+
+def _needs_float32(input: Tensor) -> bool:
+    """True under autocast and for the reduced-precision dtypes the compiled kernels lack."""
+    if input.dtype in (torch.float32, torch.float64):
+        return torch.is_autocast_enabled(input.device.type)
+    return input.dtype == torch.bfloat16 or input.device.type == "cpu"
 
 
 class ROIAlign(nn.Module):
