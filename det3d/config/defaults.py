@@ -307,6 +307,10 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
+    # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a
+    # mask reaches past a box that cut its object short (3D boxes regressed from low-contrast
+    # volumes often do); 1.0 = the box itself, as in Detectron2.
+    _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND", 1.0)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)
