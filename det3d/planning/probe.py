@@ -10,9 +10,9 @@ __all__ = ["measure_iteration_time"]
 def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     """
     Trains the model of ``cfg`` for ``warmup + iters`` iterations on batches of its training data
-    and returns the median seconds of the last ``iters`` (forward, backward and optimizer step;
-    in training, batches are loaded by worker processes meanwhile). Nothing is written; the
-    process's torch random state is restored afterwards.
+    and returns the median seconds of the last ``iters``: loading a batch (in this process, so
+    the figure is an upper bound for training with loader workers), forward, backward and
+    optimizer step. Nothing is written; the process's torch random state is restored afterwards.
 
     Args:
         cfg: a det3d config with ``DATASETS.TRAIN``.
@@ -32,8 +32,8 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     times = []
     try:
         for i in range(warmup + iters):
-            data = next(loader)
             start = time.perf_counter()
+            data = next(loader)
             losses = model(data)
             loss = sum(losses.values())
             optimizer.zero_grad()
