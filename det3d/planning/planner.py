@@ -302,7 +302,8 @@ def plan_config(
     _plan_input(fingerprint, plan, sizes, z_cum)
     plan.set("MODEL.ROI_HEADS.NUM_CLASSES", int(num_classes), "the dataset's classes")
     if seconds_per_iter:
-        iters = int(budget_minutes * 60 * 0.9 / seconds_per_iter) // 50 * 50
+        iters = int(budget_minutes * 60 * 0.9 / seconds_per_iter)
+        iters = max(iters // 50 * 50 if iters >= 200 else iters, 1)
         plan.set(
             "SOLVER.MAX_ITER",
             iters,
