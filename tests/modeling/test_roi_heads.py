@@ -280,3 +280,26 @@ def test_expand_boxes_about_their_centres():
     b = torch.tensor([[0.0, 2, 4, 10, 6, 8]])
     assert torch.equal(expand_boxes(b, 1.5), torch.tensor([[-2.5, 1, 3, 12.5, 7, 9]]))
     assert expand_boxes(b, 1.0) is b
+
+
+def test_mask_branch_trains_on_a_capped_number_of_foreground_rois():
+    torch.manual_seed(0)
+    shape = (16, 32, 32)
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 3
+    feats, shapes = _features(3, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(x=i[0], inst=i[1]))
+    heads.mask_train_rois = 0
+    heads(images, feats, _proposals(targets), targets)
+    assert len(seen["inst"][0]) > 3  # without the cap, more foreground RoIs
+    heads.mask_train_rois = 3
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    assert len(inst) == 3 == seen["x"].shape[0]
+    assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    assert torch.isfinite(losses["loss_mask"])

@@ -239,6 +239,7 @@ class StandardROIHeads3D(ROIHeads3D):
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
         mask_box_expand: float = 1.0,
+        mask_train_rois: int = 0,
         train_on_pred_boxes: bool = False,
         **kwargs,
     ):
@@ -251,6 +252,8 @@ class StandardROIHeads3D(ROIHeads3D):
                 factor about their centres (in training the proposals', at inference the
                 detections'), so a mask can reach past a box that cut its object short; the
                 detections then carry ``pred_mask_boxes``.
+            mask_train_rois: in training, the mask branch runs on at most this many foreground
+                RoIs per image, drawn at random (0 = all, as Detectron2).
             train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
             kwargs: see :class:`ROIHeads3D`.
         """
@@ -269,6 +272,7 @@ class StandardROIHeads3D(ROIHeads3D):
                 f"MODEL.ROI_MASK_HEAD.BOX_EXPAND must be >= 1.0, got {mask_box_expand}"
             )
         self.mask_box_expand = float(mask_box_expand)
+        self.mask_train_rois = int(mask_train_rois)
         self.train_on_pred_boxes = train_on_pred_boxes
 
     @classmethod
@@ -315,6 +319,7 @@ class StandardROIHeads3D(ROIHeads3D):
         return {
             "mask_in_features": in_features,
             "mask_box_expand": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND,
+            "mask_train_rois": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
             "mask_pooler": mask_pooler,
             "mask_head": build_mask_head(cfg, ShapeSpec(channels=channels)),
         }
@@ -382,6 +387,20 @@ class StandardROIHeads3D(ROIHeads3D):
             return {} if self.training else instances
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
+            if self.mask_train_rois > 0:
+                # a random subset: the mask branch is the dearest part of a 3D training step
+                instances = [
+                    (
+                        x[
+                            torch.randperm(len(x), device=x.proposal_boxes.device)[
+                                : self.mask_train_rois
+                            ]
+                        ]
+                        if len(x) > self.mask_train_rois
+                        else x
+                    )
+                    for x in instances
+                ]
             boxes = [x.proposal_boxes for x in instances]
         else:
             boxes = [x.pred_boxes for x in instances]
