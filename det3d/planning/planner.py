@@ -203,7 +203,7 @@ def _plan_anchors(fp: dict, plan: Plan, sizes: np.ndarray) -> Dict[str, Any]:
 
 def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]) -> None:
     z_ratio = anchors["z_ratio"]
-    box_res = [max(2, int(round(5 * min(z_ratio, 1.0)))), 5, 5]
+    box_res = [max(3, int(round(5 * min(z_ratio, 1.0)))), 5, 5]
     plan.set(
         "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
         box_res if box_res[0] != 5 else 5,
