@@ -313,7 +313,8 @@ def plan_config(
             f"{budget_minutes:g} minutes at {seconds_per_iter:.2f} s per iteration measured on "
             "this machine, 10% kept for evaluation",
         )
-        plan.set("SOLVER.STEPS", [int(iters * 0.85)], "one decay at 85%")
+        plan.set("SOLVER.STEPS", [int(iters * 0.85)] if iters >= 20 else [], "one decay at 85%")
+        plan.set("SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs")
     return plan
 
 
