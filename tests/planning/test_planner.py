@@ -108,8 +108,8 @@ def test_anchor_coverage_matches_explicit_iou():
 
 def test_planned_config_loads_and_says_why(iso, tmp_path):
     plan = plan_config(iso, num_classes=2, seconds_per_iter=0.5, budget_minutes=10)
-    assert plan.values["SOLVER.MAX_ITER"] == 1050  # 10 min * 0.9 / 0.5 s, whole 50s
-    assert plan.values["SOLVER.STEPS"] == [int(1050 * 0.85)]
+    assert plan.values["SOLVER.MAX_ITER"] == 950  # 10 min * 0.8 / 0.5 s, whole 50s
+    assert plan.values["SOLVER.STEPS"] == [int(950 * 0.85)]
     import os
 
     base = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-RCNN-3D-FPN.yaml")
