@@ -7,10 +7,11 @@ What is measured, on CPU (``MODEL.DEVICE`` is set to "cpu", ``MODEL.WEIGHTS`` ig
 * ``train``: the model is built, then one ``SimpleTrainer`` step (``AMPTrainer`` with
   ``SOLVER.AMP.ENABLED``; bfloat16 on CPU) runs on ``SOLVER.IMS_PER_BATCH`` synthetic volumes of
   ``input_size`` voxels (20 objects of 3 shapes each): forward, backward and the configured
-  optimizer's step, so parameters, gradients and optimizer state count. Jittered copies of the
-  ground truth join the RPN's proposals, as a trained RPN's would, so that the ROI heads'
-  sampler reaches its foreground cap (``BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION`` RoIs per
-  volume reach the mask head): the worst case, not the untrained model's few foreground RoIs.
+  optimizer's step, so parameters, gradients and optimizer state count. 16 jittered copies of
+  each ground-truth box join the proposals the ROI heads see, as a trained RPN's would (the
+  planner's probe, ``det3d.planning.probe``, does the same), so that the sampler reaches its
+  foreground cap (``BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION`` RoIs per volume, 320 at most):
+  the worst case, not the untrained model's few foreground RoIs.
 * ``inference``: the model in eval mode on one such volume under ``torch.no_grad``, with
   ``SCORE_THRESH_TEST 0`` so that the untrained model's detections reach the configured cap
   (``DETECTIONS_PER_IMAGE``): the worst case of the mask branch. Post-processing (the label
@@ -188,42 +189,6 @@ def _input_ndim(cfg) -> int:
     return 2 if cfg.MODEL.SPATIAL_DIMS == 2 and cfg.MODEL.META_ARCHITECTURE in plain else 3
 
 
-def _emulate_trained_rpn(model, inputs, cfg) -> None:
-    """
-    Appends jittered copies of the ground-truth boxes (IoU ~0.8 with their object) to the RPN's
-    training proposals, as a trained RPN proposes many boxes around each object: the sampler then
-    reaches its foreground cap ``BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION``, the worst case of
-    the mask branch. An untrained RPN's proposals would leave it at the number of objects.
-    """
-    import torch
-
-    from det3d.structures import Boxes, Instances
-
-    cap = int(cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION)
-    generator = torch.Generator().manual_seed(0)
-
-    def hook(module, args, output):
-        proposals, losses = output
-        augmented = []
-        for p, x in zip(proposals, inputs):
-            gt = x["instances"].gt_boxes.tensor
-            if len(gt) == 0 or gt.shape[1] != p.proposal_boxes.tensor.shape[1]:
-                augmented.append(p)
-                continue
-            boxes = gt.repeat(-(-cap // len(gt)) + 1, 1)
-            d = boxes.shape[1] // 2
-            sizes = (boxes[:, d:] - boxes[:, :d]).repeat(1, 2)
-            boxes = boxes + sizes * 0.1 * (torch.rand(boxes.shape, generator=generator) - 0.5)
-            extra = Instances(p.image_size)
-            extra.proposal_boxes = Boxes(boxes.to(p.proposal_boxes.tensor))
-            extra.objectness_logits = p.objectness_logits.new_full((len(boxes),), 10.0)
-            augmented.append(Instances.cat([p, extra]))
-        return augmented, losses
-
-    if hasattr(model, "roi_heads") and hasattr(model, "proposal_generator"):
-        model.proposal_generator.register_forward_hook(hook)
-
-
 def _run(args) -> dict:
     import itertools
 
@@ -232,6 +197,7 @@ def _run(args) -> dict:
     from det3d.config import get_cfg
     from det3d.engine.train_loop import AMPTrainer, SimpleTrainer
     from det3d.modeling import build_model
+    from det3d.planning.probe import _steady_state_proposals as steady_state_proposals
     from det3d.solver import build_optimizer
 
     cfg = get_cfg()
@@ -253,7 +219,9 @@ def _run(args) -> dict:
         torch.manual_seed(0)
         model = build_model(cfg)
         if training:
-            _emulate_trained_rpn(model, inputs, cfg)
+            heads = getattr(model, "roi_heads", None)
+            if heads is not None:  # the foreground RoIs a trained RPN gives (planner's probe)
+                heads.register_forward_pre_hook(steady_state_proposals, with_kwargs=True)
             optimizer = build_optimizer(cfg, model)
             loader = itertools.repeat(inputs)
             if cfg.SOLVER.AMP.ENABLED:
