@@ -13,7 +13,7 @@ from det3d.config import configurable
 from det3d.utils.axes import per_axis
 
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
-from .io import read_volume
+from .io import check_spacing, read_volume
 from .transforms import (
     AugInput,
     Augmentation,
@@ -122,7 +122,11 @@ class DatasetMapper3D:
         self.is_train = is_train
         self.augmentations = list(augmentations)
         self.norm_percentiles = tuple(norm_percentiles)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.target_spacing = (
+            check_spacing(target_spacing, "INPUT.TARGET_SPACING (target_spacing)")
+            if len(target_spacing)
+            else ()
+        )
         self.crop_min_visible_fraction = float(crop_min_visible_fraction)
         self.min_instance_voxels = int(min_instance_voxels)
         self.in_channels = in_channels
@@ -210,7 +214,7 @@ class DatasetMapper3D:
                 )
         image, labels = self._to_spatial_dims(image, labels, path)
         ndim = self.spatial_dims
-        spacing = tuple(float(s) for s in record.get("spacing", (1.0, 1.0, 1.0)))
+        spacing = check_spacing(record.get("spacing", (1.0, 1.0, 1.0)), f"{path} (record)")
         aug_input = AugInput(image, labels)
         if self.target_spacing:
             target = self.target_spacing[-ndim:]

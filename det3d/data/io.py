@@ -29,6 +29,7 @@ __all__ = [
     "volume_shape",
     "LazyVolume",
     "is_zarr_path",
+    "check_spacing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -356,13 +357,52 @@ def labels_to_int32(arr: np.ndarray, name: str = "labels") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def check_spacing(spacing, source: str) -> Tuple[float, float, float]:
+    """
+    Validates a voxel spacing where it enters det3d (registration, file metadata, the mapper).
+
+    Args:
+        spacing: ``(z, y, x)`` micrometres.
+        source: what the spacing belongs to (a file, a dataset, a config key), for the error.
+
+    Returns:
+        tuple of 3 floats.
+
+    Raises:
+        ValueError naming ``source`` and the value: not 3 numbers, or one of them not finite and
+        positive (a spacing of 0 would resample a volume to nothing).
+    """
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{source}: spacing must be 3 numbers (z, y, x) in micrometres, got {spacing!r}"
+        ) from None
+    if len(values) != 3:
+        raise ValueError(
+            f"{source}: spacing must be 3 numbers (z, y, x) in micrometres, got {spacing!r}"
+        )
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{source}: spacing {values} has a value that is not a positive number")
+    return values
+
+
 def read_spacing(path: str) -> Optional[Tuple[float, float, float]]:
     """
     Voxel spacing ``(z, y, x)`` from the file's metadata, or None where the file has none.
 
     Reads OME ``PhysicalSize{Z,Y,X}``, ImageJ ``spacing`` + the X/Y resolution tags, det3d's own
     ``spacing`` entry in tifffile's metadata, and OME-Zarr ``scale`` / a zarr ``spacing`` attribute.
+
+    Raises:
+        ValueError naming the file when the metadata hold a spacing that is not 3 positive
+        numbers (:func:`check_spacing`).
     """
+    spacing = _read_spacing(path)
+    return None if spacing is None else check_spacing(spacing, f"{path} (metadata)")
+
+
+def _read_spacing(path: str) -> Optional[Tuple[float, float, float]]:
     path = os.fspath(path)
     if is_zarr_path(path) and not path.lower().endswith(_TIFF_EXTS):
         return _zarr_spacing(_open_zarr(path, None)[1])
@@ -449,9 +489,7 @@ def write_volume(
         if array.size == 0 or (array.min() >= 0 and array.max() <= np.iinfo(np.uint16).max):
             array = array.astype(np.uint16 if array.size == 0 or array.max() > 255 else np.uint8)
     if spacing is not None:
-        spacing = tuple(float(s) for s in spacing)
-        if len(spacing) != 3:
-            raise ValueError(f"{path}: spacing must be (z, y, x), got {spacing}")
+        spacing = check_spacing(spacing, path)
     kwargs = {"compression": "zlib"} if compress else {}
 
     def write(f) -> None:

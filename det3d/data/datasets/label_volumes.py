@@ -19,7 +19,7 @@ from scipy import ndimage
 from det3d.utils.file_io import read_json
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..io import read_spacing, volume_shape
+from ..io import check_spacing, read_spacing, volume_shape
 
 __all__ = [
     "load_label_volume_dataset",
@@ -105,6 +105,8 @@ def load_label_volume_dataset(
         FileNotFoundError: a folder is missing, or an image has no label volume (named).
         ValueError: image and labels differ in shape (both files named).
     """
+    if spacing is not None:
+        spacing = check_spacing(spacing, f"{image_dir} (spacing given)")
     images = list_volume_files(image_dir)
     labels = list_volume_files(label_dir)
     if not images:
@@ -169,6 +171,8 @@ def register_label_volume_dataset(
     Registers ``name`` in :data:`DatasetCatalog` (loaded lazily) and sets its metadata
     (``thing_classes`` default ``["object"]``, ``evaluator_type`` "coco3d", dirs, spacing).
     """
+    if spacing is not None:  # refused at registration, not at the first use
+        spacing = check_spacing(spacing, f"dataset {name!r}")
     metadata = dict(metadata or {})
     metadata.setdefault("thing_classes", ["object"])
     thing_classes = metadata["thing_classes"]
