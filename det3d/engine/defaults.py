@@ -21,7 +21,7 @@ from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
 from det3d.utils.env import seed_all_rng
 from det3d.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
-from det3d.utils.file_io import atomic_write
+from det3d.utils.file_io import atomic_write, keep_aside
 from det3d.utils.logger import setup_logger
 
 from . import hooks
@@ -133,12 +133,7 @@ def _keep_earlier_config(path: str, dumped: str) -> Optional[str]:
     with open(path) as f:
         if f.read() == dumped:
             return None
-    root, ext = os.path.splitext(path)
-    k = 1
-    while os.path.exists(f"{root}.{k}{ext}"):
-        k += 1
-    os.replace(path, f"{root}.{k}{ext}")
-    return f"{root}.{k}{ext}"
+    return keep_aside(path)
 
 
 def default_setup(cfg, args) -> None:

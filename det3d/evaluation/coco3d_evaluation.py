@@ -95,7 +95,7 @@ def instances_to_coco3d_json(
 
 
 def _save_atomic(obj, path: str) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f), keep_earlier=True)
 
 
 def _nan_to_none(x):
@@ -270,9 +270,12 @@ class COCO3DEvaluator(DatasetEvaluator):
         if self._output_dir:
             from det3d.utils.file_io import write_json_atomic
 
-            write_json_atomic(os.path.join(self._output_dir, "coco3d_instances_results.json"), dts)
+            out_dir = self._output_dir
             write_json_atomic(
-                os.path.join(self._output_dir, "coco3d_results.json"), _nan_to_none(dump)
+                os.path.join(out_dir, "coco3d_instances_results.json"), dts, keep_earlier=True
+            )
+            write_json_atomic(
+                os.path.join(out_dir, "coco3d_results.json"), _nan_to_none(dump), keep_earlier=True
             )
         return results
 

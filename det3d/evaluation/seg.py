@@ -165,5 +165,6 @@ class SEGEvaluator(DatasetEvaluator):
                     "n_objects": n,
                     "per_volume": per_volume,
                 },
+                keep_earlier=True,  # an earlier run's results are kept aside, not overwritten
             )
         return {"seg": {"SEG": seg}}

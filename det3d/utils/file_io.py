@@ -2,19 +2,50 @@
 
 import json
 import os
+import logging
 import tempfile
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Optional, Set
 
-__all__ = ["atomic_write", "write_json_atomic", "read_json"]
+__all__ = ["atomic_write", "write_json_atomic", "read_json", "keep_aside"]
+
+# Files this process wrote with keep_earlier=True: writing them again replaces them (a run's
+# periodic evaluations refresh its own results); a file from before is kept aside instead.
+_WRITTEN_BY_THIS_PROCESS: Set[str] = set()
 
 
-def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "wb") -> None:
+def keep_aside(path: str) -> Optional[str]:
+    """
+    Renames an existing ``path`` (``dir/name.ext``) to the first free ``dir/name.<k>.ext``,
+    k = 1, 2, ...; returns that name, or None when ``path`` does not exist.
+    """
+    if not os.path.lexists(path):
+        return None
+    root, ext = os.path.splitext(path)
+    k = 1
+    while os.path.lexists(f"{root}.{k}{ext}"):
+        k += 1
+    os.replace(path, f"{root}.{k}{ext}")
+    return f"{root}.{k}{ext}"
+
+
+def atomic_write(
+    path: str,
+    write_fn: Callable[[IO[bytes]], None],
+    mode: str = "wb",
+    keep_earlier: bool = False,
+) -> None:
     """
     Writes ``path`` all at once or not at all: ``write_fn(f)`` writes to a temporary file next
     to ``path``, which is fsynced and then renamed over ``path``. If ``write_fn`` raises, the
     temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        keep_earlier: results that must never be overwritten silently (evaluation outputs):
+            a ``path`` that this process did not write itself is first renamed by
+            :func:`keep_aside` (``name.<k>.ext``), which is logged.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    abspath = os.path.abspath(path)
+    directory = os.path.dirname(abspath)
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(
         dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
@@ -25,7 +56,15 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_earlier and abspath not in _WRITTEN_BY_THIS_PROCESS:
+            kept = keep_aside(path)
+            if kept:
+                logging.getLogger(__name__).warning(
+                    f"{path} holds the results of an earlier run: kept as {kept}"
+                )
         os.replace(tmp_path, path)
+        if keep_earlier:
+            _WRITTEN_BY_THIS_PROCESS.add(abspath)
     except BaseException:
         try:
             os.remove(tmp_path)
@@ -45,9 +84,9 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None], mode: str = "
         os.close(dir_fd)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON with :func:`atomic_write`."""
-    atomic_write(path, lambda f: json.dump(obj, f), mode="w")
+def write_json_atomic(path: str, obj: Any, keep_earlier: bool = False) -> None:
+    """Writes ``obj`` as JSON with :func:`atomic_write` (``keep_earlier``: see there)."""
+    atomic_write(path, lambda f: json.dump(obj, f), mode="w", keep_earlier=keep_earlier)
 
 
 def read_json(path: str, what: str = "JSON") -> Any:

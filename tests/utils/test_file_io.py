@@ -40,3 +40,28 @@ def test_read_json_names_the_file_and_what_it_is(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"bad\.json: not valid JSON"):
         read_json(str(bad))
+
+
+def test_keep_earlier_keeps_a_file_from_before_and_replaces_its_own(tmp_path):
+    from det3d.evaluation import SEGEvaluator  # noqa: F401  (its results use keep_earlier)
+
+    path = tmp_path / "inference" / "seg_results.json"
+    path.parent.mkdir()
+    path.write_text('{"SEG": 0.9}')  # an earlier run's results
+    write_json_atomic(str(path), {"SEG": 0.1}, keep_earlier=True)
+    assert json.loads(path.read_text()) == {"SEG": 0.1}
+    kept = path.parent / "seg_results.1.json"
+    assert json.loads(kept.read_text()) == {"SEG": 0.9}  # byte for byte what was there
+    write_json_atomic(str(path), {"SEG": 0.2}, keep_earlier=True)  # this process's own: replaced
+    assert json.loads(path.read_text()) == {"SEG": 0.2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["seg_results.1.json", "seg_results.json"]
+
+
+def test_keep_aside_picks_the_first_free_number(tmp_path):
+    from det3d.utils.file_io import keep_aside
+
+    (tmp_path / "c.yaml").write_text("new")
+    (tmp_path / "c.1.yaml").write_text("one")
+    assert keep_aside(str(tmp_path / "c.yaml")) == str(tmp_path / "c.2.yaml")
+    assert (tmp_path / "c.2.yaml").read_text() == "new" and not (tmp_path / "c.yaml").exists()
+    assert keep_aside(str(tmp_path / "absent.json")) is None
