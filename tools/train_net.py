@@ -119,7 +119,8 @@ def main(args):
                 f"with a last_checkpoint in OUTPUT_DIR={cfg.OUTPUT_DIR!r})"
             )
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # strict: metrics of a model that got only some of its weights must not pass for results
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

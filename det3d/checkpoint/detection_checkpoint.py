@@ -6,8 +6,11 @@
   leaves the previous file whole.
 * **Safe loads.** Files are read with ``torch.load(..., weights_only=True)``: tensors and plain
   data only, no pickled code. An unreadable file raises ``CheckpointError`` naming it.
-* **Visible partial loads.** Missing, unexpected and wrongly shaped keys are logged (fvcore's
-  messages) and kept in ``checkpointer.incompatible_keys`` for callers and tests.
+* **Partial loads are visible, and refused where they would mislead.** Missing, unexpected and
+  wrongly shaped keys are summed up in one warning line and kept in
+  ``checkpointer.incompatible_keys``. With ``strict=True`` (evaluation and inference: metrics of a
+  mostly random model must not pass for a result), a missing or wrongly shaped model weight is a
+  ``CheckpointError`` naming the file; training from a partial checkpoint stays allowed.
 """
 
 import logging
@@ -16,7 +19,7 @@ import pickle
 from typing import Any, Dict, List, Optional
 
 import torch
-from fvcore.common.checkpoint import Checkpointer
+from fvcore.common.checkpoint import Checkpointer, _filter_reused_missing_keys
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.utils import comm
@@ -63,15 +66,26 @@ class DetectionCheckpointer(Checkpointer):
     """
 
     def __init__(
-        self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        strict: bool = False,
+        **checkpointables,
     ):
         """
         Args:
             model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
             save_dir (str): directory of checkpoints and of the ``last_checkpoint`` tag.
             save_to_disk (bool): whether ``save`` writes; default: on the main process only.
+            strict (bool): every model weight must be in the file with the model's shape
+                (evaluation, inference); else a load raises ``CheckpointError``. Buffers that
+                checkpoints may lack (BatchNorm's ``num_batches_tracked``) are exempt.
             checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
         """
+        self.strict = bool(strict)
+        self._loading = ""  # the file being loaded, for the messages
         is_main_process = comm.is_main_process()
         self._wrapped_in_ddp = isinstance(model, DistributedDataParallel)
         super().__init__(
@@ -140,6 +154,7 @@ class DetectionCheckpointer(Checkpointer):
                 raise FileNotFoundError(f"Checkpoint {path!r} not found on ranks {missing_on}")
         if not has_file:
             raise FileNotFoundError(f"Checkpoint {path!r} not found")
+        self._loading = path
         return super().load(local_path, checkpointables)
 
     def has_checkpoint(self) -> bool:
@@ -189,6 +204,39 @@ class DetectionCheckpointer(Checkpointer):
         incompatible = super()._load_model(checkpoint)
         self.incompatible_keys = incompatible
         return incompatible
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        """One summary line (a checkpoint of another model would give a warning per tensor);
+        with ``strict``, a missing or wrongly shaped weight raises :class:`CheckpointError`."""
+        shapes = incompatible.incorrect_shapes
+        reshaped = {k for k, _, _ in shapes}
+        missing = [
+            k
+            for k in _filter_reused_missing_keys(self.model, incompatible.missing_keys)
+            if k not in reshaped and not k.endswith("num_batches_tracked")
+        ]
+        unexpected = incompatible.unexpected_keys
+        if not (missing or shapes or unexpected):
+            return
+        total = len(self.model.state_dict())
+        parts = [f"{total - len(missing) - len(shapes)} of the model's {total} tensors loaded"]
+        if missing:
+            parts.append(f"{len(missing)} missing from the file (e.g. {missing[:3]})")
+        if shapes:
+            k, in_file, in_model = shapes[0]
+            parts.append(
+                f"{len(shapes)} of another shape (e.g. {k!r}: {tuple(in_file)} in the file, "
+                f"{tuple(in_model)} in the model)"
+            )
+        if unexpected:
+            parts.append(f"{len(unexpected)} in the file unused by the model (e.g. {unexpected[:3]})")
+        summary = f"Checkpoint {self._loading!r}: " + "; ".join(parts)
+        if self.strict and (missing or shapes):
+            raise CheckpointError(
+                summary + ". Evaluation and inference need every weight of the model: is the "
+                "file a checkpoint of this config's model (MODEL.WEIGHTS)?"
+            )
+        self.logger.warning(summary)
 
 
 def _weights_unpickler_detail(message: str) -> str:

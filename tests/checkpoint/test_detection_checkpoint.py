@@ -160,3 +160,32 @@ def test_save_to_disk_false_and_no_dir(tmp_path):
     DetectionCheckpointer(_model(), str(tmp_path), save_to_disk=False).save("x")
     DetectionCheckpointer(_model(), "").save("x")
     assert os.listdir(tmp_path) == []
+
+
+def _other_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 1), nn.Linear(1, 1))
+
+
+def test_checkpoint_of_another_model_is_an_error_for_evaluation(tmp_path):
+    DetectionCheckpointer(_model(), str(tmp_path)).save("other")
+    path = str(tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other\.pth.*missing.*another shape") as e:
+        DetectionCheckpointer(_other_model(), strict=True).load(path)
+    # 2.bias (1,) and BatchNorm's num_batches_tracked happen to match; nothing else does
+    assert "2 of the model's 11 tensors loaded" in str(e.value)
+    # the same model's own checkpoint passes the strict check
+    DetectionCheckpointer(_model(seed=3), strict=True).load(path)
+
+
+def test_partial_load_for_training_logs_one_summary_line(tmp_path, caplog):
+    DetectionCheckpointer(_model(), str(tmp_path)).save("other")
+    ck = DetectionCheckpointer(_other_model())
+    with caplog.at_level("WARNING", logger="det3d.checkpoint.detection_checkpoint"):
+        ck.load(str(tmp_path / "other.pth"))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1, lines
+    assert "other.pth" in lines[0] and "of another shape" in lines[0] and "missing" in lines[0]
+    assert {k for k, _, _ in ck.incompatible_keys.incorrect_shapes} == {
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "2.weight"
+    }
