@@ -277,26 +277,56 @@ def read_volume(
     path = os.fspath(path)
     if is_zarr_path(path) and not path.lower().endswith(_TIFF_EXTS):
         array, attrs = _open_zarr(path, component)
+        _check_not_empty(array.shape, path)
         return LazyVolume(array, axes or _zarr_axes(attrs) or _default_axes(array.ndim, path), path)
     _check_exists(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, file_axes = tuple(series.shape), _tiff_axes(tif)
-            mappable = series.dataoffset is not None
-            data = None if mappable else series.asarray()
+            truncated = _imagej_truncation(tif, shape)
+            mappable = series.dataoffset is not None and not truncated
+            data = None if mappable or truncated else series.asarray()
     except Exception as e:
         raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
+    if truncated:
+        raise OSError(f"{path}: truncated or corrupt TIFF: {truncated}")
+    _check_not_empty(shape, path)
     if mappable:
         try:
             data = tifffile.memmap(path, series=0, mode="r")
         except Exception:  # e.g. an odd byte layout: fall back to reading
-            data = tifffile.imread(path, series=0)
+            try:
+                data = tifffile.imread(path, series=0)
+            except Exception as e:  # e.g. a truncated file: "failed to read 65536 bytes"
+                raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
         if data.shape != shape:  # tifffile may squeeze differently; keep the series shape
             data = data.reshape(shape)
     axes = axes or file_axes or _default_axes(len(shape), path)
     squeeze, order = _axes_plan(axes, shape, path)
     return _to_czyx(data, squeeze, order)
+
+
+def _imagej_truncation(tif: "tifffile.TiffFile", shape: Sequence[int]) -> Optional[str]:
+    """
+    A truncated ImageJ hyperstack reads as its first plane (tifffile only logs it), which would
+    silently make a volume one slice deep: returns what is missing, or None.
+    """
+    if not tif.is_imagej:
+        return None
+    expected = int((tif.imagej_metadata or {}).get("images", 1))
+    planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    if tif.series[0].axes.endswith("S"):  # RGB samples are not planes
+        planes = int(np.prod(shape[:-3])) if len(shape) > 3 else 1
+    if planes < expected:
+        return f"its ImageJ metadata announce {expected} images, the file holds {planes}"
+    return None
+
+
+def _check_not_empty(shape: Sequence[int], path: str) -> None:
+    """A volume with a zero-size axis holds no voxels: refuse it when read, naming the file."""
+    if any(int(n) == 0 for n in shape):
+        raise ValueError(f"{path}: the volume has a zero-size axis (shape {tuple(shape)})")
 
 
 def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, int]:
@@ -308,8 +338,12 @@ def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, 
     try:
         with tifffile.TiffFile(path) as tif:
             shape, file_axes = tuple(tif.series[0].shape), _tiff_axes(tif)
+            truncated = _imagej_truncation(tif, shape)
     except Exception as e:
         raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
+    if truncated:
+        raise OSError(f"{path}: truncated or corrupt TIFF: {truncated}")
+    _check_not_empty(shape, path)
     squeeze, order = _axes_plan(axes or file_axes or _default_axes(len(shape), path), shape, path)
     kept = [n for i, n in enumerate(shape) if i not in squeeze]
     return tuple(kept[o] if o is not None else 1 for o in order)
