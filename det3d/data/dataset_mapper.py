@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from det3d.config import configurable
+from det3d.structures.label_volume import compact_labels
 from det3d.utils.axes import per_axis
 
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
@@ -207,6 +208,9 @@ class DatasetMapper3D:
                     f"are for evaluation, not training"
                 )
             labels, classes = load_record_labels(record)
+            # ids from other tools can be huge (2**31 - 1): count and box on 1..N, not by max id
+            labels, ids = compact_labels(labels)
+            classes = {k + 1: int(classes.get(int(i), 0)) for k, i in enumerate(ids)}
             if labels.shape != image.shape[1:]:
                 raise ValueError(
                     f"Shape mismatch: image {path} is {image.shape[1:]}, labels "
