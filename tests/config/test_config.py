@@ -112,3 +112,25 @@ def test_per_axis_values_accept_int_or_list(tmp_path):
         cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "'seven'"])
     with pytest.raises(ValueError, match="Type mismatch"):
         cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "[1, 2]"])
+
+
+def test_base_cycle_is_reported_as_a_cycle_naming_the_files(tmp_path):
+    from det3d.config.config import ConfigCycleError
+
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\nSOLVER:\n  MAX_ITER: 3\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: "c.yaml"\n')
+    (tmp_path / "c.yaml").write_text('_BASE_: "a.yaml"\n')
+    cfg = get_cfg()
+    with pytest.raises(ConfigCycleError, match=r"_BASE_ cycle: .*a\.yaml -> .*b\.yaml -> "
+                       r".*c\.yaml -> .*a\.yaml"):
+        cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text('_BASE_: "./self.yaml"\n')
+    with pytest.raises(ConfigCycleError, match=r"self\.yaml -> .*self\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "self.yaml"))
+    # a diamond (two files sharing one base) is no cycle, and a failed read leaves no state
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "d.yaml").write_text('_BASE_: "base.yaml"\n')
+    (tmp_path / "e.yaml").write_text('_BASE_: "d.yaml"\nSOLVER:\n  MAX_ITER: 7\n')
+    cfg = get_cfg()
+    cfg.merge_from_file(str(tmp_path / "e.yaml"))
+    assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
