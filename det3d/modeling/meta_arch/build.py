@@ -3,8 +3,9 @@
 import logging
 from typing import Iterable
 
-import torch
 from torch import nn
+
+from det3d.utils.env import resolve_device
 
 from ..registries import META_ARCH_REGISTRY
 
@@ -64,8 +65,9 @@ def build_model(cfg) -> nn.Module:
     (use a checkpointer with ``cfg.MODEL.WEIGHTS``).
     """
     meta_arch = cfg.MODEL.META_ARCHITECTURE
+    device = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")  # before any work: name the key
     model = META_ARCH_REGISTRY.get(meta_arch)(cfg)
-    model.to(torch.device(cfg.MODEL.DEVICE))
+    model.to(device)
     freeze_modules(model, cfg.MODEL.FREEZE_MODULES)
     total, trainable = count_parameters(model)
     frozen = list(getattr(model, "frozen_modules", ()))
