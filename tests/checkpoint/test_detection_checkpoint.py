@@ -189,3 +189,58 @@ def test_partial_load_for_training_logs_one_summary_line(tmp_path, caplog):
     assert {k for k, _, _ in ck.incompatible_keys.incorrect_shapes} == {
         "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "2.weight"
     }
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "pth"])
+def test_pickled_code_is_reported_as_untrusted_and_never_run(tmp_path, fmt):
+    import pickle
+
+    marker = tmp_path / "was_run"
+    path = str(tmp_path / f"evil.{fmt}")
+    payload = {"model": _model().state_dict(), "extra": _RunsCode(marker)}
+    if fmt == "pkl":  # a Detectron2-style pickle of numpy arrays, plus the code
+        payload["model"] = {k: v.numpy() for k, v in payload["model"].items()}
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"evil\.%s.*untrusted or of another format" % fmt) as e:
+        DetectionCheckpointer(_model()).load(path)
+    assert "system" in str(e.value) and "corrupt" not in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_detectron2_pkl_of_numpy_arrays_loads(tmp_path, protocol):
+    import pickle
+
+    src = _model(seed=5)
+    arrays = {k: v.numpy().copy() for k, v in src.state_dict().items()}
+    path = str(tmp_path / "model_final_abc.pkl")
+    with open(path, "wb") as f:  # the model zoo's format
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, f, protocol=protocol)
+    dst = _model(seed=6)
+    extra = DetectionCheckpointer(dst, strict=True).load(path)
+    assert _same_state(src.state_dict(), dst.state_dict())
+    assert extra["__author__"] == "Detectron2 Model Zoo"
+    # Caffe2-style blobs too (momentum entries dropped)
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {**arrays, "0.weight_momentum": arrays["0.weight"]}}, f, protocol=2)
+    DetectionCheckpointer(_model(seed=7), strict=True).load(path)
+
+
+def test_garbage_is_corrupt_not_untrusted(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(7, 250)) * 4)
+    with pytest.raises(CheckpointError, match=r"noise\.pth.*corrupt or not a checkpoint"):
+        DetectionCheckpointer(_model()).load(str(path))
