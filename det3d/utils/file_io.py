@@ -1,8 +1,9 @@
 """Files written all at once or not at all."""
 
+import errno
 import json
-import os
 import logging
+import os
 import tempfile
 from typing import IO, Any, Callable, Optional, Set
 
@@ -37,7 +38,9 @@ def atomic_write(
     """
     Writes ``path`` all at once or not at all: ``write_fn(f)`` writes to a temporary file next
     to ``path``, which is fsynced and then renamed over ``path``. If ``write_fn`` raises, the
-    temporary file is removed and ``path`` is left as it was.
+    temporary file is removed and ``path`` is left as it was; a full disk ends in
+    ``OSError(ENOSPC)`` naming ``path`` ("No space left on device: '<path>'"), whatever the
+    writer raised.
 
     Args:
         keep_earlier: results that must never be overwritten silently (evaluation outputs):
@@ -65,11 +68,13 @@ def atomic_write(
         os.replace(tmp_path, path)
         if keep_earlier:
             _WRITTEN_BY_THIS_PROCESS.add(abspath)
-    except BaseException:
+    except BaseException as e:
         try:
             os.remove(tmp_path)
         except FileNotFoundError:
             pass
+        if _disk_full(e):  # torch's writer hides it behind a RuntimeError
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
         raise
     # Make the rename itself durable; not every filesystem allows fsync on a directory.
     try:
@@ -82,6 +87,17 @@ def atomic_write(
         pass
     finally:
         os.close(dir_fd)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a full disk or quota."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def write_json_atomic(path: str, obj: Any, keep_earlier: bool = False) -> None:
