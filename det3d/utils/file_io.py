@@ -55,6 +55,8 @@ def atomic_write(
     )
     os.close(fd)  # reopened by name: writers such as tifffile want a file whose .name is a path
     try:
+        # mkstemp makes the file 0600; outputs get the user's usual permissions (0666 - umask)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, mode) as f:
             write_fn(f)
             f.flush()
@@ -87,6 +89,20 @@ def atomic_write(
         pass
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore
+    os.umask(mask)
+    return mask
 
 
 def _disk_full(error: BaseException) -> bool:

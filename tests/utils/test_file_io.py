@@ -120,3 +120,16 @@ def test_full_disk_on_a_real_filesystem_names_the_file(tmp_path):
         assert os.listdir(small) == []  # no half-written file, no last_checkpoint tag
     finally:
         subprocess.run(["umount", str(small)])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_write_gives_the_users_usual_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # how any other output file is created
+        atomic = tmp_path / "atomic.json"
+        write_json_atomic(str(atomic), {"x": 1})
+    finally:
+        os.umask(old)
+    assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o666 & ~umask
