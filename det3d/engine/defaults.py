@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
+from det3d.config.unsupported import check_supported
 from det3d.solver import build_lr_scheduler, build_optimizer
 from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
@@ -323,10 +324,7 @@ class DefaultTrainer(TrainerBase):
         PeriodicWriter (main rank).
         """
         cfg = self.cfg
-        if cfg.TEST.PRECISE_BN.ENABLED:
-            logging.getLogger(__name__).warning(
-                "TEST.PRECISE_BN is not implemented in det3d; ignored"
-            )
+        check_supported(cfg)  # e.g. TEST.PRECISE_BN: an error naming the key, not a warning
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))

@@ -134,3 +134,35 @@ def test_base_cycle_is_reported_as_a_cycle_naming_the_files(tmp_path):
     cfg = get_cfg()
     cfg.merge_from_file(str(tmp_path / "e.yaml"))
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("TEST.AUG.ENABLED", True), ("TEST.PRECISE_BN.ENABLED", True),
+     ("MODEL.LOAD_PROPOSALS", True), ("MODEL.PROPOSAL_GENERATOR.NAME", "PrecomputedProposals")],
+)
+def test_unsupported_features_are_errors_at_build_time(key, value):
+    from det3d.modeling import build_model
+    from det3d.modeling.proposal_generator import build_proposal_generator
+
+    cfg = get_cfg()
+    cfg.merge_from_list([key, str(value)])
+    with pytest.raises(NotImplementedError, match=key.replace(".", r"\.")):
+        build_model(cfg)
+    if key == "MODEL.PROPOSAL_GENERATOR.NAME":  # no None that crashes later
+        with pytest.raises(NotImplementedError, match="PrecomputedProposals"):
+            build_proposal_generator(cfg, {})
+
+
+def test_precise_bn_is_an_error_for_the_trainer_too(tmp_path):
+    from det3d.engine import DefaultTrainer
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                     "quick_schedules", "mask_rcnn_R18_FPN_3d_instant_test.yaml"))
+    cfg.OUTPUT_DIR = str(tmp_path)
+    trainer = DefaultTrainer.__new__(DefaultTrainer)
+    trainer.cfg = cfg
+    cfg.TEST.PRECISE_BN.ENABLED = True
+    with pytest.raises(NotImplementedError, match=r"TEST\.PRECISE_BN\.ENABLED"):
+        trainer.build_hooks()

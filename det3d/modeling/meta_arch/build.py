@@ -5,6 +5,7 @@ from typing import Iterable
 
 from torch import nn
 
+from det3d.config.unsupported import check_supported
 from det3d.utils.env import resolve_device
 
 from ..registries import META_ARCH_REGISTRY
@@ -64,6 +65,7 @@ def build_model(cfg) -> nn.Module:
     ``cfg.MODEL.DEVICE`` and freezes ``cfg.MODEL.FREEZE_MODULES``. Weights are not loaded
     (use a checkpointer with ``cfg.MODEL.WEIGHTS``).
     """
+    check_supported(cfg)  # a Detectron2 key det3d does not implement is an error, not ignored
     meta_arch = cfg.MODEL.META_ARCHITECTURE
     device = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")  # before any work: name the key
     model = META_ARCH_REGISTRY.get(meta_arch)(cfg)
