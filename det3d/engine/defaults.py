@@ -428,16 +428,22 @@ class DefaultTrainer(TrainerBase):
         return build_detection_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name: str):
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
         """
         Returns:
-            DatasetEvaluator or None: the evaluator of ``dataset_name``. There is no default:
-            a project decides what to measure (``tools/train_net.py`` reads TEST.EVALUATORS).
+            DatasetEvaluator: those named in ``TEST.EVALUATORS``
+            (:func:`det3d.evaluation.build_evaluator`), writing to ``output_folder`` (default
+            ``OUTPUT_DIR/inference/<dataset_name>``). Override it to measure something else.
+
+        Raises:
+            NotImplementedError: ``TEST.EVALUATORS`` is empty.
         """
-        raise NotImplementedError(
-            "DefaultTrainer has no evaluator: implement build_evaluator() in a subclass "
-            "(see tools/train_net.py) or pass evaluators to DefaultTrainer.test()."
-        )
+        from det3d.evaluation import build_evaluator
+
+        evaluator = build_evaluator(cfg, dataset_name, output_folder)
+        if evaluator is None:
+            raise NotImplementedError(f"TEST.EVALUATORS is empty: no evaluator for {dataset_name}")
+        return evaluator
 
     @classmethod
     def test(cls, cfg, model: torch.nn.Module, evaluators=None) -> Dict:

@@ -136,8 +136,10 @@ class COCO3DEvaluator(DatasetEvaluator):
         max_dets: int = 500,
         distributed: bool = True,
         area_ranges: Optional[Sequence[float]] = None,
+        mask_threshold: float = 0.5,
     ):
         self._dataset_name = dataset_name
+        self._mask_threshold = float(mask_threshold)
         self._tasks = tuple(tasks)
         for t in self._tasks:
             if t not in ("bbox", "segm"):
@@ -154,8 +156,16 @@ class COCO3DEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None):
+        """Tasks from ``MODEL.MASK_ON`` (no ``"segm"`` for a box-only model), ``TEST.MAX_DETS``,
+        and the model's own ``MODEL.ROI_MASK_HEAD.MASK_THRESHOLD`` for pasting masks."""
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return cls(dataset_name, tasks, output_dir, max_dets=cfg.TEST.MAX_DETS)
+        return cls(
+            dataset_name,
+            tasks,
+            output_dir=output_dir,
+            max_dets=cfg.TEST.MAX_DETS,
+            mask_threshold=cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
+        )
 
     def reset(self) -> None:
         self._predictions = []
@@ -171,6 +181,7 @@ class COCO3DEvaluator(DatasetEvaluator):
                     inp["image_id"],
                     out.get("instance_labels"),
                     with_masks="segm" in self._tasks,
+                    mask_threshold=self._mask_threshold,
                 )
             self._predictions.append(pred)
 

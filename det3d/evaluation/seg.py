@@ -119,6 +119,10 @@ class SEGEvaluator(DatasetEvaluator):
         self._records: Optional[dict] = None
         self._per_volume: List[dict] = []
 
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None):
+        return cls(dataset_name, output_dir)
+
     def reset(self) -> None:
         self._per_volume = []
 
