@@ -1,5 +1,6 @@
 """
-:class:`DatasetMapper3D`: one dataset record -> one model input dict (DESIGN.md "Model input").
+:class:`DatasetMapper3D`: one dataset record -> one model input dict (docs/conventions.md,
+"Model input and output").
 """
 
 import copy

@@ -2,7 +2,7 @@
 Reading and writing volumes: TIFF (plain, ImageJ hyperstack, OME; memory-mapped when the file
 allows) and zarr (lazy).
 
-Every reader returns the layout of DESIGN.md, ``(C, D, H, W)``, keeping the file's dtype
+Every reader returns the layout of docs/conventions.md, ``(C, D, H, W)``, keeping the file's dtype
 (intensity normalisation is the mapper's job). Every error names the file at fault.
 
 Axes. A TIFF written by ImageJ, by OME tools or by tifffile with an ``axes`` entry in its metadata

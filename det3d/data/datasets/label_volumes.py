@@ -112,7 +112,7 @@ def load_label_volume_dataset(
         check_shapes: compare image and label shapes from the file headers now.
 
     Returns:
-        list[dict]: records (DESIGN.md) with ``instance_label_file`` [+ ``instance_classes``].
+        list[dict]: records (docs/conventions.md) with ``instance_label_file`` [+ ``instance_classes``].
 
     Raises:
         FileNotFoundError: a folder is missing, or an image has no label volume (named).
