@@ -14,6 +14,7 @@ It is also the example of how a project builds its own training script: subclass
 optimizer, schedule, loaders, evaluators of ``TEST.EVALUATORS``, hooks, checkpointing, DDP) comes
 from the config.
 """
+
 import logging
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file

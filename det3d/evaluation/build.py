@@ -50,7 +50,9 @@ def build_evaluator(
     The evaluators named in ``cfg.TEST.EVALUATORS`` for one dataset.
 
     Args:
-        output_dir: where they write their files; default ``OUTPUT_DIR/inference/<dataset>``.
+        output_dir: where they write their files; default ``OUTPUT_DIR/inference/<dataset>`` (a
+            dataset spec's name made safe for the file system,
+            ``det3d.data.datasets.dataset_folder_name``).
 
     Returns:
         one evaluator, a :class:`DatasetEvaluators` of several, or None when the list is empty.
@@ -59,7 +61,9 @@ def build_evaluator(
         ValueError naming ``TEST.EVALUATORS`` and the known names, for a name not registered.
     """
     if output_dir is None:
-        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        from det3d.data.datasets import dataset_folder_name  # a dataset spec made file-safe
+
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(dataset_name))
     evaluators = []
     for name in cfg.TEST.EVALUATORS:
         key = EVALUATOR_ALIASES.get(name, name)

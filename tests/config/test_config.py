@@ -166,3 +166,13 @@ def test_precise_bn_is_an_error_for_the_trainer_too(tmp_path):
     cfg.TEST.PRECISE_BN.ENABLED = True
     with pytest.raises(NotImplementedError, match=r"TEST\.PRECISE_BN\.ENABLED"):
         trainer.build_hooks()
+
+
+def test_one_plain_string_on_the_command_line_for_a_list_of_names():
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATASETS.TRAIN", "my_set", "DATASETS.TEST", "('a', 'b')"])
+    assert cfg.DATASETS.TRAIN == ("my_set",) and cfg.DATASETS.TEST == ("a", "b")
+    cfg.merge_from_list(["TEST.EVALUATORS", "seg"])
+    assert list(cfg.TEST.EVALUATORS) == ["seg"]
+    with pytest.raises(ValueError):
+        cfg.merge_from_list(["SOLVER.MAX_ITER", "many"])  # other type changes still refused
