@@ -265,7 +265,9 @@ class DetectionCheckpointer(Checkpointer):
                 f"{tuple(in_model)} in the model)"
             )
         if unexpected:
-            parts.append(f"{len(unexpected)} in the file unused by the model (e.g. {unexpected[:3]})")
+            parts.append(
+                f"{len(unexpected)} in the file unused by the model (e.g. {unexpected[:3]})"
+            )
         summary = f"Checkpoint {self._loading!r}: " + "; ".join(parts)
         if self.strict and (missing or shapes):
             raise CheckpointError(

@@ -214,7 +214,8 @@ def test_pickled_code_is_reported_as_untrusted_and_never_run(tmp_path, fmt):
             pickle.dump(payload, f)
     else:
         torch.save(payload, path)
-    with pytest.raises(CheckpointError, match=r"evil\.%s.*untrusted or of another format" % fmt) as e:
+    pattern = r"evil\.%s.*untrusted or of another format" % fmt
+    with pytest.raises(CheckpointError, match=pattern) as e:
         DetectionCheckpointer(_model()).load(path)
     assert "system" in str(e.value) and "corrupt" not in str(e.value)
     assert not marker.exists()

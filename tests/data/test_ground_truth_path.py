@@ -9,7 +9,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from det3d.data import DatasetMapper3D, label_volume_to_annotations, load_record_labels, write_volume
+from det3d.data import (
+    DatasetMapper3D,
+    label_volume_to_annotations,
+    load_record_labels,
+    write_volume,
+)
 from det3d.data.detection_utils import label_volume_to_instances
 from det3d.evaluation.ground_truth import gt_coco_annotations, gt_label_volume
 from det3d.structures import BoxMode

@@ -151,7 +151,9 @@ def test_failure_in_the_last_iteration_reports_the_training_error():
         calls.append(1)
         raise RuntimeError("evaluation error that would hide the training error")
 
-    trainer.register_hooks([hooks.EvalHook(0, evaluation), hooks.CallbackHook(after_step=fail_last)])
+    trainer.register_hooks(
+        [hooks.EvalHook(0, evaluation), hooks.CallbackHook(after_step=fail_last)]
+    )
     with pytest.raises(FloatingPointError, match="iteration=9"):
         trainer.train(0, 10)
     assert calls == [] and not trainer.train_completed

@@ -264,7 +264,9 @@ def test_roi_heads_hand_the_pooler_size_to_the_heads():
 
     cfg = get_cfg()
     cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = [2, 3, 3]
-    shapes = {f"p{k}": ShapeSpec(channels=8, stride=(2 ** (k - 1), 2**k, 2**k)) for k in range(2, 6)}
+    shapes = {
+        f"p{k}": ShapeSpec(channels=8, stride=(2 ** (k - 1), 2**k, 2**k)) for k in range(2, 6)
+    }
     heads = build_roi_heads(cfg, shapes)
     assert heads.box_pooler.output_size == (2, 3, 3)
     assert heads.box_head(torch.zeros(2, 8, 2, 3, 3)).shape[0] == 2

@@ -55,7 +55,8 @@ def test_keep_earlier_keeps_a_file_from_before_and_replaces_its_own(tmp_path):
     assert json.loads(kept.read_text()) == {"SEG": 0.9}  # byte for byte what was there
     write_json_atomic(str(path), {"SEG": 0.2}, keep_earlier=True)  # this process's own: replaced
     assert json.loads(path.read_text()) == {"SEG": 0.2}
-    assert sorted(p.name for p in path.parent.iterdir()) == ["seg_results.1.json", "seg_results.json"]
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == ["seg_results.1.json", "seg_results.json"]
 
 
 def test_keep_aside_picks_the_first_free_number(tmp_path):

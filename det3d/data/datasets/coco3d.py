@@ -27,8 +27,8 @@ def load_coco3d_json(
     json_file: str, image_root: str, dataset_name: Optional[str] = None
 ) -> List[dict]:
     """
-    Reads a COCO-3D json file into records (docs/conventions.md). ``category_id`` of the records is the
-    contiguous index into the categories sorted by id; the mapping is stored in the metadata of
+    Reads a COCO-3D json file into records (docs/conventions.md). ``category_id`` of the records is
+    the contiguous index into the categories sorted by id; the mapping is stored in the metadata of
     ``dataset_name`` (``thing_dataset_id_to_contiguous_id``) with ``thing_classes``.
 
     Raises:

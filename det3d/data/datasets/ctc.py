@@ -6,8 +6,8 @@ Cell Tracking Challenge (CTC) folders::
     <root>/<seq>_GT/SEG/man_seg_TTT_ZZZ.tif    ground truth of z-slice ZZZ only (3D data sets)
     <root>/<seq>_ST/SEG/...                    silver truth, same names (gt="ST")
 
-Records (docs/conventions.md) also carry ``sequence`` and ``frame``. A time point with a full label volume
-gets ``instance_label_file``. A time point annotated only on some z-slices gets
+Records (docs/conventions.md) also carry ``sequence`` and ``frame``. A time point with a full label
+volume gets ``instance_label_file``. A time point annotated only on some z-slices gets
 ``seg_slices`` (sorted z indices) and ``seg_slice_files`` (the matching 2D files): its label
 volume (:func:`det3d.data.detection_utils.load_record_labels`) holds those slices and zeros
 elsewhere, and the zeros mean *unknown*, not background. So:

@@ -80,7 +80,9 @@ def load_class_map(
         try:
             cat = int(v)
         except (TypeError, ValueError):
-            raise ValueError(f"{source}: instance {k}: class {v!r} is not an index or name") from None
+            raise ValueError(
+                f"{source}: instance {k}: class {v!r} is not an index or name"
+            ) from None
         if cat != v or cat < 0 or (thing_classes is not None and cat >= len(thing_classes)):
             known = f" (thing_classes {list(thing_classes)})" if thing_classes is not None else ""
             raise ValueError(
@@ -112,7 +114,8 @@ def load_label_volume_dataset(
         check_shapes: compare image and label shapes from the file headers now.
 
     Returns:
-        list[dict]: records (docs/conventions.md) with ``instance_label_file`` [+ ``instance_classes``].
+        list[dict]: records (docs/conventions.md) with ``instance_label_file``
+        [+ ``instance_classes``].
 
     Raises:
         FileNotFoundError: a folder is missing, or an image has no label volume (named).
