@@ -16,6 +16,7 @@ from the config.
 """
 
 import logging
+from datetime import timedelta
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
 from det3d.config import get_cfg
@@ -94,6 +95,7 @@ def invoke_main() -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        join_timeout=timedelta(seconds=args.dist_join_timeout),
     )
 
 

@@ -103,6 +103,15 @@ Run on multiple machines:
         "https://pytorch.org/docs/stable/distributed.html",
     )
     parser.add_argument(
+        "--dist-join-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long the processes of a distributed run wait for each other to join at "
+        "--dist-url; then the run ends with an error naming the URL (a machine that never starts "
+        "does not hang the others)",
+    )
+    parser.add_argument(
         "opts",
         help="Modify config options at the end of the command, as space-separated "
         '"PATH.KEY VALUE" pairs, e.g. SOLVER.MAX_ITER 100',
