@@ -9,7 +9,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tracked_text_files():
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.CompletedProcess([], 1)
     if out.returncode != 0:  # not a git checkout: walk the folders instead
         names = [os.path.relpath(os.path.join(r, f), ROOT) for r, _, fs in os.walk(ROOT)
                  for f in fs if ".git" not in r]  # fmt: skip
