@@ -125,7 +125,7 @@ def main(args):
         model = train_net.Trainer.build_model(cfg)
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise ValueError("--eval-only needs MODEL.WEIGHTS path/to/model.pth (or --resume)")
-        DetectionCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(
+        DetectionCheckpointer(model, cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = train_net.Trainer.test(cfg, model)

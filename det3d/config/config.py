@@ -3,11 +3,11 @@
 import functools
 import inspect
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "get_cfg", "configurable", "register_per_axis_key"]
+__all__ = ["CfgNode", "ConfigCycleError", "get_cfg", "configurable", "register_per_axis_key"]
 
 # Full keys whose value is an int or one value per axis (see det3d/config/defaults.py).
 _PER_AXIS_KEYS = set()
@@ -16,6 +16,14 @@ _PER_AXIS_KEYS = set()
 def register_per_axis_key(full_key: str) -> None:
     """Declares that ``full_key`` takes an int or a list with one value per axis."""
     _PER_AXIS_KEYS.add(full_key)
+
+
+class ConfigCycleError(ValueError):
+    """Config files whose ``_BASE_`` keys come back to a file already being read."""
+
+
+# Files being read by load_yaml_with_base, outermost first (one chain at a time per process).
+_BASE_CHAIN: List[str] = []
 
 
 class CfgNode(_FvCfgNode):
@@ -32,6 +40,20 @@ class CfgNode(_FvCfgNode):
       Other type changes are rejected as yacs rejects them.
     """
 
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+        """fvcore's, plus: a ``_BASE_`` chain that comes back to a file is a
+        :class:`ConfigCycleError` naming the files, not a RecursionError."""
+        key = os.path.realpath(filename) if isinstance(filename, str) else filename
+        if key in _BASE_CHAIN:
+            files = _BASE_CHAIN[_BASE_CHAIN.index(key) :] + [key]
+            raise ConfigCycleError("_BASE_ cycle: " + " -> ".join(map(str, files)))
+        _BASE_CHAIN.append(key)
+        try:
+            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        finally:
+            _BASE_CHAIN.pop()
+
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         if allow_unsafe:
             raise ValueError(
@@ -41,6 +63,8 @@ class CfgNode(_FvCfgNode):
             raise FileNotFoundError(f"Config file {cfg_filename!r} does not exist")
         try:
             loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=False)
+        except ConfigCycleError:
+            raise
         except Exception as e:  # yaml.YAMLError and friends: say which file
             raise ValueError(f"Could not parse config file {cfg_filename!r}: {e}") from e
         loaded = type(self)(loaded)

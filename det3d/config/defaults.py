@@ -9,9 +9,11 @@ Conventions used below:
 * Boxes are ``(x0, y0, z0, x1, y1, z1)`` in voxels; box sizes (anchor sizes, canonical box size,
   min sizes) are in voxels of the model's input.
 * Some Detectron2 keys are kept only so that Detectron2 config files load; det3d does not read
-  them: MODEL.LOAD_PROPOSALS, DATASETS.PROPOSAL_FILES_* / PRECOMPUTED_PROPOSAL_TOPK_*,
-  MODEL.ANCHOR_GENERATOR.ANGLES, INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING,
-  DATALOADER.REPEAT_THRESHOLD, TEST.KEYPOINT_OKS_SIGMAS, TEST.PRECISE_BN, VIS_PERIOD, GLOBAL.
+  them: DATASETS.PROPOSAL_FILES_* / PRECOMPUTED_PROPOSAL_TOPK_*, MODEL.ANCHOR_GENERATOR.ANGLES,
+  INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING, DATALOADER.REPEAT_THRESHOLD,
+  TEST.KEYPOINT_OKS_SIGMAS, VIS_PERIOD, GLOBAL. Turning on a feature det3d does not implement
+  (MODEL.LOAD_PROPOSALS, PROPOSAL_GENERATOR.NAME PrecomputedProposals, TEST.AUG, TEST.PRECISE_BN)
+  is an error at build time (det3d/config/unsupported.py).
 """
 
 from .config import CfgNode as CN

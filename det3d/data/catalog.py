@@ -7,7 +7,7 @@ The same shape as Detectron2's catalogs, so code written for one reads the other
 
     DatasetCatalog.register("my_train", lambda: load_label_volume_dataset("img/", "lbl/"))
     MetadataCatalog.get("my_train").set(thing_classes=["nucleus"], spacing=(2.0, 0.5, 0.5))
-    records = DatasetCatalog.get("my_train")   # list[dict], see DESIGN.md "Dataset records"
+    records = DatasetCatalog.get("my_train")   # list[dict]: docs/conventions.md "Dataset records"
 """
 
 import logging

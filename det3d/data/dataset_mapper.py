@@ -1,5 +1,6 @@
 """
-:class:`DatasetMapper3D`: one dataset record -> one model input dict (DESIGN.md "Model input").
+:class:`DatasetMapper3D`: one dataset record -> one model input dict (docs/conventions.md,
+"Model input and output").
 """
 
 import copy
@@ -10,10 +11,11 @@ import numpy as np
 import torch
 
 from det3d.config import configurable
+from det3d.structures.label_volume import compact_labels
 from det3d.utils.axes import per_axis
 
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
-from .io import read_volume
+from .io import check_spacing, read_volume
 from .transforms import (
     AugInput,
     Augmentation,
@@ -122,7 +124,11 @@ class DatasetMapper3D:
         self.is_train = is_train
         self.augmentations = list(augmentations)
         self.norm_percentiles = tuple(norm_percentiles)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.target_spacing = (
+            check_spacing(target_spacing, "INPUT.TARGET_SPACING (target_spacing)")
+            if len(target_spacing)
+            else ()
+        )
         self.crop_min_visible_fraction = float(crop_min_visible_fraction)
         self.min_instance_voxels = int(min_instance_voxels)
         self.in_channels = in_channels
@@ -203,6 +209,9 @@ class DatasetMapper3D:
                     f"are for evaluation, not training"
                 )
             labels, classes = load_record_labels(record)
+            # ids from other tools can be huge (2**31 - 1): count and box on 1..N, not by max id
+            labels, ids = compact_labels(labels)
+            classes = {k + 1: int(classes.get(int(i), 0)) for k, i in enumerate(ids)}
             if labels.shape != image.shape[1:]:
                 raise ValueError(
                     f"Shape mismatch: image {path} is {image.shape[1:]}, labels "
@@ -210,7 +219,7 @@ class DatasetMapper3D:
                 )
         image, labels = self._to_spatial_dims(image, labels, path)
         ndim = self.spatial_dims
-        spacing = tuple(float(s) for s in record.get("spacing", (1.0, 1.0, 1.0)))
+        spacing = check_spacing(record.get("spacing", (1.0, 1.0, 1.0)), f"{path} (record)")
         aug_input = AugInput(image, labels)
         if self.target_spacing:
             target = self.target_spacing[-ndim:]

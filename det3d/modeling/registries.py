@@ -42,7 +42,7 @@ except ImportError:
     META_ARCH_REGISTRY = Registry("META_ARCH")
     META_ARCH_REGISTRY.__doc__ = """
     Registry for meta-architectures: the whole model. Called with ``obj(cfg)``; returns an
-    ``nn.Module`` that takes ``list[dict]`` (see DESIGN.md "Model input").
+    ``nn.Module`` that takes ``list[dict]`` (see docs/conventions.md "Model input and output").
     """
     BACKBONE_REGISTRY = Registry("BACKBONE")
     BACKBONE_REGISTRY.__doc__ = """

@@ -114,6 +114,60 @@ def test_per_axis_values_accept_int_or_list(tmp_path):
         cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "[1, 2]"])
 
 
+def test_base_cycle_is_reported_as_a_cycle_naming_the_files(tmp_path):
+    from det3d.config.config import ConfigCycleError
+
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\nSOLVER:\n  MAX_ITER: 3\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: "c.yaml"\n')
+    (tmp_path / "c.yaml").write_text('_BASE_: "a.yaml"\n')
+    cfg = get_cfg()
+    with pytest.raises(ConfigCycleError, match=r"_BASE_ cycle: .*a\.yaml -> .*b\.yaml -> "
+                       r".*c\.yaml -> .*a\.yaml"):
+        cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text('_BASE_: "./self.yaml"\n')
+    with pytest.raises(ConfigCycleError, match=r"self\.yaml -> .*self\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "self.yaml"))
+    # a diamond (two files sharing one base) is no cycle, and a failed read leaves no state
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "d.yaml").write_text('_BASE_: "base.yaml"\n')
+    (tmp_path / "e.yaml").write_text('_BASE_: "d.yaml"\nSOLVER:\n  MAX_ITER: 7\n')
+    cfg = get_cfg()
+    cfg.merge_from_file(str(tmp_path / "e.yaml"))
+    assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("TEST.AUG.ENABLED", True), ("TEST.PRECISE_BN.ENABLED", True),
+     ("MODEL.LOAD_PROPOSALS", True), ("MODEL.PROPOSAL_GENERATOR.NAME", "PrecomputedProposals")],
+)
+def test_unsupported_features_are_errors_at_build_time(key, value):
+    from det3d.modeling import build_model
+    from det3d.modeling.proposal_generator import build_proposal_generator
+
+    cfg = get_cfg()
+    cfg.merge_from_list([key, str(value)])
+    with pytest.raises(NotImplementedError, match=key.replace(".", r"\.")):
+        build_model(cfg)
+    if key == "MODEL.PROPOSAL_GENERATOR.NAME":  # no None that crashes later
+        with pytest.raises(NotImplementedError, match="PrecomputedProposals"):
+            build_proposal_generator(cfg, {})
+
+
+def test_precise_bn_is_an_error_for_the_trainer_too(tmp_path):
+    from det3d.engine import DefaultTrainer
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                     "quick_schedules", "mask_rcnn_R18_FPN_3d_instant_test.yaml"))
+    cfg.OUTPUT_DIR = str(tmp_path)
+    trainer = DefaultTrainer.__new__(DefaultTrainer)
+    trainer.cfg = cfg
+    cfg.TEST.PRECISE_BN.ENABLED = True
+    with pytest.raises(NotImplementedError, match=r"TEST\.PRECISE_BN\.ENABLED"):
+        trainer.build_hooks()
+
+
 def test_one_plain_string_on_the_command_line_for_a_list_of_names():
     cfg = get_cfg()
     cfg.merge_from_list(["DATASETS.TRAIN", "my_set", "DATASETS.TEST", "('a', 'b')"])
