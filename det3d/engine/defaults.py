@@ -34,6 +34,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "DefaultTrainer",
+    "prepare_run",
 ]
 
 
@@ -64,8 +65,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     Trailing ``KEY VALUE`` pairs override config entries (``opts``).
     """
     parser = argparse.ArgumentParser(
-        epilog=epilog
-        or f"""
+        epilog=epilog or f"""
 Examples:
 
 Run on one machine:
@@ -154,15 +154,17 @@ def default_setup(cfg, args) -> None:
        already there, e.g. the training run's before an ``--eval-only`` run, is kept as
        ``config.<k>.yaml``);
     4. seeds python / numpy / torch with ``cfg.SEED + rank`` (``SEED < 0``: a random seed, logged);
-    5. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only).
+    5. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only);
+    6. registers the dataset specs named in ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+       (``folder:images=...,labels=...``, :mod:`det3d.data.datasets.specs`), before anything is
+       written, so a spec naming a missing folder fails first.
 
     Args:
         cfg (CfgNode): the full config.
         args (argparse.Namespace): the parsed command line (``config_file``, ``eval_only``, ...).
     """
     output_dir = cfg.OUTPUT_DIR
-    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
-        check_no_earlier_run(output_dir)
+    prepare_run(cfg, args)
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()  # other ranks write their logs into the directory rank 0 created
@@ -193,12 +195,28 @@ def default_setup(cfg, args) -> None:
     used_seed = seed_all_rng(None if seed < 0 else seed + rank)
     logger.info(f"Random seed of this process: {used_seed}")
 
-    _set_dataset_roots(cfg)
-
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     if cfg.FLOAT32_PRECISION:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+
+
+def prepare_run(cfg, args) -> None:
+    """
+    The steps of :func:`default_setup` that are det3d's own, done before anything is written:
+    a training run without ``--resume`` refuses an ``OUTPUT_DIR`` holding an earlier run
+    (:func:`check_no_earlier_run`); the dataset specs of ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+    are registered; the builtin synthetic splits are pointed at ``SYNTHETIC.ROOT``. A script
+    whose set-up is another's (Detectron2's ``default_setup``, see
+    ``projects/Det3DInDetectron2/train_net.py``) calls it first.
+    """
+    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
+        check_no_earlier_run(cfg.OUTPUT_DIR)
+    if "DATASETS" in cfg:
+        from det3d.data.datasets.specs import register_dataset_specs
+
+        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    _set_dataset_roots(cfg)
 
 
 def _set_dataset_roots(cfg) -> None:

@@ -28,12 +28,8 @@ from detectron2.evaluation import verify_results
 
 import det3d  # noqa: F401  registers det3d's models, datasets and evaluators in Detectron2's
 from det3d.config import add_det3d_config
-from det3d.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    set_synthetic_root,
-)
-from det3d.engine import check_no_earlier_run
+from det3d.data import build_detection_test_loader, build_detection_train_loader
+from det3d.engine import prepare_run
 from det3d.evaluation import (
     COCO3DEvaluator,
     DatasetEvaluators,
@@ -105,11 +101,11 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    if not args.resume and not args.eval_only:
-        # Detectron2 would train from iteration 0 over an earlier run's checkpoints; det3d refuses.
-        check_no_earlier_run(cfg.OUTPUT_DIR)
+    # det3d's own set-up steps, before Detectron2's writes anything: refuse to train from
+    # iteration 0 over an earlier run's checkpoints, register the dataset specs of
+    # DATASETS.TRAIN / TEST (folder:..., ctc:...), find the synthetic splits.
+    prepare_run(cfg, args)
     default_setup(cfg, args)
-    set_synthetic_root(cfg.SYNTHETIC.ROOT)  # where det3d's builtin synthetic splits live
     return cfg
 
 
