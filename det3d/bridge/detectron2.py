@@ -28,6 +28,7 @@ Without detectron2 each of these is det3d's own object and det3d works alone, un
 ``import det3d`` calls :func:`install` after registering every part.
 """
 
+import logging
 from typing import Dict, List, Optional, Tuple
 
 from fvcore.common.config import CfgNode as _FvCfgNode
@@ -43,8 +44,14 @@ __all__ = [
 ]
 
 try:  # pragma: no cover - detectron2 is not installable on det3d's CI machines
+    import detectron2  # noqa: F401
+
+    _D2_INSTALLED = True
+except ImportError:
+    _D2_INSTALLED = False
+
+try:  # pragma: no cover
     import detectron2.utils.events as _d2_events
-    import detectron2.solver as _d2_solver
     import detectron2.solver.build as _d2_solver_build
     from detectron2.config import CfgNode as _D2CfgNode
     from detectron2.data import DatasetCatalog as _D2DatasetCatalog
@@ -61,8 +68,12 @@ try:  # pragma: no cover - detectron2 is not installable on det3d's CI machines
     from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 
     HAS_DETECTRON2 = True
-except ImportError:
+except ImportError as e:
     HAS_DETECTRON2 = False
+    if _D2_INSTALLED:  # installed but broken (e.g. built for another torch): say why det3d is alone
+        logging.getLogger(__name__).warning(
+            "detectron2 is installed but its parts do not import (%s): det3d works without it", e
+        )
 
 #: The base class of det3d's ``CfgNode``: Detectron2's where it is importable, else fvcore's.
 CfgNodeBase = _D2CfgNode if HAS_DETECTRON2 else _FvCfgNode

@@ -133,3 +133,17 @@ def test_resume_continues_with_saved_state(synthetic_root, tmp_path):
     final = torch.load(os.path.join(tmp_path, "model_final.pth"), weights_only=True)
     assert final["iteration"] == 4
     assert max(d["iteration"] for d in _metrics(tmp_path)) == 4
+
+
+def test_detectron2_trainer_takes_det3ds_own_config_too(synthetic_root, tmp_path):
+    from det3d.config import get_cfg
+    from det3d.data import set_synthetic_root
+
+    cfg = get_cfg()  # det3d's config, a Detectron2 CfgNode: no Detectron2-only keys needed
+    cfg.merge_from_file(INSTANT)
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()"])
+    set_synthetic_root(synthetic_root)
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert DET3D_STATISTICS <= set().union(*_metrics(tmp_path))
