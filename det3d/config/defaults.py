@@ -386,7 +386,8 @@ def _set_det3d_values(cfg: CN, det3d_values: CN, overwrite: bool) -> None:
     for key, value in det3d_values.items():
         if key == "VERSION":
             continue
-        if isinstance(value, CN) and isinstance(cfg.get(key), CN):
+        # Any yacs node (Detectron2's CfgNode class too) is merged into, not replaced.
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             _set_det3d_values(cfg[key], value, overwrite)
         elif overwrite or key not in cfg:
             cfg[key] = type(cfg)(value) if isinstance(value, CN) else copy.deepcopy(value)
