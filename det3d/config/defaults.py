@@ -338,6 +338,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
+    # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a
+    # mask reaches past a box that cut its object short (3D boxes regressed from low-contrast
+    # volumes often do); 1.0 = the box itself, as in Detectron2.
+    _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND", 1.0)
+    # In training, the mask branch sees at most this many foreground RoIs per volume, drawn at
+    # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
+    # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.
+    _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_PER_IMAGE", 0)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)
