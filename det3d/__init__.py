@@ -10,3 +10,14 @@ try:
     from .layers import op_registrations  # noqa: F401  (imports det3d._C)
 except ImportError:  # pragma: no cover - only in an unbuilt checkout
     pass
+
+# `import det3d` registers everything, here and nowhere else: the model parts (meta-architectures,
+# backbones, heads, ...) in the registries, the builtin datasets in the catalogs, the evaluators;
+# where detectron2 is importable these are Detectron2's registries and catalogs, and the bridge
+# then makes Detectron2's build_optimizer honour det3d's SOLVER.OPTIMIZER.
+from . import modeling  # noqa: E402,F401  isort: skip
+from . import data  # noqa: E402,F401  isort: skip
+from . import evaluation  # noqa: E402,F401  isort: skip
+from .bridge import detectron2 as _detectron2_bridge  # noqa: E402  isort: skip
+
+_detectron2_bridge.install()

@@ -7,7 +7,23 @@ from typing import Any, Callable, Dict, List, Optional
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "ConfigCycleError", "get_cfg", "configurable", "register_per_axis_key"]
+from det3d.bridge.detectron2 import CfgNodeBase
+
+__all__ = [
+    "CfgNode",
+    "ConfigCycleError",
+    "get_cfg",
+    "configurable",
+    "register_per_axis_key",
+    "CONFIG_VERSION",
+]
+
+# det3d's config keys are named as in Detectron2's config version 2, and det3d files say
+# ``VERSION: 2`` so that Detectron2's CfgNode merges them as they are (it upgrades files of an
+# older version with its own key renames). det3d files written before said ``VERSION: 1`` for the
+# same keys: det3d's CfgNode reads 1 as 2.
+CONFIG_VERSION = 2
+_VERSIONS_READ = (1, CONFIG_VERSION)
 
 # Full keys whose value is an int or one value per axis (see det3d/config/defaults.py).
 _PER_AXIS_KEYS = set()
@@ -26,13 +42,16 @@ class ConfigCycleError(ValueError):
 _BASE_CHAIN: List[str] = []
 
 
-class CfgNode(_FvCfgNode):
+class CfgNode(CfgNodeBase):
     """
-    A yacs/fvcore CfgNode that:
+    A yacs/fvcore CfgNode (Detectron2's CfgNode class where detectron2 is importable, so
+    Detectron2's helpers take it) that:
 
     * reads yaml with ``yaml.safe_load`` only (no python objects in config files);
     * follows ``_BASE_`` keys (paths relative to the file that names them);
     * rejects unknown keys with an error that names the key and the file;
+    * reads ``VERSION`` 2 (Detectron2's key names) or 1 (the same keys, in older det3d files), and
+      rejects any other version, naming the file;
     * lets a key registered with :func:`register_per_axis_key` be given as an int or as one value
       per axis (``POOLER_RESOLUTION: 7`` or ``[3, 7, 7]``), whatever form its default has;
     * on the command line, takes one plain string for a list of strings
@@ -68,6 +87,7 @@ class CfgNode(_FvCfgNode):
         except Exception as e:  # yaml.YAMLError and friends: say which file
             raise ValueError(f"Could not parse config file {cfg_filename!r}: {e}") from e
         loaded = type(self)(loaded)
+        _check_version(loaded, cfg_filename)
         _allow_per_axis_values(self, loaded)
         try:
             self.merge_from_other_cfg(loaded)
@@ -98,6 +118,19 @@ class CfgNode(_FvCfgNode):
             super().merge_from_list(rest)
         except AssertionError as e:  # yacs asserts on unknown keys; callers expect a KeyError
             raise KeyError(str(e)) from None
+
+
+def _check_version(loaded: _FvCfgNode, cfg_filename: str) -> None:
+    """Sets a file's ``VERSION`` 1 to 2 (same keys); raises on a version det3d cannot read."""
+    version = loaded.get("VERSION", None)
+    if version is None:
+        return
+    if version not in _VERSIONS_READ:
+        raise ValueError(
+            f"Config file {cfg_filename!r} has VERSION {version!r}; det3d reads VERSION "
+            f"{CONFIG_VERSION} (Detectron2's key names; 1 is read as 2)"
+        )
+    loaded.VERSION = CONFIG_VERSION
 
 
 def _is_str_sequence(x: Any) -> bool:

@@ -14,15 +14,24 @@ Conventions used below:
   TEST.KEYPOINT_OKS_SIGMAS, VIS_PERIOD, GLOBAL. Turning on a feature det3d does not implement
   (MODEL.LOAD_PROPOSALS, PROPOSAL_GENERATOR.NAME PrecomputedProposals, TEST.AUG, TEST.PRECISE_BN)
   is an error at build time (det3d/config/unsupported.py).
+
+Where the keys live:
+
+* a key Detectron2 also has is set on ``_C`` below, with det3d's (3D) value;
+* a key only det3d has is added inside :func:`add_det3d_config` with ``_add``, so that
+  ``add_det3d_config`` alone turns any Detectron2 CfgNode into a complete det3d config.
 """
 
+import copy
+
+from .config import CONFIG_VERSION
 from .config import CfgNode as CN
 from .config import register_per_axis_key
 
 __all__ = ["_C", "add_det3d_config"]
 
 _C = CN()
-_C.VERSION = 1
+_C.VERSION = CONFIG_VERSION  # Detectron2's config version, whose key names det3d follows
 
 # ---------------------------------------------------------------------------- #
 # Model
@@ -58,13 +67,6 @@ _C.MODEL.RESNETS.RES5_DILATION = 1
 # Output channels of res2; doubles at each stage. Bottleneck stages use RES2_OUT_CHANNELS/4 inside.
 _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-# Stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
-# For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
-_C.MODEL.RESNETS.STEM_KERNEL_SIZE = [7, 7, 7]
-_C.MODEL.RESNETS.STEM_STRIDE = [2, 2, 2]
-_C.MODEL.RESNETS.STEM_POOL_STRIDE = [2, 2, 2]
-# Stride of the first block of res2..res5, each an int or a per-axis list. Empty = [1, 2, 2, 2].
-_C.MODEL.RESNETS.STAGE_STRIDES = []
 # Deformable convs are not supported in det3d; kept for Detectron2 key compatibility.
 _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 
@@ -77,8 +79,6 @@ _C.MODEL.FPN.OUT_CHANNELS = 256
 _C.MODEL.FPN.NORM = ""
 # "sum" or "avg"
 _C.MODEL.FPN.FUSE_TYPE = "sum"
-# Add an extra coarser level ("p6") by stride-2 max-pool of the coarsest output.
-_C.MODEL.FPN.TOP_BLOCK = True
 
 # ---------------------------------------------------------------------------- #
 # Anchor generator
@@ -89,9 +89,6 @@ _C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator3D"
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
 # xy aspect ratios (height / width), one list per level or one list for all levels.
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-# z aspect ratios (depth / xy side), one list per level or one list for all; ignored in 2D.
-# For anisotropic voxels, a sphere of xy side s spans s * spacing_xy / spacing_z voxels in z.
-_C.MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS = [[1.0]]
 _C.MODEL.ANCHOR_GENERATOR.ANGLES = [[0.0]]  # unused; Detectron2 key compatibility
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 
@@ -144,10 +141,6 @@ _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 # ---------------------------------------------------------------------------- #
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead3D"
-# Classification loss: "ce" (softmax cross-entropy) or "focal" (softmax focal loss).
-_C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "ce"
-_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_ALPHA = 0.25
-_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_GAMMA = 2.0
 # "smooth_l1", "huber" (with soft clipping, see HUBER_CLIP), "giou"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
@@ -208,14 +201,12 @@ _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # Solver
 # ---------------------------------------------------------------------------- #
 _C.SOLVER = CN()
-_C.SOLVER.OPTIMIZER = "SGD"  # "SGD", "ADAMW", "ADAM"
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR"
 _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.01
 _C.SOLVER.BASE_LR_END = 0.0
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
-_C.SOLVER.BETAS = (0.9, 0.999)
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
@@ -262,16 +253,56 @@ _C.GLOBAL.HACK = 1.0
 
 def add_det3d_config(cfg: CN) -> None:
     """
-    Adds det3d's own keys to ``cfg`` in place (a det3d or a Detectron2 CfgNode). Keys that are
-    already present are left as they are.
+    Makes ``cfg`` (a det3d or a Detectron2 CfgNode) a complete det3d config, in place. Call it
+    right after ``get_cfg()``, before merging config files, as every Detectron2 ``add_*_config``:
+
+    .. code-block:: python
+
+        cfg = detectron2.config.get_cfg()
+        add_det3d_config(cfg)
+        cfg.merge_from_file("configs/Synthetic/mask_rcnn_R18_FPN_3d_cpu.yaml")
+
+    The rule for the keys both libraries have: **det3d's default wins**. Afterwards every key of
+    det3d's defaults holds the value ``det3d.config.get_cfg()`` has (the registry names of det3d's
+    3D parts, box regression weights of length 6, one-channel ``PIXEL_MEAN``, one anchor size per
+    level, ...), so a det3d yaml merges cleanly and builds the same model as in det3d alone. Keys
+    only Detectron2 has keep their values; ``VERSION`` stays (det3d follows Detectron2's numbering,
+    see ``det3d.config.config.CONFIG_VERSION``). A config that already has det3d's keys (a det3d
+    config, or a second call) only gets the keys it lacks: nothing set there is reset.
     """
     _C = cfg
     was_frozen = _C.is_frozen()
     _C.defrost()
 
+    # A config without det3d's keys takes det3d's values; one with them only gets what it lacks.
+    overwrite = "SPATIAL_DIMS" not in _C.get("MODEL", {})
+    _set_det3d_values(_C, _DETECTRON2_NAMED, overwrite)
+
     def _add(node: CN, key: str, value) -> None:
         if key not in node:
             node[key] = value
+
+    # Keys Detectron2 has no counterpart for (the ones below too), added to any config.
+    # Backbone stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
+    # For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
+    _add(_C.MODEL.RESNETS, "STEM_KERNEL_SIZE", [7, 7, 7])
+    _add(_C.MODEL.RESNETS, "STEM_STRIDE", [2, 2, 2])
+    _add(_C.MODEL.RESNETS, "STEM_POOL_STRIDE", [2, 2, 2])
+    # Stride of the first block of res2..res5, each an int or a per-axis list. Empty = [1, 2, 2, 2].
+    _add(_C.MODEL.RESNETS, "STAGE_STRIDES", [])
+    # Add an extra coarser level ("p6") by stride-2 max-pool of the coarsest output.
+    _add(_C.MODEL.FPN, "TOP_BLOCK", True)
+    # z aspect ratios (depth / xy side), one list per level or one list for all; ignored in 2D.
+    # For anisotropic voxels, a sphere of xy side s spans s * spacing_xy / spacing_z voxels in z.
+    _add(_C.MODEL.ANCHOR_GENERATOR, "Z_ASPECT_RATIOS", [[1.0]])
+    # Box head classification loss: "ce" (softmax cross-entropy) or "focal" (softmax focal loss).
+    _add(_C.MODEL.ROI_BOX_HEAD, "CLS_LOSS_TYPE", "ce")
+    _add(_C.MODEL.ROI_BOX_HEAD, "FOCAL_LOSS_ALPHA", 0.25)
+    _add(_C.MODEL.ROI_BOX_HEAD, "FOCAL_LOSS_GAMMA", 2.0)
+    # Optimizer: "SGD", "ADAMW", "ADAM" (Detectron2's build_optimizer honours it through
+    # det3d.bridge.detectron2); BETAS are Adam's.
+    _add(_C.SOLVER, "OPTIMIZER", "SGD")
+    _add(_C.SOLVER, "BETAS", (0.9, 0.999))
 
     # 2 = images (H, W), 3 = volumes (D, H, W). Every module reads this.
     _add(_C.MODEL, "SPATIAL_DIMS", 3)
@@ -357,6 +388,21 @@ def add_det3d_config(cfg: CN) -> None:
         _C.freeze()
 
 
+def _set_det3d_values(cfg: CN, det3d_values: CN, overwrite: bool) -> None:
+    """
+    Sets each key of ``det3d_values`` (but VERSION) in ``cfg``, recursively: every key when
+    ``overwrite``, else only the keys ``cfg`` lacks.
+    """
+    for key, value in det3d_values.items():
+        if key == "VERSION":
+            continue
+        # Any yacs node (Detectron2's CfgNode class too) is merged into, not replaced.
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            _set_det3d_values(cfg[key], value, overwrite)
+        elif overwrite or key not in cfg:
+            cfg[key] = type(cfg)(value) if isinstance(value, CN) else copy.deepcopy(value)
+
+
 # Keys that take an int or one value per axis (array order); either form may be given.
 for _key in (
     "MODEL.RESNETS.STEM_KERNEL_SIZE",
@@ -368,4 +414,6 @@ for _key in (
 ):
     register_per_axis_key(_key)
 
+# The keys above, with det3d's values, are what add_det3d_config sets in a Detectron2 config.
+_DETECTRON2_NAMED = _C.clone()
 add_det3d_config(_C)

@@ -35,6 +35,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "DefaultTrainer",
+    "prepare_run",
 ]
 
 
@@ -168,12 +169,7 @@ def default_setup(cfg, args) -> None:
         args (argparse.Namespace): the parsed command line (``config_file``, ``eval_only``, ...).
     """
     output_dir = cfg.OUTPUT_DIR
-    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
-        check_no_earlier_run(output_dir)
-    if "DATASETS" in cfg:
-        from det3d.data.datasets.specs import register_dataset_specs
-
-        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    prepare_run(cfg, args)
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()  # other ranks write their logs into the directory rank 0 created
@@ -204,12 +200,28 @@ def default_setup(cfg, args) -> None:
     used_seed = seed_all_rng(None if seed < 0 else seed + rank)
     logger.info(f"Random seed of this process: {used_seed}")
 
-    _set_dataset_roots(cfg)
-
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     if cfg.FLOAT32_PRECISION:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+
+
+def prepare_run(cfg, args) -> None:
+    """
+    The steps of :func:`default_setup` that are det3d's own, done before anything is written:
+    a training run without ``--resume`` refuses an ``OUTPUT_DIR`` holding an earlier run
+    (:func:`check_no_earlier_run`); the dataset specs of ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+    are registered; the builtin synthetic splits are pointed at ``SYNTHETIC.ROOT``. A script
+    whose set-up is another's (Detectron2's ``default_setup``, see
+    ``projects/Det3DInDetectron2/train_net.py``) calls it first.
+    """
+    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
+        check_no_earlier_run(cfg.OUTPUT_DIR)
+    if "DATASETS" in cfg:
+        from det3d.data.datasets.specs import register_dataset_specs
+
+        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    _set_dataset_roots(cfg)
 
 
 def _set_dataset_roots(cfg) -> None:

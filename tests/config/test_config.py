@@ -70,6 +70,69 @@ def test_add_det3d_config_on_plain_cfgnode_keeps_existing_values():
     assert cfg.MODEL.FREEZE_MODULES == []
 
 
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _detectron2_like_cfg():
+    """A plain yacs/fvcore CfgNode holding some of Detectron2's 2D defaults and 2D-only keys."""
+    from fvcore.common.config import CfgNode as FvCfgNode
+
+    cfg = FvCfgNode()
+    cfg.VERSION = 2
+    cfg.MODEL = FvCfgNode()
+    cfg.MODEL.KEYPOINT_ON = False  # only Detectron2 has it
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+    cfg.MODEL.RPN = FvCfgNode({"HEAD_NAME": "StandardRPNHead", "BBOX_REG_WEIGHTS": (1.0,) * 4})
+    cfg.MODEL.ANCHOR_GENERATOR = FvCfgNode({"NAME": "DefaultAnchorGenerator", "SIZES": [[32, 64]]})
+    cfg.SOLVER = FvCfgNode({"BASE_LR": 0.001, "STEPS": (210000, 250000)})
+    return cfg
+
+
+def test_add_det3d_config_on_a_detectron2_like_cfg_gives_det3d_values_everywhere():
+    cfg = _detectron2_like_cfg()
+    add_det3d_config(cfg)
+    got, want = _flat(cfg), _flat(get_cfg())
+    missing = set(want) - set(got)
+    assert not missing, missing  # every det3d key, including the det3d-only ones
+    for key, value in want.items():
+        assert got[key] == value, (key, got[key], value)  # det3d's value wins where both have it
+    assert cfg.MODEL.KEYPOINT_ON is False  # keys only Detectron2 has are kept
+    assert cfg.MODEL.RPN.HEAD_NAME == "StandardRPNHead3D"
+    assert len(cfg.MODEL.RPN.BBOX_REG_WEIGHTS) == 6
+    # The keys add_det3d_config adds on its own: the ones Detectron2 has no counterpart for.
+    for key in (
+        "MODEL.SPATIAL_DIMS",
+        "MODEL.FPN.TOP_BLOCK",
+        "MODEL.RESNETS.STEM_KERNEL_SIZE",
+        "MODEL.RESNETS.STAGE_STRIDES",
+        "MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE",
+        "SOLVER.OPTIMIZER",
+        "SOLVER.BETAS",
+    ):
+        assert key in got, key
+    # A second call, or a det3d config, keeps what is set.
+    cfg.SOLVER.BASE_LR = 0.5
+    add_det3d_config(cfg)
+    assert cfg.SOLVER.BASE_LR == 0.5
+
+
+def test_config_version_2_and_old_det3d_files(tmp_path):
+    assert get_cfg().VERSION == 2  # Detectron2's config version, whose key names det3d follows
+    old = _write(tmp_path / "old.yaml", "VERSION: 1\nSOLVER:\n  BASE_LR: 0.5\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(old)  # det3d files said VERSION 1 for the same keys
+    assert cfg.VERSION == 2 and cfg.SOLVER.BASE_LR == 0.5
+    bad = _write(tmp_path / "bad.yaml", "VERSION: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml.*VERSION 3"):
+        get_cfg().merge_from_file(bad)
+
+
 class _Thing:
     @configurable
     def __init__(self, *, a, b=2):

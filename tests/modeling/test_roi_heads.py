@@ -222,6 +222,18 @@ def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
     assert len(res) == 7
 
 
+@pytest.mark.parametrize("boxes_per_roi", [1, 2])  # class-agnostic, or one box per class
+def test_fast_rcnn_inference_without_rois(boxes_per_roi):
+    # A volume whose RPN proposes nothing (or only non-finite boxes) gives no detections.
+    boxes = torch.zeros((0, 6 * boxes_per_roi))
+    scores = torch.zeros((0, 3))
+    (res,), (inds,) = fast_rcnn_inference([boxes], [scores], [(8, 40, 40)], 0.05, 0.5, 500)
+    assert len(res) == 0 and res.pred_boxes.tensor.shape == (0, 6) and inds.numel() == 0
+    nan_boxes = torch.full((2, 6 * boxes_per_roi), float("nan"))
+    (res,), _ = fast_rcnn_inference([nan_boxes], [torch.rand(2, 3)], [(8, 40, 40)], 0.05, 0.5, 9)
+    assert len(res) == 0
+
+
 @pytest.mark.parametrize("num_conv,num_fc", [(0, 2), (2, 0), (1, 1)])
 def test_box_head_output_shape(num_conv, num_fc):
     cfg = tiny_cfg(3)
