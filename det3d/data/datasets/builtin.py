@@ -2,7 +2,7 @@
 Builtin datasets, registered when ``det3d.data`` is imported.
 
 Synthetic splits (:mod:`det3d.data.synthetic`, 3 classes: ellipsoid, cuboid, blob; anisotropic
-spacing ``(1.0, 0.5, 0.5)`` µm) are generated on the first ``DatasetCatalog.get`` into
+spacing ``(1.0, 0.5, 0.5)`` µm, ``(2.0, 0.5, 0.5)`` for ``synthetic_aniso_*``) are generated on the first ``DatasetCatalog.get`` into
 ``<root>/<split>/{images,labels,classes}`` with ``<root>`` = :func:`set_synthetic_root`'s
 argument (the engine passes ``cfg.SYNTHETIC.ROOT``) when it is not the default
 ``datasets/synthetic``, else ``$DET3D_DATASETS/synthetic`` when that variable is set, else
@@ -32,6 +32,7 @@ __all__ = ["register_all_synthetic", "set_synthetic_root", "get_synthetic_root",
 logger = logging.getLogger(__name__)
 
 _SPACING = (1.0, 0.5, 0.5)
+_ANISO_SPACING = (2.0, 0.5, 0.5)
 _COMMON = dict(
     classes=SHAPE_CLASSES,
     size_range=(2.5, 5.0),
@@ -49,6 +50,23 @@ SYNTHETIC_SPLITS = {
     ),
     "synthetic_val": dict(
         num_volumes=8, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
+    ),
+    # Strongly anisotropic, as a confocal stack: z voxels 4x the xy size, the same physical
+    # extent and objects as synthetic_train (so objects span 2-6 slices). For comparing 2.5D and
+    # 3D models (MODEL_ZOO.md).
+    "synthetic_aniso_train": dict(
+        num_volumes=128,
+        seed=5,
+        shape=(16, 96, 96),
+        num_objects=(4, 10),
+        **dict(_COMMON, spacing=_ANISO_SPACING),
+    ),
+    "synthetic_aniso_val": dict(
+        num_volumes=8,
+        seed=6,
+        shape=(16, 96, 96),
+        num_objects=(4, 10),
+        **dict(_COMMON, spacing=_ANISO_SPACING),
     ),
     "synthetic_tiny_train": dict(
         num_volumes=4,
@@ -144,7 +162,7 @@ def _load_synthetic(name: str):
     return load_label_volume_dataset(
         os.path.join(split_dir, "images"),
         os.path.join(split_dir, "labels"),
-        spacing=_SPACING,
+        spacing=tuple(SYNTHETIC_SPLITS[name]["spacing"]),
         class_map=os.path.join(split_dir, "classes"),
         thing_classes=list(SHAPE_CLASSES),
     )
@@ -157,6 +175,6 @@ def register_all_synthetic() -> None:
         DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
         MetadataCatalog.get(name).set(
             thing_classes=list(SHAPE_CLASSES),
-            spacing=_SPACING,
+            spacing=tuple(SYNTHETIC_SPLITS[name]["spacing"]),
             evaluator_type="coco3d",
         )
