@@ -79,7 +79,7 @@ def _assign(iou: np.ndarray, threshold: float) -> List[Tuple[int, int]]:
 
 def link_slice_instances(
     slice_labels: np.ndarray,
-    iou_threshold: float = 0.3,
+    iou_threshold: float = 0.1,
     max_gap: int = 0,
     min_depth: int = 1,
     return_links: bool = False,

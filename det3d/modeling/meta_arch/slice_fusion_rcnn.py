@@ -102,7 +102,7 @@ class SliceFusionRCNN(_RCNNBase):
         mask_threshold: float = 0.5,
         label_score_threshold: float = 0.0,
         label_overlap_threshold: float = 0.5,
-        link_iou: float = 0.3,
+        link_iou: float = 0.1,
         link_max_gap: int = 1,
         link_min_depth: int = 1,
         mask_resolution: Sequence[int] = (16, 28, 28),
