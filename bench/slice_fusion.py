@@ -112,7 +112,7 @@ def _rss_mb() -> float:
 
 
 def measure_memory(config: str, weights: str) -> dict:
-    """In this process: peak resident memory that inference on the test split's first volume adds."""
+    """Peak resident memory that inference on the test split's first volume adds (this process)."""
     from det3d.data import DatasetCatalog, DatasetMapper3D
 
     cfg = _config(config, weights)
@@ -181,7 +181,8 @@ def main(argv=None):
         for name in names:
             weights = os.path.join(args.runs, name, "model_final.pth")
             if os.path.isfile(weights):
-                rows.append((name, os.path.join(REPO, "configs", "Synthetic", ZOO_ROWS[name]), weights))
+                config = os.path.join(REPO, "configs", "Synthetic", ZOO_ROWS[name])
+                rows.append((name, config, weights))
             else:
                 print(f"(no weights for row {name!r}: {weights} is missing)", file=sys.stderr)
     header = (

@@ -179,8 +179,9 @@ def build_detection_train_loader(
     """
     An infinite loader of training batches, each a ``list[dict]`` of ``total_batch_size //
     world_size`` mapped records. Call as ``build_detection_train_loader(cfg)`` (datasets
-    ``cfg.DATASETS.TRAIN``, mapper ``DATALOADER.TRAIN_MAPPER`` (default ``DatasetMapper3D(cfg, True)``), ``cfg.SOLVER.IMS_PER_BATCH``,
-    ``cfg.DATALOADER.NUM_WORKERS``, seed ``cfg.SEED``) or with the keyword arguments.
+    ``cfg.DATASETS.TRAIN``, the mapper ``DATALOADER.TRAIN_MAPPER`` names (default
+    ``DatasetMapper3D(cfg, True)``), ``cfg.SOLVER.IMS_PER_BATCH``, ``cfg.DATALOADER.NUM_WORKERS``,
+    seed ``cfg.SEED``) or with the keyword arguments.
 
     Args:
         dataset: records (list[dict]).

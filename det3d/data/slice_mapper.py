@@ -125,7 +125,8 @@ class SliceDatasetMapper(DatasetMapper3D):
         vol = read_volume(path)
         if self.in_channels is not None and vol.shape[0] != self.in_channels:
             raise ValueError(
-                f"{path}: image has {vol.shape[0]} channels, INPUT.IN_CHANNELS is {self.in_channels}"
+                f"{path}: image has {vol.shape[0]} channels, INPUT.IN_CHANNELS is "
+                f"{self.in_channels}"
             )
         depth = vol.shape[1]
         if depth < self.num_slices:

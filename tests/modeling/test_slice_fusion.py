@@ -32,7 +32,8 @@ def _cfg(name="SliceWeights", stage="features", per_level=False, num_slices=3, i
     cfg.MODEL.META_ARCHITECTURE = "SliceFusionRCNN"
     cfg.MODEL.RESNETS.NORM = "GN"  # per-sample norm: a slice's features do not depend on its batch
     sf = cfg.MODEL.SLICE_FUSION
-    sf.NAME, sf.STAGE, sf.PER_LEVEL, sf.NUM_SLICES, sf.INIT = name, stage, per_level, num_slices, init
+    sf.NAME, sf.STAGE, sf.PER_LEVEL = name, stage, per_level
+    sf.NUM_SLICES, sf.INIT = num_slices, init
     sf.MASK_RESOLUTION = [4, 8, 8]
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # untrained models: keep every detection
     cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST = 0.0

@@ -53,7 +53,9 @@ def test_split_continues_the_best_overlapping_child():
     z0 = _slice(S, (1, (2, 10, 2, 10)))  # 64 px
     z1 = _slice(S, (4, (2, 10, 2, 7)), (9, (2, 10, 8, 10)))  # IoU 40/64 and 16/64
     out = link_slice_instances(_stack(z0, z1), iou_threshold=0.2)
-    expected = _stack(_slice(S, (1, (2, 10, 2, 10))), _slice(S, (1, (2, 10, 2, 7)), (2, (2, 10, 8, 10))))
+    expected = _stack(
+        _slice(S, (1, (2, 10, 2, 10))), _slice(S, (1, (2, 10, 2, 7)), (2, (2, 10, 8, 10)))
+    )
     assert np.array_equal(out, expected)
 
 

@@ -2,7 +2,8 @@
 Builtin datasets, registered when ``det3d.data`` is imported.
 
 Synthetic splits (:mod:`det3d.data.synthetic`, 3 classes: ellipsoid, cuboid, blob; anisotropic
-spacing ``(1.0, 0.5, 0.5)`` µm, ``(2.0, 0.5, 0.5)`` for ``synthetic_aniso_*``) are generated on the first ``DatasetCatalog.get`` into
+spacing ``(1.0, 0.5, 0.5)`` µm, ``(2.0, 0.5, 0.5)`` for ``synthetic_aniso_*``) are generated on the
+first ``DatasetCatalog.get`` into
 ``<root>/<split>/{images,labels,classes}`` with ``<root>`` = :func:`set_synthetic_root`'s
 argument (the engine passes ``cfg.SYNTHETIC.ROOT``) when it is not the default
 ``datasets/synthetic``, else ``$DET3D_DATASETS/synthetic`` when that variable is set, else

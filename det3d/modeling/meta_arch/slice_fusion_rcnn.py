@@ -155,7 +155,9 @@ class SliceFusionRCNN(_RCNNBase):
         self.mask_threshold = mask_threshold
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
-        self.link_iou, self.link_max_gap, self.link_min_depth = link_iou, link_max_gap, link_min_depth
+        self.link_iou = link_iou
+        self.link_max_gap = link_max_gap
+        self.link_min_depth = link_min_depth
         if len(mask_resolution) != 3 or min(mask_resolution) < 1:
             raise ValueError(
                 f"MODEL.SLICE_FUSION.MASK_RESOLUTION must be 3 positive sizes (D, H, W), got "

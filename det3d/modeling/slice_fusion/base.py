@@ -69,7 +69,9 @@ def slice_window_indices(z: int, depth: int, num_slices: int, pad_mode: str) -> 
         list of ``num_slices`` slice indices (or -1).
     """
     if pad_mode not in PAD_MODES:
-        raise ValueError(f"MODEL.SLICE_FUSION.PAD_MODE must be one of {PAD_MODES}, got {pad_mode!r}")
+        raise ValueError(
+            f"MODEL.SLICE_FUSION.PAD_MODE must be one of {PAD_MODES}, got {pad_mode!r}"
+        )
     if depth < num_slices:
         raise ValueError(
             f"a volume of {depth} slices is thinner than the window of "
