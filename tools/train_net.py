@@ -14,11 +14,13 @@ It is also the example of how a project builds its own training script: subclass
 ``build_evaluator``); everything else (model, optimizer, schedule, loaders, hooks,
 checkpointing, DDP) comes from the config.
 """
+
 import logging
 import os
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
 from det3d.config import get_cfg
+from det3d.data.datasets import dataset_folder_name
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from det3d.evaluation import (
     COCO3DEvaluator,
@@ -42,10 +44,11 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     * ``"matching"``: ``InstanceMatchingEvaluator`` at ``TEST.MATCHING_IOU_THRESHOLDS``;
     * ``"seg"``: ``SEGEvaluator`` (the Cell Tracking Challenge SEG measure).
 
-    Results are written under ``OUTPUT_DIR/inference/<dataset_name>``.
+    Results are written under ``OUTPUT_DIR/inference/<dataset_name>`` (a dataset spec's name made
+    safe for the file system, see ``det3d.data.datasets.dataset_folder_name``).
     """
     if output_folder is None:
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(dataset_name))
     evaluators = []
     for name in cfg.TEST.EVALUATORS:
         if name == "coco3d":

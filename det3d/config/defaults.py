@@ -288,11 +288,13 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)  # geometric-mean side mapped to level 4
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
     _add(_C.MODEL.ROI_HEADS, "CLS_LOSS_WEIGHT", 1.0)
-    # Score a detection needs to be painted into the "instance_labels" volume. Detections down to
-    # SCORE_THRESH_TEST stay in "instances" (COCO AP wants them); the label volume, which matching
-    # metrics and SEG score and biologists use, holds only the confident ones.
+    # Objectness (foreground probability 1 - p(background) of the detection's RoI, whatever its
+    # class) a detection needs to be painted into the "instance_labels" volume: a RoI torn between
+    # two classes is still an object. Detections down to SCORE_THRESH_TEST (a per-class score)
+    # stay in "instances" (COCO AP wants them); the label volume, which matching metrics and SEG
+    # score and biologists use, holds only the confident objects.
     _add(_C.MODEL.ROI_HEADS, "LABELS_SCORE_THRESH_TEST", 0.5)
-    # A detection whose mask is already claimed by higher-scoring ones for more than this fraction
+    # A detection whose mask is already claimed by earlier-pasted ones for more than this fraction
     # of its voxels stays out of the label volume (one label per object, whatever its class).
     _add(_C.MODEL.ROI_HEADS, "LABELS_OVERLAP_THRESH_TEST", 0.5)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)

@@ -123,20 +123,26 @@ def instances_to_label_volume(
     overlap_threshold: float = 0.5,
 ) -> torch.Tensor:
     """
-    Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``. Instances are
-    pasted in decreasing score and a voxel keeps the first (highest-score) instance that claims
-    it. Without ``pred_masks`` every voxel of the box is claimed. Instances scoring below
+    Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``.
+
+    Whether an instance enters, and in which order, is decided by its ``objectness`` (the
+    foreground probability of its RoI, see :func:`fast_rcnn_inference`) where the instances have
+    that field, else by ``scores``: a detection whose class probability is split between two
+    classes (0.45 each) is still a confident object and must not vanish from the label volume.
+    Instances are pasted in decreasing objectness (ties: decreasing score, so of two detections
+    of one RoI the one of its most likely class is pasted) and a voxel keeps the first instance
+    that claims it. Without ``pred_masks`` every voxel of the box is claimed. Instances below
     ``score_threshold`` are left out (their label does not occur), and so is an instance whose
-    mask is claimed by higher-scoring ones for more than ``overlap_threshold`` of its voxels
-    (as Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
+    mask is claimed by earlier ones for more than ``overlap_threshold`` of its voxels (as
+    Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
     another class, would otherwise leave its rim behind as a spurious object.
 
     Args:
-        instances: ``pred_boxes``, ``scores`` and optionally ``pred_masks`` (N, *M), boxes in the
-            coordinates of ``image_shape``.
+        instances: ``pred_boxes``, ``scores``, optionally ``objectness`` and ``pred_masks``
+            (N, *M), boxes in the coordinates of ``image_shape``.
         image_shape: spatial shape of the output; default ``instances.image_size``.
         threshold: mask probability threshold.
-        score_threshold: the score an instance needs to be pasted.
+        score_threshold: the objectness (or score) an instance needs to be pasted.
         overlap_threshold: the largest fraction of an instance's voxels that may already be
             claimed for it to be pasted; 1.0 pastes every instance that has a free voxel.
 
@@ -151,8 +157,11 @@ def instances_to_label_volume(
     if len(boxes) == 0:
         return labels
     if instances.has("scores"):
+        rank = instances.objectness if instances.has("objectness") else instances.scores
+        # sort by score, then stably by rank: rank decides, score breaks its ties
         order = torch.argsort(instances.scores, descending=True, stable=True)
-        order = order[instances.scores[order] >= score_threshold].tolist()
+        order = order[torch.argsort(rank[order], descending=True, stable=True)]
+        order = order[rank[order] >= score_threshold].tolist()
     else:
         order = range(len(instances))
     masks = instances.pred_masks if instances.has("pred_masks") else None

@@ -207,6 +207,10 @@ def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
     got = sorted(zip(res.pred_classes.tolist(), inds.tolist()))
     assert got == [(0, 0), (1, 1), (1, 2)]  # RoI 1 suppressed in class 0, class 1 kept
     assert (res.scores[:-1] >= res.scores[1:]).all()
+    # objectness = 1 - p(background) of each detection's RoI, whatever its class
+    fg = {0: 0.95, 1: 0.95, 2: 0.62}
+    for r, obj in zip(inds.tolist(), res.objectness.tolist()):
+        assert obj == pytest.approx(fg[r])
 
     # 300 separate boxes: all kept (DETECTIONS_PER_IMAGE defaults to 500, no 100 cap).
     lo = torch.arange(300, dtype=torch.float32)[:, None] * 3
