@@ -40,6 +40,7 @@ def test_objects_rows_votes_and_masks():
     inst, relabelled = linked_objects_to_instances(labels, links, dets, 3, (8, 16, 16))
     assert len(inst) == 5 and inst.image_size == gt.shape
     assert inst.scores.tolist() == sorted(inst.scores.tolist(), reverse=True)
+    assert torch.equal(inst.objectness, inst.scores)  # detections without objectness: scores
     for i in range(5):
         obj = relabelled.numpy() == i + 1
         (gt_id,) = np.unique(gt[obj])  # each object is exactly one ground-truth object

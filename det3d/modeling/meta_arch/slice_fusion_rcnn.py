@@ -404,7 +404,10 @@ class SliceFusionRCNN(_RCNNBase):
                     overlap_threshold=self.label_overlap_threshold,
                 ).cpu().numpy()
                 slice_labels[z] = lab
-                dets.set(z, r.scores.cpu().numpy(), r.pred_classes.cpu().numpy(), lab)
+                objectness = r.objectness.cpu().numpy() if r.has("objectness") else None
+                dets.set(
+                    z, r.scores.cpu().numpy(), r.pred_classes.cpu().numpy(), lab, objectness
+                )
         labels, links = link_slice_instances(
             slice_labels,
             iou_threshold=self.link_iou,

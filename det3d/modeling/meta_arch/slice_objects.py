@@ -4,7 +4,7 @@
 ``pred_masks``), with rows numbered as the label volume's ids (row ``i`` = label ``i + 1``).
 """
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,17 +21,27 @@ __all__ = ["SliceDetections", "linked_objects_to_instances"]
 class SliceDetections:
     """
     What the 2.5D model keeps of each slice's detections once they are pasted into that slice's
-    2D label image (row ``j`` = label ``j + 1``): per slice, ``scores`` and ``classes`` of its rows
-    and ``areas`` (pixels each row got in the label image). Small tables, no masks.
+    2D label image (row ``j`` = label ``j + 1``): per slice, ``scores``, ``objectness`` (the
+    scores where the detections have none) and ``classes`` of its rows and ``areas`` (pixels each
+    row got in the label image). Small tables, no masks.
     """
 
     def __init__(self, depth: int):
         self.scores: List[np.ndarray] = [np.zeros(0, np.float64)] * depth
+        self.objectness: List[np.ndarray] = [np.zeros(0, np.float64)] * depth
         self.classes: List[np.ndarray] = [np.zeros(0, np.int64)] * depth
         self.areas: List[np.ndarray] = [np.zeros(0, np.int64)] * depth
 
-    def set(self, z: int, scores: np.ndarray, classes: np.ndarray, label_image: np.ndarray):
+    def set(
+        self,
+        z: int,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        label_image: np.ndarray,
+        objectness: Optional[np.ndarray] = None,
+    ):
         self.scores[z] = np.asarray(scores, np.float64)
+        self.objectness[z] = np.asarray(scores if objectness is None else objectness, np.float64)
         self.classes[z] = np.asarray(classes, np.int64)
         counts = np.bincount(label_image.ravel(), minlength=len(scores) + 1)
         self.areas[z] = counts[1 : len(scores) + 1]
@@ -39,13 +49,15 @@ class SliceDetections:
 
 def _object_votes(
     links: SliceLinks, dets: SliceDetections, num_objects: int, num_classes: int
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
-    Per object: score = the mean of its slices' scores weighted by their areas; class = the class
-    whose slices cover most of the object (ties: the lower class index).
+    Per object: score (and objectness) = the mean of its slices' scores (objectness) weighted by
+    their areas; class = the class whose slices cover most of the object (ties: the lower class
+    index).
     """
     area = np.zeros(num_objects + 1, np.float64)
     score_area = np.zeros(num_objects + 1, np.float64)
+    objectness_area = np.zeros(num_objects + 1, np.float64)
     class_area = np.zeros((num_objects + 1, num_classes), np.float64)
     for z, (ids, objs) in enumerate(zip(links.ids, links.objects)):
         if len(ids) == 0:
@@ -54,9 +66,11 @@ def _object_votes(
         a = dets.areas[z][rows].astype(np.float64)
         np.add.at(area, objs, a)
         np.add.at(score_area, objs, a * dets.scores[z][rows])
+        np.add.at(objectness_area, objs, a * dets.objectness[z][rows])
         np.add.at(class_area, (objs, dets.classes[z][rows]), a)
     scores = np.divide(score_area, area, out=np.zeros_like(area), where=area > 0)[1:]
-    return scores, class_area[1:].argmax(axis=1)
+    objectness = np.divide(objectness_area, area, out=np.zeros_like(area), where=area > 0)[1:]
+    return scores, objectness, class_area[1:].argmax(axis=1)
 
 
 def linked_objects_to_instances(
@@ -76,7 +90,8 @@ def linked_objects_to_instances(
 
     Returns:
         Instances of image size ``(D, H, W)``, rows in decreasing score: ``pred_boxes``
-        (tight ``[a, b+1)`` boxes), ``scores``, ``pred_classes``, ``pred_masks`` ``(K, *res)``:
+        (tight ``[a, b+1)`` boxes), ``scores``, ``objectness``, ``pred_classes``,
+        ``pred_masks`` ``(K, *res)``:
         the fraction of each mask cell's voxels inside the object, the object's box resampled
         by area averaging (or repeated where the box is smaller), so that
         :func:`det3d.modeling.postprocessing.paste_mask` gives the object back to within a
@@ -84,7 +99,7 @@ def linked_objects_to_instances(
     """
     shape = tuple(labels.shape)
     num = int(labels.max(initial=0))
-    scores, classes = _object_votes(links, dets, num, num_classes)
+    scores, objectness, classes = _object_votes(links, dets, num, num_classes)
     order = np.argsort(-scores, kind="stable")
     relabel = np.zeros(num + 1, np.int32)
     relabel[order + 1] = np.arange(1, num + 1, dtype=np.int32)
@@ -102,6 +117,7 @@ def linked_objects_to_instances(
     inst = Instances(shape)
     inst.pred_boxes = Boxes(torch.from_numpy(boxes))
     inst.scores = torch.from_numpy(scores[order].astype(np.float32))
+    inst.objectness = torch.from_numpy(objectness[order].astype(np.float32))
     inst.pred_classes = torch.from_numpy(classes[order].astype(np.int64))
     inst.pred_masks = masks
     return inst, torch.from_numpy(labels)
