@@ -12,8 +12,9 @@ writes them) and the training times that run appended to ``RUNS/results.jsonl``.
   from COCO3DEvaluator, F1@0.5 from InstanceMatchingEvaluator, SEG from SEGEvaluator), timing
   each volume's inference (mean seconds per volume, after the first);
 * measures the peak memory of inference on one volume in a fresh process: the largest resident
-  set size (sampled every 2 ms) during ``model([volume])`` minus the resident size just before
-  it, so it counts what inference adds to a process that holds the model and the volume.
+  set size (sampled every 2 ms) during a second ``model([volume])`` minus the resident size just
+  before it, so it counts what inference adds to a process that holds the model and the volume
+  (blocks of 128 KiB and more are mmapped, so freed tensors leave the resident set).
 
 It prints one markdown table. Timings on a shared machine vary with its load: compare rows measured
 in one run, on an otherwise idle machine, with the same ``--threads``.
@@ -146,7 +147,11 @@ def measure_memory(config: str, weights: str) -> dict:
 
 def _memory_in_subprocess(config: str, weights: str, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--measure-memory", config, weights, "--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # glibc serves blocks of 128 KiB and more by mmap and unmaps them when freed, so the resident
+    # size follows the live tensors instead of keeping freed memory (torch's CPU allocator does
+    # not cache)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
