@@ -177,6 +177,10 @@ def test_thin_volume_and_2d_image_name_the_key_and_file():
     flat = {"image": torch.rand(1, 32, 32), "file_name": "cells_2d.tif"}
     with pytest.raises(ValueError, match=r"cells_2d.tif.*2.5D config.*2D image"):
         model([flat])
+    # a 2D file read as a volume of depth 1 (what DatasetMapper3D gives)
+    flat = {"image": torch.rand(1, 1, 32, 32), "file_name": "cells_2d.tif"}
+    with pytest.raises(ValueError, match=r"cells_2d.tif: a 2D image.*NUM_SLICES=3.*2.5D"):
+        model([flat])
     model.train()
     window = _window_sample()
     window["image"] = window["image"][:, :1].expand(1, 5, 32, 32)

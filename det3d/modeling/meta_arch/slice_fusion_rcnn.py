@@ -219,9 +219,10 @@ class SliceFusionRCNN(_RCNNBase):
                 + (" and was given a 2D image" if image.dim() == 3 else "")
             )
         if image.shape[1] < self.num_slices:
+            what = "a 2D image (1 slice)" if image.shape[1] == 1 else f"{image.shape[1]} slices"
             raise ValueError(
-                f"{name}: the volume has {image.shape[1]} slices, thinner than the window of "
-                f"MODEL.SLICE_FUSION.NUM_SLICES={self.num_slices}"
+                f"{name}: {what} is thinner than the window of "
+                f"MODEL.SLICE_FUSION.NUM_SLICES={self.num_slices} of this 2.5D config"
             )
         image = image.to(self.device, dtype=torch.float32)
         if not torch.isfinite(image).all():
