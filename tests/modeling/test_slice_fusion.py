@@ -186,3 +186,22 @@ def test_thin_volume_and_2d_image_name_the_key_and_file():
     window["image"] = window["image"][:, :1].expand(1, 5, 32, 32)
     with pytest.raises(ValueError, match="NUM_SLICES is 3"):
         model([window])
+
+
+def test_frozen_parts_stay_and_the_rest_learns():
+    torch.manual_seed(0)
+    cfg = _cfg("ConvFusion", "input")
+    cfg.MODEL.FREEZE_MODULES = ["backbone"]
+    with single_thread():
+        model = build_model(cfg)
+        model.train()
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        for _ in range(2):
+            opt.zero_grad()
+            sum(model([_window_sample()]).values()).backward()
+            opt.step()
+    # the input fusion before the frozen backbone still gets gradients through it
+    assert model.fusion.fusers["image"].conv.weight.grad.abs().sum() > 0
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -252,24 +252,22 @@ class SliceFusionRCNN(_RCNNBase):
         return ImageList(tensor, images.image_sizes)
 
     def _backbone(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.training and self.is_frozen("backbone"):
+        # a frozen backbone needs no graph unless an input-stage fusion before it still learns
+        learning_before = self.fusion.stage == "input" and any(
+            p.requires_grad for p in self.fusion.parameters()
+        )
+        if self.training and self.is_frozen("backbone") and not learning_before:
             with torch.no_grad():
                 return self.backbone(x)
         return self.backbone(x)
 
-    def _fuse(self, x: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if self.training and self.is_frozen("fusion"):
-            with torch.no_grad():
-                return self.fusion(x)
-        return self.fusion(x)
-
     def _window_features(self, windows: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Fused 2D features of a batch of normalised windows ``(B, S, C, H, W)``."""
         if self.fusion.stage == "input":
-            return self._backbone(self._fuse({"image": windows})["image"])
+            return self._backbone(self.fusion({"image": windows})["image"])
         b, s = windows.shape[:2]
         feats = self._backbone(windows.flatten(0, 1))
-        return self._fuse({k: v.view(b, s, *v.shape[1:]) for k, v in feats.items()})
+        return self.fusion({k: v.view(b, s, *v.shape[1:]) for k, v in feats.items()})
 
     # ------------------------------------------------------------------------------------- #
     # Training
