@@ -112,14 +112,21 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure_memory(config: str, weights: str) -> dict:
-    """Peak resident memory that inference on the test split's first volume adds (this process)."""
+def measure_memory(config: str, weights: str, depth: int = 0) -> dict:
+    """
+    Peak resident memory that inference on the test split's first volume adds (this process);
+    with ``depth``, the volume repeated along z to that many slices.
+    """
     from det3d.data import DatasetCatalog, DatasetMapper3D
 
     cfg = _config(config, weights)
     model = _model(cfg)
     (dataset,) = cfg.DATASETS.TEST
     inputs = [DatasetMapper3D(cfg, False)(DatasetCatalog.get(dataset)[0])]
+    if depth:
+        image = inputs[0]["image"]
+        reps = -(-depth // image.shape[1])
+        inputs = [{"image": image.repeat(1, reps, 1, 1)[:, :depth].contiguous()}]
     with torch.no_grad():
         model(inputs)  # warm-up: allocator pools and lazy initialisation are not inference
     import gc
@@ -145,8 +152,9 @@ def measure_memory(config: str, weights: str) -> dict:
     return {"peak_mb": peak[0] - base, "rss_before_mb": base, "volume": shape}
 
 
-def _memory_in_subprocess(config: str, weights: str, threads: int) -> dict:
+def _memory_in_subprocess(config: str, weights: str, threads: int, depth: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--measure-memory", config, weights, "--threads", str(threads)]
+    cmd += ["--depth", str(depth)]
     # glibc serves blocks of 128 KiB and more by mmap and unmaps them when freed, so the resident
     # size follows the live tensors instead of keeping freed memory (torch's CPU allocator does
     # not cache)
@@ -173,10 +181,17 @@ def main(argv=None):
     p.add_argument("--row", nargs=3, action="append", default=[], metavar=("NAME", "CFG", "W"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--measure-memory", nargs=2, metavar=("CONFIG", "WEIGHTS"))
+    p.add_argument("--depth", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--depth-scan",
+        default="",
+        help="comma-separated depths: peak memory of each row on its first test volume repeated\n"
+        "along z to each depth (does memory grow with the number of slices?)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.measure_memory:
-        print(json.dumps(measure_memory(*args.measure_memory)))
+        print(json.dumps(measure_memory(*args.measure_memory, depth=args.depth)))
         return
     rows = [tuple(r) for r in args.row]
     minutes = {}
@@ -209,6 +224,14 @@ def main(argv=None):
         print(table[-1], file=sys.stderr, flush=True)
     print(f"torch threads: {args.threads}")
     print("\n".join(table))
+    if args.depth_scan:
+        depths = [int(d) for d in args.depth_scan.split(",")]
+        print("\npeak MB of inference on one volume repeated along z (same H, W):\n")
+        print("| model | " + " | ".join(f"{d} slices" for d in depths) + " |")
+        print("|---|" + "---|" * len(depths))
+        for name, config, weights in rows:
+            mb = [_memory_in_subprocess(config, weights, args.threads, d)["peak_mb"] for d in depths]
+            print(f"| {name} | " + " | ".join(f"{m:.0f}" for m in mb) + " |", flush=True)
 
 
 if __name__ == "__main__":
