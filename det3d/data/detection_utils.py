@@ -137,7 +137,7 @@ def load_record_label_slices(
         if not 0 <= z < shape[0]:
             raise IndexError(f"{name}: slice {z} is outside the volume's {shape[0]} slices")
     if record.get("instance_label_file") is not None:
-        from .io import read_volume
+        from .io import read_slices, read_volume
 
         path = record["instance_label_file"]
         vol = read_volume(path)
@@ -146,7 +146,7 @@ def load_record_label_slices(
                 f"Shape mismatch: labels {path} are (C, D, H, W) = {tuple(vol.shape)}, image "
                 f"{name} is {shape}"
             )
-        labels = labels_to_int32(np.asarray(vol[0][zs]), path)
+        labels = labels_to_int32(read_slices(vol, zs)[0], path)
         cmap = record.get("instance_classes") or {}
         return labels, {int(i): int(cmap.get(int(i), 0)) for i in np.unique(labels) if i != 0}
     if record.get("seg_slices") is not None:

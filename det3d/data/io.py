@@ -29,6 +29,7 @@ __all__ = [
     "volume_shape",
     "LazyVolume",
     "is_zarr_path",
+    "read_slices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,16 @@ def read_volume(
     axes = axes or file_axes or _default_axes(len(shape), path)
     squeeze, order = _axes_plan(axes, shape, path)
     return _to_czyx(data, squeeze, order)
+
+
+def read_slices(volume, zs: Sequence[int]) -> np.ndarray:
+    """
+    z-slices ``zs`` of a ``(C, D, H, W)`` volume from :func:`read_volume` (memmap, ndarray or
+    :class:`LazyVolume`), reading only those slices: ``(C, len(zs), H, W)`` in the file's dtype.
+    """
+    if len(zs) == 0:
+        return np.zeros((volume.shape[0], 0) + tuple(volume.shape[2:]), volume.dtype)
+    return np.concatenate([np.asarray(volume[:, int(z) : int(z) + 1]) for z in zs], axis=1)
 
 
 def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, int]:

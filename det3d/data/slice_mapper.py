@@ -20,7 +20,7 @@ from .dataset_mapper import (
     percentile_bounds,
 )
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_label_slices
-from .io import read_volume
+from .io import read_slices, read_volume
 from .transforms import AugInput, RandomCrop, apply_augmentations
 
 __all__ = ["SliceDatasetMapper"]
@@ -167,7 +167,7 @@ class SliceDatasetMapper(DatasetMapper3D):
         idx = self._window_indices(z, depth, self.num_slices, self.pad_mode)
         real = sorted({i for i in idx if i >= 0})
         read = normalize_percentiles(
-            np.asarray(vol[:, real]), self.norm_percentiles, path, self._bounds[path]
+            read_slices(vol, real), self.norm_percentiles, path, self._bounds[path]
         )
         window = np.zeros((vol.shape[0], self.num_slices) + tuple(vol.shape[2:]), np.float32)
         for s, i in enumerate(idx):

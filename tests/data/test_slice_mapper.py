@@ -209,3 +209,33 @@ def test_errors_name_the_file_and_key(tmp_path):
         SliceDatasetMapper(cfg)
     with pytest.raises(ValueError, match="MODEL.SLICE_FUSION.NUM_SLICES"):
         SliceDatasetMapper(_cfg(NUM_SLICES=4))
+
+
+def test_zarr_volumes_are_read_slice_by_slice(tmp_path, volume, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    from det3d.data.io import LazyVolume
+
+    record, labels, _ = volume
+    for key, array in (("file_name", labels.astype(np.float32)), ("instance_label_file", labels)):
+        path = str(tmp_path / f"{key}.zarr")
+        z = zarr.open_array(
+            path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1, 24, 24)
+        )
+        z[:] = array
+        record = dict(record, **{key: path})
+    reads = []
+    getitem = LazyVolume.__getitem__
+
+    def counting(self, key):
+        out = getitem(self, key)
+        reads.append(out.shape)
+        return out
+
+    monkeypatch.setattr(LazyVolume, "__getitem__", counting)
+    mapper = SliceDatasetMapper(_cfg(NUM_SLICES=3))
+    mapper(record)
+    reads.clear()
+    out = mapper(record)
+    assert all(shape[1] == 1 for shape in reads), reads  # one slice at a time, never the volume
+    z = out["slice_index"]
+    assert np.array_equal(out["image"][0, 1].numpy(), labels[z])
