@@ -230,7 +230,8 @@ def main(argv=None):
         print("| model | " + " | ".join(f"{d} slices" for d in depths) + " |")
         print("|---|" + "---|" * len(depths))
         for name, config, weights in rows:
-            mb = [_memory_in_subprocess(config, weights, args.threads, d)["peak_mb"] for d in depths]
+            mb = [_memory_in_subprocess(config, weights, args.threads, d) for d in depths]
+            mb = [m["peak_mb"] for m in mb]
             print(f"| {name} | " + " | ".join(f"{m:.0f}" for m in mb) + " |", flush=True)
 
 
