@@ -380,6 +380,7 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.TEST, "SLICE_BATCH_SIZE", 8)
     # The training mapper (det3d.data.DATASET_MAPPER_REGISTRY): "DatasetMapper3D" (whole volumes
     # or crops) or "SliceDatasetMapper" (one target slice and its window per sample, for 2.5D).
+    _add(_C, "DATALOADER", CN())
     _add(_C.DATALOADER, "TRAIN_MAPPER", "DatasetMapper3D")
 
     # Synthetic data (det3d.data.synthetic) used by the builtin "synthetic_*" splits

@@ -35,7 +35,7 @@ def test_objects_rows_votes_and_masks():
     # one slice of object 2 says class 0 with a low score: the class covering most voxels wins
     z = int(np.nonzero((gt == 2).any(axis=(1, 2)))[0][0])
     row = int(slice_labels[z][gt[z] == 2][0]) - 1
-    dets.classes[z][row], dets.scores[z][row] = 0, 0.0
+    dets.classes[z][row], dets.scores[z][row], dets.objectness[z][row] = 0, 0.0, 0.0
     labels, links = link_slice_instances(slice_labels, iou_threshold=0.1, return_links=True)
     inst, relabelled = linked_objects_to_instances(labels, links, dets, 3, (8, 16, 16))
     assert len(inst) == 5 and inst.image_size == gt.shape
