@@ -380,6 +380,50 @@ def add_det3d_config(cfg: CN) -> None:
     # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
     _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
 
+    # 2.5D model (SliceFusionRCNN, det3d/modeling/meta_arch/slice_fusion_rcnn.py): a 2D Mask R-CNN
+    # (the parts built with SPATIAL_DIMS 2) on each z-slice, which sees its neighbour slices
+    # through a fusion module, and per-slice instances linked into 3D objects. SPATIAL_DIMS stays 3:
+    # the model takes and returns volumes.
+    _add(_C.MODEL, "SLICE_FUSION", CN())
+    # SLICE_FUSION_REGISTRY name: CenterSlice (no fusion), ChannelStack, SliceWeights,
+    # WindowedSliceWeights, ConvFusion, AttentionFusion
+    _add(_C.MODEL.SLICE_FUSION, "NAME", "SliceWeights")
+    _add(_C.MODEL.SLICE_FUSION, "NUM_SLICES", 3)  # window of 2k+1 slices around the target; odd
+    # Window slices beyond the volume's ends: "replicate" (end slice), "reflect", "zeros"
+    _add(_C.MODEL.SLICE_FUSION, "PAD_MODE", "replicate")
+    # Where the fusion acts: "input" (the window's slices, before the backbone) or "features"
+    # (each FPN level, after the shared 2D backbone ran on every slice of the window)
+    _add(_C.MODEL.SLICE_FUSION, "STAGE", "features")
+    _add(_C.MODEL.SLICE_FUSION, "PER_LEVEL", False)  # separate fusion weights per FPN level
+    # Initial per-slice weights: "center" (exactly the 2D model on the centre slice) or "uniform"
+    _add(_C.MODEL.SLICE_FUSION, "INIT", "center")
+    _add(_C.MODEL.SLICE_FUSION, "HIDDEN_DIM", 16)  # WindowedSliceWeights MLP, AttentionFusion keys
+    _add(_C.MODEL.SLICE_FUSION, "WINDOW_SIZE", 8)  # WindowedSliceWeights: window side in pixels
+    _add(_C.MODEL.SLICE_FUSION, "CONV_KERNEL_SIZE", 3)  # ConvFusion: in-plane kernel size
+    # Linking per-slice instances into 3D objects (det3d.modeling.link_slice_instances): least
+    # mask IoU between instances of nearby slices, slices an object may be missing from, and the
+    # least number of slices of an object. IoU 0.1: the end slices of an object are small, and
+    # linking ground truth cut into slices with 0.3 split them off (tests/modeling/
+    # test_slice_linking.py: SEG 0.957 with 0.1, 0.932 with 0.3 on touching objects).
+    _add(_C.MODEL.SLICE_FUSION, "LINK_IOU", 0.1)
+    _add(_C.MODEL.SLICE_FUSION, "LINK_MAX_GAP", 1)
+    _add(_C.MODEL.SLICE_FUSION, "LINK_MIN_DEPTH", 1)
+    # pred_masks of the linked 3D objects: each object's mask in its box, resampled to this size
+    # (D, H, W); instance_labels holds the exact masks.
+    _add(_C.MODEL.SLICE_FUSION, "MASK_RESOLUTION", [16, 28, 28])
+    # Training: sampling weight of a target slice without objects (slices with objects weigh 1;
+    # 0 skips empty slices), and, when the model is given whole volumes rather than slice windows,
+    # how many target slices it trains on per volume.
+    _add(_C.MODEL.SLICE_FUSION, "EMPTY_SLICE_WEIGHT", 0.1)
+    _add(_C.MODEL.SLICE_FUSION, "TRAIN_SLICES_PER_VOLUME", 4)
+    # Inference runs the 2D model on this many target slices at once (memory does not grow with
+    # the volume's depth).
+    _add(_C.TEST, "SLICE_BATCH_SIZE", 8)
+    # The training mapper (det3d.data.DATASET_MAPPER_REGISTRY): "DatasetMapper3D" (whole volumes
+    # or crops) or "SliceDatasetMapper" (one target slice and its window per sample, for 2.5D).
+    _add(_C, "DATALOADER", CN())
+    _add(_C.DATALOADER, "TRAIN_MAPPER", "DatasetMapper3D")
+
     # Synthetic data (det3d.data.synthetic) used by the builtin "synthetic_*" splits
     _add(_C, "SYNTHETIC", CN())
     _add(_C.SYNTHETIC, "ROOT", "datasets/synthetic")
@@ -411,6 +455,7 @@ for _key in (
     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
     "INPUT.CROP_SIZE",
+    "MODEL.SLICE_FUSION.MASK_RESOLUTION",
 ):
     register_per_axis_key(_key)
 

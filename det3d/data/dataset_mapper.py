@@ -5,10 +5,11 @@
 
 import copy
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from fvcore.common.registry import Registry
 
 from det3d.config import configurable
 from det3d.structures.label_volume import compact_labels
@@ -27,17 +28,48 @@ from .transforms import (
     apply_augmentations,
 )
 
-__all__ = ["DatasetMapper3D", "normalize_percentiles", "build_augmentations"]
+__all__ = [
+    "DatasetMapper3D",
+    "DATASET_MAPPER_REGISTRY",
+    "normalize_percentiles",
+    "percentile_bounds",
+    "build_augmentations",
+]
 
 logger = logging.getLogger(__name__)
 
+DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
+DATASET_MAPPER_REGISTRY.__doc__ = """
+Training mappers, chosen by ``DATALOADER.TRAIN_MAPPER``. Called with ``obj(cfg, is_train)``; the
+object maps a dataset record to a model input dict. A mapper whose ``trains_on_sparse_records`` is
+True keeps records with per-slice ground truth (``seg_slices``) in the training set.
+"""
+
+
+def percentile_bounds(image: np.ndarray, percentiles: Sequence[float]) -> List[Tuple[float, float]]:
+    """Per channel ``(p_low, p_high)`` of ``image`` ``(C, ...)`` (empty percentiles: none)."""
+    if not percentiles:
+        return []
+    lo_p, hi_p = percentiles
+    return [
+        tuple(float(v) for v in np.percentile(np.asarray(image[c]), [lo_p, hi_p]))
+        for c in range(image.shape[0])
+    ]
+
 
 def normalize_percentiles(
-    image: np.ndarray, percentiles: Sequence[float], name: str = "image"
+    image: np.ndarray,
+    percentiles: Sequence[float],
+    name: str = "image",
+    bounds: Optional[Sequence[Tuple[float, float]]] = None,
 ) -> np.ndarray:
     """
     Per channel ``(x - p_low) / (p_high - p_low)`` in float32; a constant channel becomes
     ``x - p_low`` (zeros). Raises ValueError (naming ``name``) on NaN/Inf voxels.
+
+    Args:
+        bounds: per channel ``(p_low, p_high)`` to use instead of the image's own (e.g. those of
+            the whole volume, for a few of its slices; see :func:`percentile_bounds`).
     """
     image = np.asarray(image)
     out = image.astype(np.float32)  # always a copy we may write to
@@ -46,9 +78,9 @@ def normalize_percentiles(
         raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
     if not percentiles:
         return out
-    lo_p, hi_p = percentiles
-    for c in range(out.shape[0]):
-        lo, hi = np.percentile(out[c], [lo_p, hi_p])
+    if bounds is None:
+        bounds = percentile_bounds(out, percentiles)
+    for c, (lo, hi) in enumerate(bounds):
         out[c] -= lo
         if hi > lo:
             out[c] /= hi - lo
@@ -77,6 +109,7 @@ def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
     return augs
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class DatasetMapper3D:
     """
     Reads a record's volume and ground truth and turns them into a model input:
@@ -105,6 +138,8 @@ class DatasetMapper3D:
     ``"instances"`` (training), ``"depth"``, ``"height"``, ``"width"`` (original), ``"file_name"``,
     ``"image_id"``, ``"spacing"`` (of the returned image: the target spacing when resampled).
     """
+
+    trains_on_sparse_records = False  # see DATASET_MAPPER_REGISTRY
 
     @configurable
     def __init__(

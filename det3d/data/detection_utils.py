@@ -29,6 +29,7 @@ from .io import read_labels
 
 __all__ = [
     "load_record_labels",
+    "load_record_label_slices",
     "annotations_to_label_volume",
     "label_volume_to_instances",
     "record_has_instances",
@@ -134,6 +135,64 @@ def load_record_labels(record: dict) -> Tuple[np.ndarray, Dict[int, int]]:
     raise ValueError(
         f"{name}: record has neither 'annotations', 'instance_label_file' nor 'seg_slices'"
     )
+
+
+def load_record_label_slices(
+    record: dict, zs: Sequence[int]
+) -> Tuple[np.ndarray, Dict[int, int]]:
+    """
+    The ground truth of z-slices ``zs`` of a record, reading only those slices where the format
+    allows: a label file is memory-mapped (uncompressed TIFF) or read by chunks (zarr), sparse
+    records read only the listed slice files; ``annotations`` (RLE of the whole volume) are
+    decoded whole.
+
+    Returns:
+        labels: int32 ``(len(zs), height, width)``; classes: id -> category index for the ids
+        present in them.
+
+    Raises:
+        ValueError: a shape mismatch (files named), or a slice that a sparse record does not
+            annotate.
+    """
+    zs = [int(z) for z in zs]
+    shape = tuple(int(record[k]) for k in ("depth", "height", "width"))
+    name = record.get("file_name", "record")
+    for z in zs:
+        if not 0 <= z < shape[0]:
+            raise IndexError(f"{name}: slice {z} is outside the volume's {shape[0]} slices")
+    if record.get("instance_label_file") is not None:
+        from .io import read_slices, read_volume
+
+        path = record["instance_label_file"]
+        vol = read_volume(path)
+        if vol.shape[0] != 1 or tuple(vol.shape[1:]) != shape:
+            raise ValueError(
+                f"Shape mismatch: labels {path} are (C, D, H, W) = {tuple(vol.shape)}, image "
+                f"{name} is {shape}"
+            )
+        labels = labels_to_int32(read_slices(vol, zs)[0], path)
+        cmap = record.get("instance_classes") or {}
+        return labels, {int(i): int(cmap.get(int(i), 0)) for i in np.unique(labels) if i != 0}
+    if record.get("seg_slices") is not None:
+        files = dict(zip((int(z) for z in record["seg_slices"]), record["seg_slice_files"]))
+        labels = np.zeros((len(zs),) + shape[1:], np.int32)
+        for k, z in enumerate(zs):
+            if z not in files:
+                raise ValueError(
+                    f"{name}: slice {z} is not annotated (seg_slices {sorted(files)})"
+                )
+            sl = read_labels(files[z])
+            if sl.shape[0] != 1 or sl.shape[1:] != shape[1:]:
+                raise ValueError(
+                    f"Shape mismatch: slice labels {files[z]} are {sl.shape}, image {name} "
+                    f"slices are (H, W) = {shape[1:]}"
+                )
+            labels[k] = sl[0]
+        return labels, {int(i): 0 for i in np.unique(labels) if i != 0}
+    labels, classes = load_record_labels(record)
+    labels = labels[zs]
+    present = set(np.unique(labels).tolist())
+    return labels, {i: c for i, c in classes.items() if i in present}
 
 
 def record_has_instances(record: dict) -> bool:

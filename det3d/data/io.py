@@ -30,6 +30,7 @@ __all__ = [
     "LazyVolume",
     "is_zarr_path",
     "check_spacing",
+    "read_slices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -327,6 +328,16 @@ def _check_not_empty(shape: Sequence[int], path: str) -> None:
     """A volume with a zero-size axis holds no voxels: refuse it when read, naming the file."""
     if any(int(n) == 0 for n in shape):
         raise ValueError(f"{path}: the volume has a zero-size axis (shape {tuple(shape)})")
+
+
+def read_slices(volume, zs: Sequence[int]) -> np.ndarray:
+    """
+    z-slices ``zs`` of a ``(C, D, H, W)`` volume from :func:`read_volume` (memmap, ndarray or
+    :class:`LazyVolume`), reading only those slices: ``(C, len(zs), H, W)`` in the file's dtype.
+    """
+    if len(zs) == 0:
+        return np.zeros((volume.shape[0], 0) + tuple(volume.shape[2:]), volume.dtype)
+    return np.concatenate([np.asarray(volume[:, int(z) : int(z) + 1]) for z in zs], axis=1)
 
 
 def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, int]:
