@@ -25,7 +25,7 @@ import torch
 
 from det3d.structures.label_volume import compact_labels, label_objects
 
-from .io import read_labels
+from .io import labels_to_int32, read_labels
 
 __all__ = [
     "load_record_labels",
@@ -225,8 +225,6 @@ def label_volume_to_instances(
     """
     from det3d.structures import Boxes, Instances
     from det3d.structures.masks import BitMasks
-
-    from .io import labels_to_int32
 
     labels = labels_to_int32(np.asarray(labels))
     ndim = labels.ndim
