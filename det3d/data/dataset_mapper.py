@@ -4,7 +4,7 @@
 
 import copy
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,7 +25,13 @@ from .transforms import (
     apply_augmentations,
 )
 
-__all__ = ["DatasetMapper3D", "normalize_percentiles", "build_augmentations"]
+__all__ = [
+    "DatasetMapper3D",
+    "normalize_percentiles",
+    "percentile_bounds",
+    "apply_intensity_bounds",
+    "build_augmentations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +45,44 @@ def normalize_percentiles(
     """
     image = np.asarray(image)
     out = image.astype(np.float32)  # always a copy we may write to
-    if not np.all(np.isfinite(out)):
-        bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
+    _check_finite(out, name)
+    return _scale(out, percentile_bounds(out, percentiles))
+
+
+def percentile_bounds(image: np.ndarray, percentiles: Sequence[float]) -> List[Tuple]:
+    """
+    ``[(p_low, p_high)]`` per channel of a float32 ``(C, ...)`` image (as
+    :func:`normalize_percentiles` computes them); empty ``percentiles``: ``[]`` (no scaling).
+    """
     if not percentiles:
-        return out
+        return []
     lo_p, hi_p = percentiles
-    for c in range(out.shape[0]):
-        lo, hi = np.percentile(out[c], [lo_p, hi_p])
+    return [tuple(np.percentile(image[c], [lo_p, hi_p])) for c in range(image.shape[0])]
+
+
+def apply_intensity_bounds(image: np.ndarray, bounds: Sequence[Tuple], name: str = "image"):
+    """
+    ``(x - lo) / (hi - lo)`` per channel (``x - lo`` where ``hi <= lo``) with bounds from
+    :func:`percentile_bounds`, in float32; ``image`` (any part of a volume) is converted, or
+    changed in place when it is float32 already. Same arithmetic for a tile as for the whole.
+    """
+    out = image if image.dtype == np.float32 else image.astype(np.float32)
+    _check_finite(out, name)
+    return _scale(out, bounds)
+
+
+def _scale(out: np.ndarray, bounds: Sequence[Tuple]) -> np.ndarray:
+    for c, (lo, hi) in enumerate(bounds):
         out[c] -= lo
         if hi > lo:
             out[c] /= hi - lo
     return out
+
+
+def _check_finite(image: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(image)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
 
 
 def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
