@@ -335,7 +335,7 @@ def add_det3d_config(cfg: CN) -> None:
     # its centroid, and must fit within about half the overlap around that core.
     _add(_C.TEST, "TILE", CN())
     _add(_C.TEST.TILE, "SIZE", [64, 256, 256])  # >= the model's size divisibility
-    _add(_C.TEST.TILE, "OVERLAP", [16, 48, 48])  # < SIZE; about twice the largest object radius
+    _add(_C.TEST.TILE, "OVERLAP", [24, 48, 48])  # < SIZE; about twice the largest object radius
     _add(_C.TEST.TILE, "BATCH_SIZE", 1)  # tiles per model call
     # An object that reaches a tile's inner face: "error" (names the keys to raise) or "keep"
     _add(_C.TEST.TILE, "CUT_OBJECTS", "error")

@@ -62,7 +62,9 @@ def create_label_store(path: str, shape: Sequence[int], ome: bool = False):
     shape = tuple(int(n) for n in shape)
     if ome:
         group = zarr.open_group(store=path, mode="w", zarr_format=2)
-        return group.create_array("0", shape=shape, chunks=_chunks(shape), dtype="int32", fill_value=0)
+        return group.create_array(
+            "0", shape=shape, chunks=_chunks(shape), dtype="int32", fill_value=0
+        )
     return zarr.create_array(
         store=path, shape=shape, chunks=_chunks(shape), dtype="int32", fill_value=0, zarr_format=2
     )
@@ -80,7 +82,9 @@ def open_label_store(path: str, ome: bool = False):
 def replace_path(src: str, dst: str) -> None:
     """Moves file or folder ``src`` to ``dst``, replacing what is there (a folder too)."""
     if os.path.isdir(dst) and not os.path.islink(dst):
-        trash = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".old-", dir=os.path.dirname(dst))
+        trash = tempfile.mkdtemp(
+            prefix="." + os.path.basename(dst) + ".old-", dir=os.path.dirname(os.path.abspath(dst))
+        )
         os.replace(dst, os.path.join(trash, "old"))
         os.replace(src, dst)
         shutil.rmtree(trash, ignore_errors=True)
@@ -130,7 +134,10 @@ def _ome_metadata(spacing: List[float]) -> dict:
                 "name": "labels",
                 "axes": axes,
                 "datasets": [
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": spacing}]}
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [{"type": "scale", "scale": spacing}],
+                    }
                 ],
             }
         ],

@@ -75,7 +75,8 @@ class VolumeSource:
         with tifffile.TiffFile(self.path) as tif:
             ndim, file_axes = len(tif.series[0].shape), _tiff_axes(tif)
         array = zarr.open(tifffile.imread(self.path, aszarr=True), mode="r")
-        return LazyVolume(array, self.axes or file_axes or _default_axes(ndim, self.path), self.path)
+        axes = self.axes or file_axes or _default_axes(ndim, self.path)
+        return LazyVolume(array, axes, self.path)
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
         """

@@ -189,10 +189,12 @@ class TileRunner:
         results, inputs, ran = {}, [], []
         for tile in tiles:
             raw = job.source.read(tile.slices)
-            if job.foreground_threshold is not None and not (raw >= job.foreground_threshold).any():
+            threshold = job.foreground_threshold
+            if threshold is not None and not (raw >= threshold).any():
                 results[tile.index] = TileResult(tile.index, skipped=True)
                 continue
-            image = apply_intensity_bounds(raw, job.bounds, f"{job.source.path} (tile {tile.index})")
+            name = f"{job.source.path} (tile {tile.index})"
+            image = apply_intensity_bounds(raw, job.bounds, name)
             if job.zoom is not None:
                 image = ResampleTransform(image.shape[1:], job.zoom).apply_image(image)
             depth, height, width = tile.shape
@@ -331,6 +333,8 @@ def fingerprint(cfg, task: VolumeTask, foreground_threshold: Optional[float]) ->
     """What decides a volume's labels: a rerun continues a run only when this is the same."""
 
     def stat(path):
+        if not os.path.exists(path):
+            return path
         st = os.stat(path)
         return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
@@ -364,7 +368,7 @@ def predict_volume(
     Predicts one volume into ``output_dir``, continuing an interrupted run of the same command.
 
     Args:
-        cfg: the config (``INPUT.*``, ``TEST.TILE.*``, ``MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST``).
+        cfg: the config (``INPUT.*``, ``TEST.TILE.*``, ``LABELS_OVERLAP_THRESH_TEST``).
         task: the volume and its output names.
         executor: :class:`SerialExecutor` or :class:`DaskExecutor`.
         tile_size, tile_overlap: per axis in model voxels (from :func:`check_tile_config`).

@@ -6,7 +6,8 @@ from scipy import ndimage
 from torch import nn
 
 from det3d.config import get_cfg
-from det3d.data import make_synthetic_volume
+from det3d.data import make_synthetic_volume, write_volume
+from det3d.modeling import META_ARCH_REGISTRY
 from det3d.structures import Instances
 
 
@@ -26,7 +27,8 @@ class ThresholdModel(nn.Module):
             inst = Instances(labels.shape)
             inst.scores = torch.as_tensor(np.asarray(means), dtype=torch.float32)
             inst.pred_classes = torch.zeros(n, dtype=torch.int64)
-            outputs.append({"instances": inst, "instance_labels": torch.from_numpy(labels.astype(np.int32))})
+            labels = torch.from_numpy(labels.astype(np.int32))
+            outputs.append({"instances": inst, "instance_labels": labels})
         return outputs
 
 
@@ -58,3 +60,34 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
     return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@META_ARCH_REGISTRY.register()
+class PredictTestThresholdModel(ThresholdModel):
+    """:class:`ThresholdModel` as a registered meta-architecture, for the command line."""
+
+    def __init__(self, cfg=None):
+        super().__init__()
+
+
+def stub_command_files(
+    tmp_path, raw, spacing=(1.0, 0.5, 0.5), size=(16, 32, 32), overlap=(12, 16, 16)
+):
+    """Writes vol.tif, an (empty) weights file and a config for the registered stub; returns
+    (config path, weights path, volume path)."""
+    write_volume(str(tmp_path / "vol.tif"), raw, spacing=spacing)
+    torch.save({"model": {}}, str(tmp_path / "stub.pth"))
+    cfg = stub_cfg(size, overlap)
+    cfg.MODEL.META_ARCHITECTURE = "PredictTestThresholdModel"
+    cfg.MODEL.WEIGHTS = str(tmp_path / "stub.pth")
+    (tmp_path / "stub.yaml").write_text(cfg.dump())
+    return str(tmp_path / "stub.yaml"), str(tmp_path / "stub.pth"), str(tmp_path / "vol.tif")
+
+
+def read_table(path):
+    """The object CSV as a list of dicts with numbers parsed."""
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (v if k == "class_name" else float(v)) for k, v in r.items()} for r in rows]
