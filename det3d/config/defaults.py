@@ -373,6 +373,16 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.TEST, "MATCHING_IOU_THRESHOLDS", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     _add(_C.TEST, "MAX_DETS", 500)  # COCO3DEvaluator maxDets; does not cap dense volumes
 
+    # Tiled prediction (det3d-predict; det3d/engine/tiling.py). Sizes per axis (D, H, W) in model
+    # voxels (at INPUT.TARGET_SPACING when set). Each object is kept by the tile whose core holds
+    # its centroid, and must fit within about half the overlap around that core.
+    _add(_C.TEST, "TILE", CN())
+    _add(_C.TEST.TILE, "SIZE", [64, 256, 256])  # >= the model's size divisibility
+    _add(_C.TEST.TILE, "OVERLAP", [24, 48, 48])  # < SIZE; about twice the largest object radius
+    _add(_C.TEST.TILE, "BATCH_SIZE", 1)  # tiles per model call
+    # An object that reaches a tile's inner face: "error" (names the keys to raise) or "keep"
+    _add(_C.TEST.TILE, "CUT_OBJECTS", "error")
+
     # Checkpointing / engine
     _add(_C.SOLVER, "BEST_CHECKPOINT_METRIC", "")  # e.g. "segm/AP50"; empty disables
     _add(_C.SOLVER, "BEST_CHECKPOINT_MODE", "max")
@@ -456,6 +466,8 @@ for _key in (
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
     "INPUT.CROP_SIZE",
     "MODEL.SLICE_FUSION.MASK_RESOLUTION",
+    "TEST.TILE.SIZE",
+    "TEST.TILE.OVERLAP",
 ):
     register_per_axis_key(_key)
 

@@ -33,6 +33,7 @@ __all__ = [
     "DATASET_MAPPER_REGISTRY",
     "normalize_percentiles",
     "percentile_bounds",
+    "apply_intensity_bounds",
     "build_augmentations",
 ]
 
@@ -47,7 +48,10 @@ True keeps records with per-slice ground truth (``seg_slices``) in the training 
 
 
 def percentile_bounds(image: np.ndarray, percentiles: Sequence[float]) -> List[Tuple[float, float]]:
-    """Per channel ``(p_low, p_high)`` of ``image`` ``(C, ...)`` (empty percentiles: none)."""
+    """
+    ``[(p_low, p_high)]`` per channel of a ``(C, ...)`` image (as :func:`normalize_percentiles`
+    computes them); empty ``percentiles``: ``[]`` (no scaling).
+    """
     if not percentiles:
         return []
     lo_p, hi_p = percentiles
@@ -71,20 +75,36 @@ def normalize_percentiles(
         bounds: per channel ``(p_low, p_high)`` to use instead of the image's own (e.g. those of
             the whole volume, for a few of its slices; see :func:`percentile_bounds`).
     """
-    image = np.asarray(image)
-    out = image.astype(np.float32)  # always a copy we may write to
-    if not np.all(np.isfinite(out)):
-        bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
+    out = np.asarray(image).astype(np.float32)  # always a copy we may write to
+    _check_finite(out, name)
     if not percentiles:
         return out
-    if bounds is None:
-        bounds = percentile_bounds(out, percentiles)
+    return _scale(out, bounds if bounds is not None else percentile_bounds(out, percentiles))
+
+
+def apply_intensity_bounds(image: np.ndarray, bounds: Sequence[Tuple], name: str = "image"):
+    """
+    ``(x - lo) / (hi - lo)`` per channel (``x - lo`` where ``hi <= lo``) with bounds from
+    :func:`percentile_bounds`, in float32; ``image`` (any part of a volume) is converted, or
+    changed in place when it is float32 already. Same arithmetic for a tile as for the whole.
+    """
+    out = image if image.dtype == np.float32 else image.astype(np.float32)
+    _check_finite(out, name)
+    return _scale(out, bounds)
+
+
+def _scale(out: np.ndarray, bounds: Sequence[Tuple]) -> np.ndarray:
     for c, (lo, hi) in enumerate(bounds):
         out[c] -= lo
         if hi > lo:
             out[c] /= hi - lo
     return out
+
+
+def _check_finite(image: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(image)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
 
 
 def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
