@@ -36,11 +36,9 @@ from det3d.data.datasets.builtin import SYNTHETIC_SPLITS  # noqa: E402
 from det3d.data.io import read_volume  # noqa: E402
 from det3d.evaluation import seg_score  # noqa: E402
 
-CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_cpu.yaml")
-DEFAULT_WEIGHTS = [
-    os.path.join(REPO, "output", "demo", "model_final.pth"),
-    os.path.join(REPO, "output", "synthetic_R18_FPN_3d_cpu", "model_final.pth"),
-]
+# the demo model (make demo) and its config; --config-file for other weights
+CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_demo.yaml")
+DEFAULT_WEIGHTS = [os.path.join(REPO, "output", "demo", "model_final.pth")]
 SIZES = ["64x256x256", "128x512x512", "256x1024x1024"]
 BLOCK = (32, 128, 128)  # generated one at a time; the volume is a mosaic of such blocks
 SPACING = (1.0, 0.5, 0.5)
@@ -56,8 +54,8 @@ def find_weights(given):
             return path
     sys.exit(
         "No trained demo model found (looked for " + ", ".join(DEFAULT_WEIGHTS) + "). Train it "
-        "with `make demo` (about 12 min on 2 CPU cores) or `python tools/train_net.py "
-        "--config-file configs/Synthetic/mask_rcnn_R18_FPN_3d_cpu.yaml`, or pass --weights "
+        "with `make demo` (about 5 min of training on 2 CPU cores) or `python tools/train_net.py "
+        "--config-file configs/Synthetic/mask_rcnn_R18_FPN_3d_demo.yaml`, or pass --weights "
         "path/to/model_final.pth"
     )
 
@@ -89,9 +87,9 @@ def make_volume(folder: str, shape, seed: int = 0):
     return os.path.join(folder, "image.zarr"), os.path.join(folder, "truth.zarr"), next_id
 
 
-def run_predict(image: str, output: str, weights: str, *opts):
+def run_predict(image: str, output: str, weights: str, *opts, config: str = CONFIG):
     """Runs det3d-predict in a child; returns (seconds, peak RSS in MiB, stdout)."""
-    cmd = [sys.executable, "-m", "det3d.engine.predict_cli", "--config-file", CONFIG,
+    cmd = [sys.executable, "-m", "det3d.engine.predict_cli", "--config-file", config,
            "--input", image, "--output", output, "MODEL.WEIGHTS", weights, *opts]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     start = time.perf_counter()
@@ -117,6 +115,7 @@ def labels_of(output: str) -> np.ndarray:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", help="the demo model (default: where make demo puts it)")
+    parser.add_argument("--config-file", default=CONFIG, help="the config of --weights")
     parser.add_argument("--sizes", nargs="+", default=SIZES, help="DxHxW, multiples of 32x128x128")
     parser.add_argument("--workdir", help="where volumes and outputs go (default: a temp folder)")
     parser.add_argument("--no-seg", action="store_true", help="skip the SEG measurements")
@@ -133,7 +132,9 @@ def main():
         t0 = time.perf_counter()
         image, truth, n_true = make_volume(folder, shape)
         gen = time.perf_counter() - t0
-        seconds, peak, out = run_predict(image, os.path.join(folder, "out"), weights)
+        seconds, peak, out = run_predict(
+            image, os.path.join(folder, "out"), weights, config=args.config_file
+        )
         with open(os.path.join(folder, "out", "image_objects.csv")) as f:
             n_pred = sum(1 for _ in csv.DictReader(f))
         tiles = int(out.split(" tiles (")[0].rsplit("; ", 1)[-1])
@@ -158,13 +159,13 @@ def main():
     ratio = max(r["peak_mib"] for r in rows) / base
     print(f"peak memory, largest / smallest volume: {ratio:.2f} (must stay within 1.5)")
     if not args.no_seg:
-        tiled_vs_untiled(work, args.sizes[0], weights)
+        tiled_vs_untiled(work, args.sizes[0], weights, config=args.config_file)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
 
 
-def tiled_vs_untiled(work: str, size: str, weights: str) -> None:
+def tiled_vs_untiled(work: str, size: str, weights: str, config: str = CONFIG) -> None:
     """SEG of the smallest volume in one tile vs in tiles of a quarter of its y/x extent."""
     folder = os.path.join(work, size)
     d, h, w = (int(n) for n in size.split("x"))
@@ -173,7 +174,7 @@ def tiled_vs_untiled(work: str, size: str, weights: str) -> None:
     tile = f"[{d}, {h // 2}, {w // 2}]"
     seconds, _, out = run_predict(
         os.path.join(folder, "image.zarr"), os.path.join(folder, "tiled"), weights,
-        "TEST.TILE.SIZE", tile,
+        "TEST.TILE.SIZE", tile, config=config,
     )
     tiled = seg_score(gt, labels_of(os.path.join(folder, "tiled")))
     tiles = int(out.split(" tiles (")[0].rsplit("; ", 1)[-1])
