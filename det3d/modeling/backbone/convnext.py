@@ -33,6 +33,9 @@ CONVNEXT_SIZES = {
 }
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 class ConvNeXtBlock(nn.Module):
     """
     Depthwise conv (kernel per axis) -> LayerNorm over channels -> Linear 4x (inverted bottleneck)
@@ -66,7 +69,9 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, *spatial) -> same shape."""
         shortcut = x
-        x = self.dwconv(x).movedim(1, -1)
+        # Channels-last memory makes the CPU backward of depthwise convs ~3x faster, and the
+        # channel-last ops after it read the conv's output without a copy.
+        x = self.dwconv(x.contiguous(memory_format=_CHANNELS_LAST[x.dim()])).movedim(1, -1)
         x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
         if self.gamma is not None:
             x = self.gamma * x
