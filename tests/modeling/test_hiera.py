@@ -80,7 +80,9 @@ def test_mask_unit_attention_is_attention_within_spatial_mask_units(grid, stride
     tokens = unroll(x, strides)
     for m in (1, 2):  # a mask unit of one or two strides per axis
         unit = tuple(math.prod(s[a] for s in strides[:m]) for a in range(len(grid)))
-        attn = MaskUnitAttention(8, 8, heads=2, window_size=math.prod(unit), use_mask_unit_attn=True)
+        attn = MaskUnitAttention(
+            8, 8, heads=2, window_size=math.prod(unit), use_mask_unit_attn=True
+        )
         out = reroll(attn(tokens), grid, strides)
         torch.testing.assert_close(
             out, _window_attention_reference(attn, x, unit), rtol=1e-4, atol=1e-5
@@ -88,7 +90,8 @@ def test_mask_unit_attention_is_attention_within_spatial_mask_units(grid, stride
     # global attention: one window over everything
     attn = MaskUnitAttention(8, 8, heads=2, use_mask_unit_attn=False)
     out = reroll(attn(tokens), grid, strides)
-    torch.testing.assert_close(out, _window_attention_reference(attn, x, grid), rtol=1e-4, atol=1e-5)
+    expected = _window_attention_reference(attn, x, grid)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
