@@ -80,3 +80,13 @@ def test_convnext_freeze_and_bad_keys():
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3"]
     with pytest.raises(ValueError, match="MODEL.FPN.IN_FEATURES"):
         build_backbone(cfg)
+
+
+def test_convnext_builds_only_the_stages_it_outputs():
+    torch.manual_seed(0)
+    cfg = tiny_backbone_cfg("convnext", 3)
+    cfg.MODEL.CONVNEXT.OUT_FEATURES = ["stage2", "stage3"]
+    model = build_convnext_backbone(cfg, ShapeSpec(channels=1))
+    assert len(model.stages) == 2 and len(model.downsample_layers) == 2
+    assert model.size_divisibility == (4, 8, 8)
+    forward_backward(model, torch.randn(1, 1, 8, 16, 16))  # every parameter gets a gradient

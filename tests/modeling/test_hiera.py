@@ -143,3 +143,14 @@ def test_hiera_freeze():
     assert frozen == {"blocks.0"}  # stage2 = the first stage's single block
     assert not model.pos_embed.requires_grad
     assert model.blocks[1].attn.qkv.weight.requires_grad
+
+
+def test_hiera_builds_only_the_stages_it_outputs():
+    torch.manual_seed(0)
+    cfg = tiny_backbone_cfg("hiera", 3)
+    cfg.MODEL.HIERA.OUT_FEATURES = ["stage2", "stage3"]
+    model = build_hiera_backbone(cfg, ShapeSpec(channels=1))
+    assert len(model.blocks) == 2  # stages of 1 and 1 blocks
+    assert model.size_divisibility == (8, 32, 32)  # the tokens are still unrolled for 4 stages
+    check_outputs_match_output_shape(model, torch.randn(1, 1, 8, 32, 32))
+    forward_backward(model, torch.randn(1, 1, 8, 32, 32))

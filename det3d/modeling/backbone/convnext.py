@@ -126,11 +126,18 @@ class ConvNeXt(Backbone):
             )
         if any(k % 2 == 0 for k in kernel_size):
             raise ValueError(f"ConvNeXt: depthwise kernel_size {list(kernel_size)} must be odd")
+        names = [f"stage{i + 2}" for i in range(len(depths))]
+        out_features = list(out_features or names[-1:])
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"ConvNeXt: unknown output feature(s) {unknown}; available: {names}")
+        # Only the stages up to the last requested output are built (no unused parameters).
+        self._num_stages = 1 + max(names.index(f) for f in out_features)
         self.ndim = ndim
         conv = conv_nd(ndim)
         stem = conv(in_channels, dims[0], stem_stride, stem_stride)
         self.downsample_layers = nn.ModuleList([nn.Sequential(stem, LayerNorm(dims[0]))])
-        for i, stride in enumerate(downsample_strides):
+        for i, stride in enumerate(downsample_strides[: self._num_stages - 1]):
             self.downsample_layers.append(
                 nn.Sequential(LayerNorm(dims[i]), conv(dims[i], dims[i + 1], stride, stride))
             )
@@ -138,28 +145,22 @@ class ConvNeXt(Backbone):
         self.stages = nn.ModuleList()
         stride = tuple(stem_stride)
         self._out_feature_strides, self._out_feature_channels = {}, {}
-        for i, depth in enumerate(depths):
+        for i in range(self._num_stages):
             first = sum(depths[:i])
             blocks = [
                 ConvNeXtBlock(ndim, dims[i], kernel_size, rates[first + j], layer_scale_init)
-                for j in range(depth)
+                for j in range(depths[i])
             ]
             self.stages.append(nn.Sequential(*blocks))
             if i > 0:
                 stride = tuple(s * d for s, d in zip(stride, downsample_strides[i - 1]))
-            self._out_feature_strides[f"stage{i + 2}"] = stride
-            self._out_feature_channels[f"stage{i + 2}"] = dims[i]
-        names = list(self._out_feature_strides)
-        out_features = list(out_features or names[-1:])
-        unknown = [f for f in out_features if f not in names]
-        if unknown:
-            raise ValueError(f"ConvNeXt: unknown output feature(s) {unknown}; available: {names}")
-        self._out_features = out_features
-        self._num_stages = 1 + max(names.index(f) for f in out_features)
-        for f in out_features:
-            self.add_module(f"norm{names.index(f)}", LayerNorm(dims[names.index(f)]))
+            if names[i] in out_features:
+                self._out_feature_strides[names[i]] = stride
+                self._out_feature_channels[names[i]] = dims[i]
+                self.add_module(f"norm{i}", LayerNorm(dims[i]))
+        self._out_features = [n for n in names if n in out_features]
         # Inputs are padded to a multiple of the coarsest stride built.
-        self._size_divisibility = self._out_feature_strides[names[self._num_stages - 1]]
+        self._size_divisibility = stride
         self.apply(_init_weights)
         self.freeze(freeze_at)
 

@@ -259,21 +259,34 @@ class Hiera(Backbone):
         self.q_strides = [q_stride] * (num_stages - 1)
         self.patch_stride = tuple(patch_stride)
         self.patch_embed = PatchEmbed(
-            ndim, in_channels, embed_dim, patch_kernel, patch_stride, patch_padding,
-            "MODEL.HIERA.PATCH_KERNEL",
-        )  # fmt: skip
+            ndim,
+            in_channels,
+            embed_dim,
+            kernel_size=patch_kernel,
+            stride=patch_stride,
+            padding=patch_padding,
+            key="MODEL.HIERA.PATCH_KERNEL",
+        )
         self.pretrain_grid = tuple(s // p for s, p in zip(pretrain_img_size, self.patch_stride))
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.pretrain_grid), embed_dim))
 
+        names = [f"stage{i + 2}" for i in range(num_stages)]
+        out_features = list(out_features or names)
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"Hiera: unknown output feature(s) {unknown}; available: {names}")
+        # Only the stages up to the last requested output are built (no unused parameters); the
+        # tokens are unrolled for all of them, so the size divisibility does not change.
+        num_built = 1 + max(names.index(f) for f in out_features)
         flat_q_stride = math.prod(q_stride)
         flat_mu = math.prod(mask_unit_size)
         rates = torch.linspace(0, drop_path_rate, sum(stages)).tolist()
         self.blocks = nn.ModuleList()
-        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(num_stages)]
+        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(num_built)]
         dim, heads, stage = embed_dim, num_heads, 0
         stride = self.patch_stride
         self._out_feature_strides, self._out_feature_channels = {}, {}
-        for i in range(sum(stages)):
+        for i in range(self.stage_ends[-1] + 1):
             dim_out, pool = dim, 1
             # As the official code: a new stage's first block still uses the previous stage's
             # attention kind, so global attention starts after the pooling.
@@ -289,18 +302,15 @@ class Hiera(Backbone):
             )
             dim = dim_out
             if i in self.stage_ends:
-                name = f"stage{stage + 2}"
-                self._out_feature_strides[name] = stride
-                self._out_feature_channels[name] = dim
+                if names[stage] in out_features:
+                    self._out_feature_strides[names[stage]] = stride
+                    self._out_feature_channels[names[stage]] = dim
                 stride = tuple(s * q for s, q in zip(stride, q_stride))
-        names = list(self._out_feature_strides)
-        out_features = list(out_features or names)
-        unknown = [f for f in out_features if f not in names]
-        if unknown:
-            raise ValueError(f"Hiera: unknown output feature(s) {unknown}; available: {names}")
-        self._out_features = out_features
+        self._out_features = [n for n in names if n in out_features]
         # The unrolled order needs a token grid divisible by every pooling stride.
-        self._size_divisibility = self._out_feature_strides[names[-1]]
+        self._size_divisibility = tuple(
+            p * q ** (num_stages - 1) for p, q in zip(self.patch_stride, q_stride)
+        )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
         self.freeze(freeze_at)
