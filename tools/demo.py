@@ -45,6 +45,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_cpu.yaml")
 logger = logging.getLogger("det3d.tools.demo")
 
+# What a new user does next: their own folders of image volumes and instance label volumes
+# (matching file names), planned and trained with no Python (det3d/data/datasets/specs.py).
+OWN_DATA_HINT = """
+Your own data: a folder of image volumes (TIFF/zarr) and one of instance label volumes with the
+same file names. One command plans a config from their fingerprint, trains and evaluates:
+  .venv/bin/python tools/train_net.py --plan OUTPUT_DIR output/my_data \\
+      DATASETS.TRAIN folder:images=DIR/train/images,labels=DIR/train/labels \\
+      DATASETS.TEST folder:images=DIR/val/images,labels=DIR/val/labels
+(add ,spacing=Z:Y:X and ,classes=a:b,class_map=FILE to a folder spec where needed; README.md)"""
+
 
 def write_predictions(cfg, model, dataset_name: str, output_dir: str) -> Tuple[str, List[str]]:
     """
@@ -130,6 +140,7 @@ def main(args):
     print(f"Predicted label volumes (TIFF) and slice montages (PNG): {folder}")
     print(f"  e.g. {pictures[0]} (white: ground truth, colours: predictions)")
     print(f"Checkpoints, metrics.json and log.txt: {cfg.OUTPUT_DIR}")
+    print(OWN_DATA_HINT)
     return results
 
 

@@ -26,8 +26,10 @@ class CfgNode(_FvCfgNode):
     * follows ``_BASE_`` keys (paths relative to the file that names them);
     * rejects unknown keys with an error that names the key and the file;
     * lets a key registered with :func:`register_per_axis_key` be given as an int or as one value
-      per axis (``POOLER_RESOLUTION: 7`` or ``[3, 7, 7]``), whatever form its default has. Other
-      type changes are rejected as yacs rejects them.
+      per axis (``POOLER_RESOLUTION: 7`` or ``[3, 7, 7]``), whatever form its default has;
+    * on the command line, takes one plain string for a list of strings
+      (``DATASETS.TRAIN my_dataset`` = ``DATASETS.TRAIN "('my_dataset',)"``).
+      Other type changes are rejected as yacs rejects them.
     """
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
@@ -53,16 +55,30 @@ class CfgNode(_FvCfgNode):
             raise ValueError(
                 f"Config overrides must come as KEY VALUE pairs; got an odd number: {cfg_list}"
             )
+        rest = []
         for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
             node, key = _parent(self, full_key)
             if node is not None and full_key in _PER_AXIS_KEYS:
                 new = self._decode_cfg_value(raw)
                 if _is_per_axis_swap(node[key], new):
                     node[key] = new
+            if node is not None and _is_str_sequence(node[key]):
+                new = self._decode_cfg_value(raw)
+                if isinstance(new, str):  # one name for a list of names: DATASETS.TRAIN my_set
+                    if self.is_frozen():
+                        raise AttributeError(f"Attempted to set {full_key} on a frozen config")
+                    node[key] = type(node[key])([new])
+                    continue
+            rest += [full_key, raw]
         try:
-            super().merge_from_list(cfg_list)
+            super().merge_from_list(rest)
         except AssertionError as e:  # yacs asserts on unknown keys; callers expect a KeyError
             raise KeyError(str(e)) from None
+
+
+def _is_str_sequence(x: Any) -> bool:
+    """A tuple/list whose entries (if any) are all strings, e.g. ``DATASETS.TRAIN``."""
+    return isinstance(x, (list, tuple)) and all(isinstance(v, str) for v in x)
 
 
 def _is_int(x: Any) -> bool:

@@ -288,11 +288,13 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)  # geometric-mean side mapped to level 4
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
     _add(_C.MODEL.ROI_HEADS, "CLS_LOSS_WEIGHT", 1.0)
-    # Score a detection needs to be painted into the "instance_labels" volume. Detections down to
-    # SCORE_THRESH_TEST stay in "instances" (COCO AP wants them); the label volume, which matching
-    # metrics and SEG score and biologists use, holds only the confident ones.
+    # Objectness (foreground probability 1 - p(background) of the detection's RoI, whatever its
+    # class) a detection needs to be painted into the "instance_labels" volume: a RoI torn between
+    # two classes is still an object. Detections down to SCORE_THRESH_TEST (a per-class score)
+    # stay in "instances" (COCO AP wants them); the label volume, which matching metrics and SEG
+    # score and biologists use, holds only the confident objects.
     _add(_C.MODEL.ROI_HEADS, "LABELS_SCORE_THRESH_TEST", 0.5)
-    # A detection whose mask is already claimed by higher-scoring ones for more than this fraction
+    # A detection whose mask is already claimed by earlier-pasted ones for more than this fraction
     # of its voxels stays out of the label volume (one label per object, whatever its class).
     _add(_C.MODEL.ROI_HEADS, "LABELS_OVERLAP_THRESH_TEST", 0.5)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
@@ -305,6 +307,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
+    # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a
+    # mask reaches past a box that cut its object short (3D boxes regressed from low-contrast
+    # volumes often do); 1.0 = the box itself, as in Detectron2.
+    _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND", 1.0)
+    # In training, the mask branch sees at most this many foreground RoIs per volume, drawn at
+    # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
+    # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.
+    _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_PER_IMAGE", 0)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)

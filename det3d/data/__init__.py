@@ -19,6 +19,8 @@ from .datasets import (
     load_label_volume_dataset,
     register_coco3d_instances,
     register_ctc_dataset,
+    register_dataset_spec,
+    register_dataset_specs,
     register_label_volume_dataset,
 )
 from .datasets.builtin import register_all_synthetic, set_synthetic_root

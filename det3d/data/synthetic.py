@@ -1,14 +1,16 @@
 """
 Synthetic microscopy-like volumes with known instances, for tests, demos and smoke training.
 
-Objects (ellipsoids, cuboids, lumpy "blobs") are drawn in *physical* space (micrometres) with
+Objects (ellipsoids, cuboids, lumpy "blobs", square pyramids) are drawn in *physical* space (micrometres) with
 random sizes and orientations, then sampled on the voxel grid of the given spacing, so with an
 anisotropic spacing (e.g. z 2 µm, xy 0.5 µm) a sphere spans fewer voxels in z than in y/x.
 Each object is evaluated only inside its own bounding region (vectorised numpy).
 
 ``touching=False`` places objects by rejection sampling with a gap between their bounding
 spheres, so no two instances touch; ``touching=True`` places each new object against an existing
-one (they overlap a little and the later one wins), keeping at least half of every earlier object.
+one (they overlap a little and the later one wins), keeping at least half of every earlier object;
+a fraction ``0 < touching < 1`` places each new object against an existing one with that
+probability and apart from all others otherwise.
 Either way the volume holds exactly ``num_objects`` instances, or an error says they do not fit.
 """
 
@@ -23,9 +25,18 @@ from det3d.utils.file_io import write_json_atomic
 
 from .io import write_volume
 
-__all__ = ["make_synthetic_volume", "make_synthetic_dataset", "SHAPE_CLASSES", "GENERATOR_VERSION"]
+__all__ = [
+    "make_synthetic_volume",
+    "make_synthetic_dataset",
+    "SHAPE_CLASSES",
+    "KNOWN_SHAPES",
+    "GENERATOR_VERSION",
+]
 
+# The classes of det3d's first synthetic family (the builtin ``synthetic_*`` splits).
 SHAPE_CLASSES = ("ellipsoid", "cuboid", "blob")
+# Every kind of object the generator can draw.
+KNOWN_SHAPES = SHAPE_CLASSES + ("pyramid",)
 # Bump when the generator's output for given parameters changes (builtin datasets regenerate);
 # tests/data/test_synthetic.py holds a fingerprint of the output that fails until you do.
 # 3: blob bounds from a dense set of directions (version 2 could cut a lobe off at its region).
@@ -53,6 +64,10 @@ def _shape_inside(
     q = u / radii[:, None]
     if kind == "cuboid":
         return np.abs(q).max(axis=0) <= 1.0
+    if kind == "pyramid":
+        # square base at q_z = -1, apex at q_z = +1: the half-width shrinks linearly with height
+        half = (1.0 - q[2]) / 2.0
+        return (np.abs(q[2]) <= 1.0) & (np.maximum(np.abs(q[0]), np.abs(q[1])) <= half)
     r2 = (q**2).sum(axis=0)
     if kind == "ellipsoid":
         return r2 <= 1.0
@@ -113,8 +128,9 @@ class _Object:
             lumps,
         )
         scale = 1.0 if lumps is None else _lobe_scale(lumps)
-        # cuboid corners reach sqrt(3) * radius
-        self.bound = float(radii.max() * scale * (np.sqrt(3) if kind == "cuboid" else 1.0))
+        # cuboid and pyramid base corners reach at most sqrt(3) * radius
+        corners = kind in ("cuboid", "pyramid")
+        self.bound = float(radii.max() * scale * (np.sqrt(3) if corners else 1.0))
 
     def rasterize(self, shape, spacing) -> Tuple[Tuple[slice, ...], np.ndarray]:
         """Returns the bounding region (slices) and the object's bool mask inside it."""
@@ -133,12 +149,30 @@ class _Object:
         return region, mask.reshape(hi - lo)
 
 
+def _comes_near(labels, region, mask, gap, spacing) -> bool:
+    """
+    Whether ``mask`` (at ``region``) comes within ``gap`` µm of an object already in ``labels``:
+    the exact test, which packs elongated and rotated objects far more densely than bounding
+    spheres do.
+    """
+    margin = [max(int(np.ceil(gap / s)), 1) for s in spacing]
+    lo = [max(r.start - m, 0) for r, m in zip(region, margin)]
+    hi = [min(r.stop + m, n) for r, m, n in zip(region, margin, labels.shape)]
+    grown = np.zeros([b - a for a, b in zip(lo, hi)], bool)
+    grown[tuple(slice(r.start - a, r.stop - a) for r, a in zip(region, lo))] = mask
+    # an ellipsoidal neighbourhood of radius `gap` µm
+    axes = np.ogrid[tuple(slice(-m, m + 1) for m in margin)]
+    ball = sum((a * s / max(gap, 1e-9)) ** 2 for a, s in zip(axes, spacing)) <= 1.0
+    grown = ndimage.binary_dilation(grown, structure=ball)
+    return bool((labels[tuple(slice(a, b) for a, b in zip(lo, hi))][grown] > 0).any())
+
+
 def make_synthetic_volume(
     shape: Sequence[int] = (32, 64, 64),
     num_objects: int = 8,
     classes: Sequence[str] = SHAPE_CLASSES,
     size_range: Tuple[float, float] = (3.0, 8.0),
-    touching: bool = False,
+    touching: Union[bool, float] = False,
     contrast: Union[float, Tuple[float, float]] = (0.5, 1.0),
     background: float = 0.1,
     noise: str = "gaussian",
@@ -155,14 +189,17 @@ def make_synthetic_volume(
     Args:
         shape: ``(D, H, W)`` voxels.
         num_objects: exact number of instances.
-        classes: object kinds, any of ``"ellipsoid"``, ``"cuboid"``, ``"blob"``; an instance's
-            class index is its kind's position in this tuple.
+        classes: object kinds, any of :data:`KNOWN_SHAPES` (``"ellipsoid"``, ``"cuboid"``,
+            ``"blob"``, ``"pyramid"``); an instance's class index is its kind's position here.
         size_range: min and max semi-axis (micrometres); each axis drawn independently.
-        touching: let objects touch and overlap (later wins) instead of keeping them apart.
+        touching: let objects touch and overlap (later wins) instead of keeping them apart;
+            a float in (0, 1) is the probability that a new object is placed against an
+            existing one (the others are kept apart from every object).
         contrast: object brightness above background, a value or a ``(min, max)`` range.
         background: background intensity.
         noise: ``"gaussian"`` (std ``noise_level``), ``"poisson"`` (``1 / noise_level`` photons
-            per unit intensity) or ``"none"``.
+            per unit intensity), ``"poisson+gaussian"`` (shot noise, then camera read noise of
+            std ``noise_level``) or ``"none"``.
         blur_sigma: Gaussian blur in micrometres (converted per axis with ``spacing``).
         spacing: ``(z, y, x)`` micrometres per voxel.
         gap: minimum distance (micrometres) between bounding spheres when not touching.
@@ -179,8 +216,12 @@ def make_synthetic_volume(
     if len(shape) != 3:
         raise ValueError(f"make_synthetic_volume: shape must be (D, H, W), got {shape}")
     for c in classes:
-        if c not in SHAPE_CLASSES:
-            raise ValueError(f"make_synthetic_volume: unknown class {c!r}; known: {SHAPE_CLASSES}")
+        if c not in KNOWN_SHAPES:
+            raise ValueError(f"make_synthetic_volume: unknown class {c!r}; known: {KNOWN_SHAPES}")
+    if not isinstance(touching, bool) and not 0.0 <= float(touching) <= 1.0:
+        raise ValueError(
+            f"make_synthetic_volume: touching must be a bool or in [0, 1], got {touching}"
+        )
     rng = np.random.default_rng(seed)
     spacing = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape) * spacing
@@ -188,6 +229,11 @@ def make_synthetic_volume(
     counts = np.zeros(num_objects + 1, np.int64)
     placed = []  # objects placed so far
     class_of: Dict[int, int] = {}
+    # With a touching fraction, whether object k is placed against another is drawn once per
+    # object, not per try: drawn per try, crowded volumes would accept mostly touching objects
+    # (their tries are not rejected for being close). A bool draws nothing, so touching=True or
+    # False gives the output of earlier versions.
+    touch_plan = None if isinstance(touching, bool) else rng.random(num_objects) < touching
     tries = 0
     while len(placed) < num_objects:
         tries += 1
@@ -208,7 +254,8 @@ def make_synthetic_volume(
         # keep the object inside the volume where it fits; else centre it on that axis
         lo = np.minimum(obj.bound, extent / 2)
         hi = np.maximum(extent - obj.bound, extent / 2)
-        if touching and placed:
+        touch = touching if touch_plan is None else bool(touch_plan[len(placed)])
+        if touch and placed:
             other = placed[int(rng.integers(len(placed)))]
             direction = rng.standard_normal(3)
             direction /= np.linalg.norm(direction)
@@ -218,17 +265,25 @@ def make_synthetic_volume(
                 continue
         else:
             center = rng.uniform(lo, hi)
-        if not touching and any(
-            np.linalg.norm(center - p.center) < obj.bound + p.bound + gap for p in placed
+        if (
+            touch_plan is None
+            and not touch
+            and any(np.linalg.norm(center - p.center) < obj.bound + p.bound + gap for p in placed)
         ):
             continue
         obj.center = center
+        if touch_plan is not None and not touch:
+            # cheap rejection before rasterizing: the centre already lies in an object
+            if labels[tuple(np.minimum((center / spacing).astype(int), np.asarray(shape) - 1))]:
+                continue
         region, mask = obj.rasterize(shape, spacing)
         if mask.sum() < 8:
             continue
+        if touch_plan is not None and not touch and _comes_near(labels, region, mask, gap, spacing):
+            continue
         new_id = len(placed) + 1
         sub = labels[region]
-        if touching:
+        if touching is not False:
             # later wins, but every earlier object keeps at least half of itself
             lost = np.bincount(sub[mask], minlength=num_objects + 1)
             lost[0] = 0
@@ -285,15 +340,16 @@ def _render(
     for c in range(channels):
         gain = 1.0 if c == 0 else rng.uniform(0.5, 1.5)
         x = clean * gain
-        if noise == "gaussian":
-            x = x + rng.normal(0.0, noise_level, x.shape)
-        elif noise == "poisson":
+        if noise not in ("gaussian", "poisson", "poisson+gaussian", "none"):
+            raise ValueError(
+                "make_synthetic_volume: noise must be gaussian|poisson|poisson+gaussian|none, "
+                f"got {noise!r}"
+            )
+        if noise.startswith("poisson"):
             photons = 1.0 / max(noise_level, 1e-6)
             x = rng.poisson(np.maximum(x, 0) * photons) / photons
-        elif noise != "none":
-            raise ValueError(
-                f"make_synthetic_volume: noise must be gaussian|poisson|none, got {noise!r}"
-            )
+        if noise.endswith("gaussian"):
+            x = x + rng.normal(0.0, noise_level, x.shape)
         out[c] = x
     return out
 

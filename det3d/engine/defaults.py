@@ -64,8 +64,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     Trailing ``KEY VALUE`` pairs override config entries (``opts``).
     """
     parser = argparse.ArgumentParser(
-        epilog=epilog
-        or f"""
+        epilog=epilog or f"""
 Examples:
 
 Run on one machine:
@@ -154,7 +153,10 @@ def default_setup(cfg, args) -> None:
        already there, e.g. the training run's before an ``--eval-only`` run, is kept as
        ``config.<k>.yaml``);
     4. seeds python / numpy / torch with ``cfg.SEED + rank`` (``SEED < 0``: a random seed, logged);
-    5. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only).
+    5. sets ``torch.backends.cudnn.benchmark`` from ``cfg.CUDNN_BENCHMARK`` (not in eval-only);
+    6. registers the dataset specs named in ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+       (``folder:images=...,labels=...``, :mod:`det3d.data.datasets.specs`), before anything is
+       written, so a spec naming a missing folder fails first.
 
     Args:
         cfg (CfgNode): the full config.
@@ -163,6 +165,10 @@ def default_setup(cfg, args) -> None:
     output_dir = cfg.OUTPUT_DIR
     if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
         check_no_earlier_run(output_dir)
+    if "DATASETS" in cfg:
+        from det3d.data.datasets.specs import register_dataset_specs
+
+        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()  # other ranks write their logs into the directory rank 0 created

@@ -23,7 +23,7 @@ from .matching import (
     matching_metrics,
     metrics_from_counts,
 )
-from .overlap import LabelOverlap, label_overlap
+from .overlap import LabelOverlap, label_overlap, touching_objects
 from .seg import SEGEvaluator, SEGJaccard, seg_jaccard, seg_score
 from .testing import flatten_results_dict, print_csv_format, verify_results
 

@@ -58,12 +58,13 @@ def instances_to_coco3d_json(
     areas = [None] * n
     if with_masks:
         if instances.has("pred_masks"):
-            from det3d.modeling.postprocessing import paste_mask
+            from det3d.modeling.postprocessing import mask_boxes, paste_mask
 
             shape = tuple(int(s) for s in instances.image_size)
+            in_boxes = mask_boxes(instances)
             for i in range(n):
                 slices, local = paste_mask(
-                    instances.pred_masks[i], instances.pred_boxes.tensor[i], shape, mask_threshold
+                    instances.pred_masks[i], in_boxes[i], shape, mask_threshold
                 )
                 local = _numpy(local).astype(bool)
                 rles[i] = box_mask_to_rle(local, [s.start or 0 for s in slices], shape)

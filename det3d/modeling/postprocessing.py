@@ -14,9 +14,43 @@ from torch.nn import functional as F
 from det3d.structures import Instances
 from det3d.utils.axes import array_shape_to_box_order
 
-__all__ = ["detector_postprocess", "paste_mask", "instances_to_label_volume"]
+__all__ = [
+    "detector_postprocess",
+    "paste_mask",
+    "instances_to_label_volume",
+    "mask_boxes",
+    "expand_boxes",
+]
 
 _INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def expand_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """
+    Scales boxes about their centres by ``factor`` on every axis.
+
+    Args:
+        boxes: (N, 2*ndim).
+
+    Returns:
+        (N, 2*ndim), a new tensor (``boxes`` itself when ``factor`` is 1).
+    """
+    if factor == 1.0:
+        return boxes
+    ndim = boxes.shape[-1] // 2
+    center = (boxes[:, :ndim] + boxes[:, ndim:]) / 2
+    half = (boxes[:, ndim:] - boxes[:, :ndim]) * (factor / 2)
+    return torch.cat([center - half, center + half], dim=1)
+
+
+def mask_boxes(instances: Instances) -> torch.Tensor:
+    """
+    The boxes the instances' ``pred_masks`` live in: ``pred_mask_boxes`` where the mask head
+    predicted masks on enlarged boxes (``MODEL.ROI_MASK_HEAD.BOX_EXPAND``), else ``pred_boxes``.
+    """
+    if instances.has("pred_mask_boxes"):
+        return instances.pred_mask_boxes.tensor
+    return instances.pred_boxes.tensor
 
 
 def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Instances:
@@ -24,7 +58,8 @@ def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Inst
     Rescales detections from the model's input size (``results.image_size``) to ``output_size``
     (the original spatial shape, array order), each axis by its own factor, clips the boxes to it
     and drops boxes that became empty. ``pred_masks`` stay at RoI resolution: they live in box
-    coordinates and need no rescaling.
+    coordinates and need no rescaling; their ``pred_mask_boxes``, if any, are rescaled but not
+    clipped (a mask may reach beyond the image, pasting cuts it).
 
     Args:
         results: ``pred_boxes`` (or ``proposal_boxes``) and other per-instance fields.
@@ -55,6 +90,10 @@ def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Inst
     boxes.scale(*factors)
     boxes.clip(output_size)
     results.set(boxes_field, boxes)
+    if results.has("pred_mask_boxes"):
+        mboxes = results.pred_mask_boxes.clone()
+        mboxes.scale(*factors)
+        results.pred_mask_boxes = mboxes
     return results[boxes.nonempty()]
 
 
@@ -123,20 +162,27 @@ def instances_to_label_volume(
     overlap_threshold: float = 0.5,
 ) -> torch.Tensor:
     """
-    Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``. Instances are
-    pasted in decreasing score and a voxel keeps the first (highest-score) instance that claims
-    it. Without ``pred_masks`` every voxel of the box is claimed. Instances scoring below
+    Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``.
+
+    Whether an instance enters, and in which order, is decided by its ``objectness`` (the
+    foreground probability of its RoI, see :func:`fast_rcnn_inference`) where the instances have
+    that field, else by ``scores``: a detection whose class probability is split between two
+    classes (0.45 each) is still a confident object and must not vanish from the label volume.
+    Instances are pasted in decreasing objectness (ties: decreasing score, so of two detections
+    of one RoI the one of its most likely class is pasted) and a voxel keeps the first instance
+    that claims it. Without ``pred_masks`` every voxel of the box is claimed. Instances below
     ``score_threshold`` are left out (their label does not occur), and so is an instance whose
-    mask is claimed by higher-scoring ones for more than ``overlap_threshold`` of its voxels
-    (as Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
+    mask is claimed by earlier ones for more than ``overlap_threshold`` of its voxels (as
+    Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
     another class, would otherwise leave its rim behind as a spurious object.
 
     Args:
-        instances: ``pred_boxes``, ``scores`` and optionally ``pred_masks`` (N, *M), boxes in the
+        instances: ``pred_boxes``, ``scores``, optionally ``objectness`` and ``pred_masks``
+            (N, *M) in ``pred_mask_boxes`` (if present) or ``pred_boxes``, boxes in the
             coordinates of ``image_shape``.
         image_shape: spatial shape of the output; default ``instances.image_size``.
         threshold: mask probability threshold.
-        score_threshold: the score an instance needs to be pasted.
+        score_threshold: the objectness (or score) an instance needs to be pasted.
         overlap_threshold: the largest fraction of an instance's voxels that may already be
             claimed for it to be pasted; 1.0 pastes every instance that has a free voxel.
 
@@ -146,13 +192,16 @@ def instances_to_label_volume(
     image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
     if not instances.has("pred_boxes"):
         return torch.zeros(image_shape, dtype=torch.int32)
-    boxes = instances.pred_boxes.tensor
+    boxes = mask_boxes(instances)
     labels = torch.zeros(image_shape, dtype=torch.int32, device=boxes.device)
     if len(boxes) == 0:
         return labels
     if instances.has("scores"):
+        rank = instances.objectness if instances.has("objectness") else instances.scores
+        # sort by score, then stably by rank: rank decides, score breaks its ties
         order = torch.argsort(instances.scores, descending=True, stable=True)
-        order = order[instances.scores[order] >= score_threshold].tolist()
+        order = order[torch.argsort(rank[order], descending=True, stable=True)]
+        order = order[rank[order] >= score_threshold].tolist()
     else:
         order = range(len(instances))
     masks = instances.pred_masks if instances.has("pred_masks") else None

@@ -112,3 +112,13 @@ def test_per_axis_values_accept_int_or_list(tmp_path):
         cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "'seven'"])
     with pytest.raises(ValueError, match="Type mismatch"):
         cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "[1, 2]"])
+
+
+def test_one_plain_string_on_the_command_line_for_a_list_of_names():
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATASETS.TRAIN", "my_set", "DATASETS.TEST", "('a', 'b')"])
+    assert cfg.DATASETS.TRAIN == ("my_set",) and cfg.DATASETS.TEST == ("a", "b")
+    cfg.merge_from_list(["TEST.EVALUATORS", "seg"])
+    assert list(cfg.TEST.EVALUATORS) == ["seg"]
+    with pytest.raises(ValueError):
+        cfg.merge_from_list(["SOLVER.MAX_ITER", "many"])  # other type changes still refused

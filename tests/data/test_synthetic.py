@@ -113,3 +113,61 @@ def test_blob_lobes_fit_inside_their_bounding_region():
         for axis in range(3):
             assert not np.take(mask, 0, axis=axis).any()
             assert not np.take(mask, -1, axis=axis).any()
+
+
+def test_pyramid_shape_matches_its_definition():
+    # An axis-aligned pyramid of half-sizes r: its cross-section shrinks linearly from a square of
+    # side 2r at the base to a point at the apex, so its volume is (2r)^2 * 2r / 3.
+    from det3d.data.synthetic import _Object
+
+    r = 10.0
+    obj = _Object("pyramid", np.array([16.0, 16.0, 16.0]), np.full(3, r), np.eye(3), None)
+    region, mask = obj.rasterize((32, 32, 32), (1.0, 1.0, 1.0))
+    # rotation = identity: object axis 2 is array axis 2 (x); cross-sections shrink along it
+    areas = mask.sum(axis=(0, 1))
+    nz = areas[areas > 0]
+    assert np.all(np.diff(nz) <= 0) and nz[0] > 10 * nz[-1]
+    assert abs(mask.sum() - (2 * r) ** 3 / 3) < 0.08 * (2 * r) ** 3 / 3
+    for axis in range(3):  # the whole pyramid fits its bounding region
+        assert not np.take(mask, 0, axis=axis).any() and not np.take(mask, -1, axis=axis).any()
+
+
+def test_touching_fraction_controls_how_many_objects_touch():
+    kw = dict(shape=(48, 48, 48), num_objects=10, size_range=(2.5, 5.0), seed=5)
+
+    def touching_objects(lab):
+        n = 0
+        for i in range(1, lab.max() + 1):
+            m = lab == i
+            from scipy import ndimage
+
+            n += bool((ndimage.binary_dilation(m) & (lab > 0) & ~m).any())
+        return n
+
+    counts = []
+    for frac in (0.0, 0.3, 1.0):
+        fracs = []
+        for seed in range(4):
+            _, lab, _ = make_synthetic_volume(touching=frac, **dict(kw, seed=seed))
+            assert sorted(np.unique(lab)[1:].tolist()) == list(range(1, 11))
+            fracs.append(touching_objects(lab))
+        counts.append(sum(fracs))
+    assert counts[0] == 0  # apart: nothing touches, even with exact (not bounding-sphere) tests
+    assert 0 < counts[1] < counts[2]
+    with pytest.raises(ValueError, match="touching"):
+        make_synthetic_volume((8, 16, 16), 1, touching=1.5)
+
+
+def test_poisson_plus_gaussian_noise_adds_read_noise_to_shot_noise():
+    kw = dict(
+        shape=(8, 32, 32), num_objects=1, size_range=(2, 3), background=0.5, noise_level=0.05
+    )
+    bg = lambda im, lab: im[0][lab == 0]  # noqa: E731
+    im_p, lab, _ = make_synthetic_volume(noise="poisson", **kw)
+    im_pg, _, _ = make_synthetic_volume(noise="poisson+gaussian", **kw)
+    var_p, var_pg = bg(im_p, lab).var(), bg(im_pg, lab).var()
+    # shot noise variance = mean / photons = 0.5 * 0.05; read noise adds 0.05^2
+    assert abs(var_p - 0.025) < 0.003
+    assert abs(var_pg - (0.025 + 0.0025)) < 0.003
+    with pytest.raises(ValueError, match="poisson\\+gaussian"):
+        make_synthetic_volume(noise="speckle", **kw)

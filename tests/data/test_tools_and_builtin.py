@@ -98,3 +98,16 @@ def test_builtin_synthetic_lazy(tmp_path):
         assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporaries left
     finally:
         builtin.set_synthetic_root(None)
+
+
+def test_toy3d_family_is_registered_with_its_own_classes_and_spacing():
+    from det3d.data import MetadataCatalog
+    from det3d.data.datasets.builtin import SYNTHETIC_SPLITS
+
+    for name in ("toy3d_train", "toy3d_test", "toy3d_test128"):
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == ["ellipsoid", "cuboid", "pyramid"]
+        assert tuple(meta.spacing) == (1.0, 1.0, 1.0)
+    assert MetadataCatalog.get("synthetic_val").thing_classes == ["ellipsoid", "cuboid", "blob"]
+    assert SYNTHETIC_SPLITS["toy3d_train"]["num_volumes"] == 50
+    assert SYNTHETIC_SPLITS["toy3d_test"]["shape"] == (64, 64, 64)

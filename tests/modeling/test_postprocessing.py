@@ -170,3 +170,50 @@ def test_label_volume_drops_detections_mostly_claimed_already(overlap_threshold,
     else:
         ref[..., 6:10] = 3
     assert torch.equal(labels, ref)
+
+
+def test_label_volume_keeps_an_object_whose_class_probability_is_split():
+    # One RoI torn between two classes (0.45 each, background 0.1) gives two detections that each
+    # score below 0.5; the object is still confident (objectness 0.9) and must enter the label
+    # volume once, under its more likely class. A RoI with objectness 0.3 stays out.
+    from det3d.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+
+    shape = (4, 16, 16)
+    box_a = [2.0, 2, 0, 8, 8, 4]
+    box_b = [10.0, 10, 0, 14, 14, 4]
+    boxes = torch.tensor([box_a * 2, box_b * 2])  # (R, K * 6), same box for both classes
+    probs = torch.tensor([[0.44, 0.46, 0.10], [0.2, 0.1, 0.7]])
+    (inst,), _ = fast_rcnn_inference([boxes], [probs], [shape], 0.05, 0.5, 100)
+    assert (inst.scores < 0.5).all() and len(inst) == 4
+    labels = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.5)
+    ids = [i for i in labels.unique().tolist() if i]
+    assert len(ids) == 1
+    row = ids[0] - 1
+    assert inst.pred_classes[row] == 1 and inst.objectness[row] == pytest.approx(0.9)
+    ref = torch.zeros(shape, dtype=torch.int32)
+    ref[0:4, 2:8, 2:8] = ids[0]
+    assert torch.equal(labels, ref)
+    # ranked by score alone (no objectness field), nothing would enter at 0.5
+    inst.remove("objectness")
+    assert not instances_to_label_volume(inst, shape, 0.5, score_threshold=0.5).any()
+
+
+def test_masks_are_pasted_into_their_mask_boxes():
+    # A mask predicted on an enlarged box (pred_mask_boxes) may reach past pred_boxes; the label
+    # volume pastes it where it was predicted, and detector_postprocess rescales (not clips) it.
+    shape = (4, 8, 16)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.tensor([[4.0, 2, 0, 8, 6, 4]]))
+    inst.pred_mask_boxes = Boxes(torch.tensor([[2.0, 2, 0, 10, 6, 4]]))
+    inst.scores = torch.tensor([0.9])
+    inst.pred_masks = torch.ones(1, 4, 4, 8)
+    labels = instances_to_label_volume(inst, shape, 0.5)
+    ref = torch.zeros(shape, dtype=torch.int32)
+    ref[0:4, 2:6, 2:10] = 1
+    assert torch.equal(labels, ref)
+    big = detector_postprocess(inst, (8, 16, 32))
+    assert torch.equal(big.pred_mask_boxes.tensor, torch.tensor([[4.0, 4, 0, 20, 12, 8]]))
+    out = Instances((4, 8, 8))
+    out.pred_boxes = Boxes(torch.tensor([[4.0, 2, 0, 8, 6, 4]]))
+    out.pred_mask_boxes = Boxes(torch.tensor([[2.0, 2, 0, 10, 6, 4]]))
+    assert detector_postprocess(out, (4, 8, 8)).pred_mask_boxes.tensor[0, 3] == 10  # not clipped

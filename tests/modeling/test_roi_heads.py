@@ -207,6 +207,10 @@ def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
     got = sorted(zip(res.pred_classes.tolist(), inds.tolist()))
     assert got == [(0, 0), (1, 1), (1, 2)]  # RoI 1 suppressed in class 0, class 1 kept
     assert (res.scores[:-1] >= res.scores[1:]).all()
+    # objectness = 1 - p(background) of each detection's RoI, whatever its class
+    fg = {0: 0.95, 1: 0.95, 2: 0.62}
+    for r, obj in zip(inds.tolist(), res.objectness.tolist()):
+        assert obj == pytest.approx(fg[r])
 
     # 300 separate boxes: all kept (DETECTIONS_PER_IMAGE defaults to 500, no 100 cap).
     lo = torch.arange(300, dtype=torch.float32)[:, None] * 3
@@ -229,3 +233,73 @@ def test_box_head_output_shape(num_conv, num_fc):
     out = head(torch.randn(5, 16, 2, 3, 3))
     assert out.shape == (5, head.output_shape.channels)
     assert head.output_shape.channels == (32 if num_fc else 4 * 18)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_branch_on_enlarged_boxes(ndim):
+    # BOX_EXPAND: the mask branch pools from boxes scaled about their centres; the mask loss
+    # crops its targets from those boxes and the detections carry them as pred_mask_boxes.
+    from det3d.modeling.postprocessing import expand_boxes
+    from det3d.modeling.roi_heads.mask_head import mask_rcnn_loss
+
+    torch.manual_seed(0)
+    shape = (16, 32, 32) if ndim == 3 else (32, 32)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND = 1.5
+    feats, shapes = _features(ndim, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    want = expand_boxes(inst.proposal_boxes.tensor, 1.5)
+    assert torch.allclose(inst.mask_boxes.tensor, want)
+    # the loss is the one of targets cropped from the enlarged boxes, not from the proposals
+    logits = heads.mask_head.layers(
+        heads.mask_pooler([feats[f] for f in heads.mask_in_features], [inst.mask_boxes])
+    )
+    assert torch.allclose(
+        losses["loss_mask"], mask_rcnn_loss(logits, [inst], loss_type="bce"), atol=1e-6
+    )
+    heads.eval()
+    heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        (p,), _ = heads(images, feats, _proposals(targets))
+    assert torch.allclose(p.pred_mask_boxes.tensor, expand_boxes(p.pred_boxes.tensor, 1.5))
+    with pytest.raises(ValueError, match="BOX_EXPAND"):
+        cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND = 0.8
+        build_roi_heads(cfg, shapes)
+
+
+def test_expand_boxes_about_their_centres():
+    from det3d.modeling.postprocessing import expand_boxes
+
+    b = torch.tensor([[0.0, 2, 4, 10, 6, 8]])
+    assert torch.equal(expand_boxes(b, 1.5), torch.tensor([[-2.5, 1, 3, 12.5, 7, 9]]))
+    assert expand_boxes(b, 1.0) is b
+
+
+def test_mask_branch_trains_on_a_capped_number_of_foreground_rois():
+    torch.manual_seed(0)
+    shape = (16, 32, 32)
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 3
+    feats, shapes = _features(3, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(x=i[0], inst=i[1]))
+    heads.mask_train_rois = 0
+    heads(images, feats, _proposals(targets), targets)
+    assert len(seen["inst"][0]) > 3  # without the cap, more foreground RoIs
+    heads.mask_train_rois = 3
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    assert len(inst) == 3 == seen["x"].shape[0]
+    assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    assert torch.isfinite(losses["loss_mask"])

@@ -9,5 +9,11 @@ from .label_volumes import (
     load_label_volume_dataset,
     register_label_volume_dataset,
 )
+from .specs import (
+    dataset_folder_name,
+    is_dataset_spec,
+    register_dataset_spec,
+    register_dataset_specs,
+)
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -63,7 +63,12 @@ def fast_rcnn_inference(
         image_shapes: per image, the spatial shape boxes are clipped to.
 
     Returns:
-        list[Instances]: ``pred_boxes``, ``scores``, ``pred_classes`` per image, decreasing score.
+        list[Instances]: ``pred_boxes``, ``scores``, ``pred_classes`` and ``objectness`` per
+            image, decreasing score. ``objectness`` is the foreground probability of the
+            detection's RoI (1 - p(background)): whether there is an object, whatever its class.
+            A RoI whose probability is split between two classes scores low on each class but
+            keeps a high objectness; the label volume uses it (see
+            :func:`det3d.modeling.postprocessing.instances_to_label_volume`).
         list[Tensor]: per image, the RoI index of each detection.
     """
     results = [
@@ -86,6 +91,7 @@ def fast_rcnn_inference_single_image(
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     if not valid.all():
         boxes, scores = boxes[valid], scores[valid]
+    objectness = 1.0 - scores[:, -1]
     scores = scores[:, :-1]
     num_rois = boxes.shape[0]
     boxes = Boxes(boxes.reshape(-1, box_dim))
@@ -108,6 +114,7 @@ def fast_rcnn_inference_single_image(
     result.pred_boxes = Boxes(boxes)
     result.scores = scores
     result.pred_classes = filter_inds[:, 1]
+    result.objectness = objectness[filter_inds[:, 0]]
     roi_inds = torch.nonzero(valid, as_tuple=True)[0][filter_inds[:, 0]]
     return result, roi_inds
 
