@@ -10,10 +10,10 @@ official Hiera code (``patch_embed.proj``, ``pos_embed``, ``blocks.{i}.attn.qkv`
 
 Token order after unrolling with strides ``s_1 .. s_k`` (per axis) of a grid ``G``: the token index
 is ``(j_1, j_2, .., j_k, c)`` in C order, where ``j_i`` (C order over the axes) is the offset inside
-the ``i``-th stride and ``c`` the position on the coarse grid ``G / prod(s)``; the voxel it
-holds is ``c * prod(s) + .. + j_2 * s_1 + j_1`` per axis. Pooling by ``s_1`` is a max over
-``j_1``, the outermost index; a mask unit of ``prod(s_1 .. s_m)`` tokens per axis is the set of
-tokens sharing ``(j_{m+1} .. j_k, c)``.
+the ``i``-th stride and ``c`` the position on the coarse grid ``G / prod(s)``; the token's
+position along each axis is ``((c * s_k + j_k) * s_{k-1} + ..) * s_1 + j_1``. Pooling by ``s_1`` is
+a max over ``j_1``, the outermost index; a mask unit of ``prod(s_1 .. s_m)`` tokens per axis is
+the set of tokens sharing ``(j_{m+1} .. j_k, c)``.
 """
 
 import math
