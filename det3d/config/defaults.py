@@ -438,6 +438,67 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C, "SYNTHETIC", CN())
     _add(_C.SYNTHETIC, "ROOT", "datasets/synthetic")
 
+    # Transformer-era backbones (det3d/modeling/backbone/{convnext,vit,hiera}.py). Per-axis values
+    # are in array order (D, H, W); in 2D a 3-list drops its D entry. PRETRAINED: a local 2D (or
+    # same-dimensional) state dict with the official key names, inflated to 3D at build time
+    # (det3d/checkpoint/inflate.py); nothing is downloaded. Outputs are named stage2.. (ConvNeXt,
+    # Hiera; set MODEL.FPN.IN_FEATURES to them) or p2.. (ViTDet's simple feature pyramid).
+    _add(_C.MODEL, "CONVNEXT", CN())
+    # ConvNeXt-T: DEPTHS [3, 3, 9, 3], DIMS [96, 192, 384, 768]; -S: DEPTHS [3, 3, 27, 3].
+    _add(_C.MODEL.CONVNEXT, "DEPTHS", [3, 3, 9, 3])
+    _add(_C.MODEL.CONVNEXT, "DIMS", [96, 192, 384, 768])
+    _add(_C.MODEL.CONVNEXT, "STEM_STRIDE", [4, 4, 4])  # patchify stem: kernel = stride, per axis
+    # Stride (= kernel) of the downsampling layer before each later stage; empty = 2 on every axis.
+    _add(_C.MODEL.CONVNEXT, "DOWNSAMPLE_STRIDES", [])
+    _add(_C.MODEL.CONVNEXT, "KERNEL_SIZE", [7, 7, 7])  # depthwise kernel per axis (odd)
+    _add(_C.MODEL.CONVNEXT, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.CONVNEXT, "LAYER_SCALE_INIT", 1e-6)  # 0 disables layer scale
+    _add(_C.MODEL.CONVNEXT, "OUT_FEATURES", ["stage2", "stage3", "stage4", "stage5"])
+    _add(_C.MODEL.CONVNEXT, "PRETRAINED", "")
+
+    # ViTDet (ViT-B defaults, Detectron2's): plain ViT + simple feature pyramid.
+    _add(_C.MODEL, "VIT", CN())
+    _add(_C.MODEL.VIT, "PATCH_SIZE", [16, 16, 16])
+    _add(_C.MODEL.VIT, "EMBED_DIM", 768)
+    _add(_C.MODEL.VIT, "DEPTH", 12)
+    _add(_C.MODEL.VIT, "NUM_HEADS", 12)
+    _add(_C.MODEL.VIT, "MLP_RATIO", 4.0)
+    _add(_C.MODEL.VIT, "QKV_BIAS", True)
+    _add(_C.MODEL.VIT, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.VIT, "USE_ABS_POS", True)
+    _add(_C.MODEL.VIT, "USE_REL_POS", True)
+    # The absolute position embeddings are learnt on this input size (grid = size / patch) and
+    # interpolated to other inputs.
+    _add(_C.MODEL.VIT, "PRETRAIN_IMG_SIZE", [224, 224, 224])
+    _add(_C.MODEL.VIT, "WINDOW_SIZE", [14, 14, 14])  # in tokens; windows are padded to fit
+    _add(_C.MODEL.VIT, "WINDOW_BLOCK_INDEXES", [0, 1, 3, 4, 6, 7, 9, 10])  # others: global
+    # Recompute block activations in backward (torch.utils.checkpoint): less memory, slower.
+    # A generic MODEL.BACKBONE switch may replace it later.
+    _add(_C.MODEL.VIT, "USE_ACT_CHECKPOINT", False)
+    _add(_C.MODEL.VIT, "SCALE_FACTORS", [4.0, 2.0, 1.0, 0.5])  # simple feature pyramid levels
+    _add(_C.MODEL.VIT, "SFP_NORM", "LN")
+    _add(_C.MODEL.VIT, "PRETRAINED", "")
+
+    # Hiera (Hiera-T defaults): mask-unit attention, query pooling between every two stages.
+    _add(_C.MODEL, "HIERA", CN())
+    _add(_C.MODEL.HIERA, "EMBED_DIM", 96)
+    _add(_C.MODEL.HIERA, "NUM_HEADS", 1)
+    _add(_C.MODEL.HIERA, "STAGES", [1, 2, 7, 2])  # Hiera-S: [1, 2, 11, 2]; -B: [2, 3, 16, 3]
+    _add(_C.MODEL.HIERA, "Q_STRIDE", [2, 2, 2])
+    # In first-stage tokens; must be Q_STRIDE ** m (default: one unit per final-stage token).
+    _add(_C.MODEL.HIERA, "MASK_UNIT_SIZE", [8, 8, 8])
+    _add(_C.MODEL.HIERA, "MASK_UNIT_ATTN", [True, True, False, False])
+    _add(_C.MODEL.HIERA, "DIM_MUL", 2.0)
+    _add(_C.MODEL.HIERA, "HEAD_MUL", 2.0)
+    _add(_C.MODEL.HIERA, "PATCH_KERNEL", [7, 7, 7])
+    _add(_C.MODEL.HIERA, "PATCH_STRIDE", [4, 4, 4])
+    _add(_C.MODEL.HIERA, "PATCH_PADDING", [3, 3, 3])
+    _add(_C.MODEL.HIERA, "MLP_RATIO", 4.0)
+    _add(_C.MODEL.HIERA, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.HIERA, "PRETRAIN_IMG_SIZE", [224, 224, 224])
+    _add(_C.MODEL.HIERA, "OUT_FEATURES", ["stage2", "stage3", "stage4", "stage5"])
+    _add(_C.MODEL.HIERA, "PRETRAINED", "")
+
     if was_frozen:
         _C.freeze()
 
@@ -468,6 +529,17 @@ for _key in (
     "MODEL.SLICE_FUSION.MASK_RESOLUTION",
     "TEST.TILE.SIZE",
     "TEST.TILE.OVERLAP",
+    "MODEL.CONVNEXT.STEM_STRIDE",
+    "MODEL.CONVNEXT.KERNEL_SIZE",
+    "MODEL.VIT.PATCH_SIZE",
+    "MODEL.VIT.PRETRAIN_IMG_SIZE",
+    "MODEL.VIT.WINDOW_SIZE",
+    "MODEL.HIERA.Q_STRIDE",
+    "MODEL.HIERA.MASK_UNIT_SIZE",
+    "MODEL.HIERA.PATCH_KERNEL",
+    "MODEL.HIERA.PATCH_STRIDE",
+    "MODEL.HIERA.PATCH_PADDING",
+    "MODEL.HIERA.PRETRAIN_IMG_SIZE",
 ):
     register_per_axis_key(_key)
 
