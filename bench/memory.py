@@ -197,9 +197,10 @@ def main(argv=None) -> int:
     print(format_table(headers, rows))
     for e in errors:
         print("error:", e)
-    print(f"{len(rows) - len(failed)} of {len(rows)} configs pass" + (
-        f"; FAIL: {', '.join(failed)}" if failed else ""
-    ))
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} configs pass"
+        + (f"; FAIL: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

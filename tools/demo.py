@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """
 The det3d demo (``make demo``): trains a small 3D Mask R-CNN on synthetic microscopy volumes on the
-CPU (about 12 minutes on 2 cores), evaluates it, and draws its instances over slices of a
-validation volume.
+CPU (``configs/Synthetic/mask_rcnn_R18_FPN_3d_demo.yaml``: 1000 iterations, about 4 minutes on
+2 cores), evaluates it, and draws its instances over slices of a validation volume.
 
 .. code-block:: none
 
@@ -42,7 +42,7 @@ from det3d.evaluation import inference_context  # noqa: E402
 from det3d.utils.visualizer import volume_montage, write_png  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_cpu.yaml")
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "Synthetic", "mask_rcnn_R18_FPN_3d_demo.yaml")
 logger = logging.getLogger("det3d.tools.demo")
 
 # What a new user does next: their own folders of image volumes and instance label volumes
@@ -125,7 +125,7 @@ def main(args):
         model = train_net.Trainer.build_model(cfg)
         if not cfg.MODEL.WEIGHTS and not args.resume:
             raise ValueError("--eval-only needs MODEL.WEIGHTS path/to/model.pth (or --resume)")
-        DetectionCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(
+        DetectionCheckpointer(model, cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = train_net.Trainer.test(cfg, model)

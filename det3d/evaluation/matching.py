@@ -275,6 +275,7 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                         for v in per_volume
                     ],
                 },
+                keep_earlier=True,  # an earlier run's results are kept aside, not overwritten
             )
         return {"matching": result}
 

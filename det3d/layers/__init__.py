@@ -2,6 +2,7 @@
 
 from .batch_norm import FrozenBatchNorm, get_norm
 from .checkpoint import checkpoint_module
+from .layer_norm import DropPath, LayerNorm, drop_path
 from .losses import (
     CLS_LOSS_TYPES,
     classification_loss,

@@ -4,8 +4,6 @@ from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 from .nms import _ops
 
@@ -22,33 +20,6 @@ def _output_size_tuple(output_size: Union[int, Sequence[int]], ndim: int) -> Tup
             f"got {output_size}"
         )
     return output_size
-
-
-class _ROIAlignFunction(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.args = (output_size, spatial_scale, sampling_ratio, aligned)
-        ctx.input_shape = tuple(input.shape)
-        return _ops().roi_align(
-            input, rois, spatial_scale, list(output_size), sampling_ratio, aligned
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        output_size, spatial_scale, sampling_ratio, aligned = ctx.args
-        grad_input = _ops()._roi_align_backward(
-            grad_output.contiguous(),
-            rois,
-            spatial_scale,
-            list(output_size),
-            list(ctx.input_shape),
-            sampling_ratio,
-            aligned,
-        )
-        return grad_input, None, None, None, None, None
 
 
 def roi_align(
@@ -96,32 +67,21 @@ def roi_align(
     if spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be > 0, got {spatial_scale}")
     output_size = _output_size_tuple(output_size, ndim)
+    if torch.is_autocast_enabled(input.device.type):
+        rois = rois.float()  # autocast runs the op in float32: keep the boxes exact
+    else:
+        rois = rois.to(dtype=input.dtype)
     dtype = input.dtype
-    if _needs_float32(input):
-        # As torchvision's autocast kernel of roi_align: interpolate in float32 (the kernels have
-        # no bfloat16, and CPU none in float16) and hand back the caller's dtype. The casts are
-        # differentiable, so the backward pass runs in float32 too.
-        with torch.autocast(input.device.type, enabled=False):
-            out = _ROIAlignFunction.apply(
-                input.float(),
-                rois.float(),
-                output_size,
-                float(spatial_scale),
-                int(sampling_ratio),
-                bool(aligned),
-            )
-        return out.to(dtype)
-    rois = rois.to(dtype=dtype)
-    return _ROIAlignFunction.apply(
-        input, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
+    reduced = dtype == torch.bfloat16 or (dtype == torch.float16 and input.device.type == "cpu")
+    if reduced:
+        # the kernels have no bfloat16 (and on CPU no float16) path: interpolate in float32, as
+        # under autocast, and hand back the caller's dtype (the casts are differentiable)
+        input, rois = input.float(), rois.float()
+    # autograd, fake (tracing) and autocast kernels are registered with the op (op_registrations)
+    out = _ops().roi_align(
+        input, rois, float(spatial_scale), list(output_size), int(sampling_ratio), bool(aligned)
     )
-
-
-def _needs_float32(input: Tensor) -> bool:
-    """True under autocast and for the reduced-precision dtypes the compiled kernels lack."""
-    if input.dtype in (torch.float32, torch.float64):
-        return torch.is_autocast_enabled(input.device.type)
-    return input.dtype == torch.bfloat16 or input.device.type == "cpu"
+    return out.to(dtype) if reduced else out
 
 
 class ROIAlign(nn.Module):

@@ -1,6 +1,6 @@
 """
-Dataset planning: a dataset's fingerprint decides its config (DESIGN.md "Planned configs"), as
-nnU-Net and nnDetection plan theirs. ``tools/plan.py`` is the command line.
+Dataset planning: a dataset's fingerprint decides its config (docs/conventions.md, "Planned
+configs"), as nnU-Net and nnDetection plan theirs. ``tools/plan.py`` is the command line.
 """
 
 from .fingerprint import dataset_fingerprint

@@ -46,8 +46,8 @@ def dataset_fingerprint(
 ) -> Dict:
     """
     Args:
-        records: dataset records (DESIGN.md) with ground truth; sparse records (CTC per-slice
-            ground truth) count for shapes and intensities but not for objects.
+        records: dataset records (docs/conventions.md) with ground truth; sparse records (CTC
+            per-slice ground truth) count for shapes and intensities but not for objects.
         max_volumes: read at most this many volumes, evenly spread (all by default).
         intensity_samples: voxels sampled per volume and class (fg/bg) for the intensity
             statistics.

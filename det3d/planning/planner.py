@@ -15,8 +15,8 @@ The rules, in the order they are applied (each a short function below):
    ratios 0.5 and 2 only for boxes elongated in x/y. The RPN keeps Detectron2's IoU thresholds
    with low-quality matches (lowering them to the objects' best-anchor IoU, or adding anchor
    shapes, measured worse).
-4. **RoI heads.** Pooled box features 5 voxels per axis (fewer in z when objects are flat in
-   voxels); mask resolution from the median object size (a mask twice as fine as the object is
+4. **RoI heads.** Pooled box features 5 bins per axis; mask resolution from the median object
+   size (a mask twice as fine as the object is
    wasted, one far coarser loses the boundary between touching objects); the canonical RoI size
    maps median objects to p3; RoIs per volume from the objects per volume.
 5. **Input.** Whole volumes when they are small, else crops of at least 2.5x the largest common
@@ -193,22 +193,20 @@ def _plan_anchors(fp: dict, plan: Plan, sizes: np.ndarray) -> Dict[str, Any]:
 
 def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]) -> None:
     z_ratio = anchors["z_ratio"]
-    box_res = [max(3, int(round(5 * min(z_ratio, 1.0)))), 5, 5]
+    # One resolution on every axis (Detectron2's config takes an int here, so planned files merge
+    # into a Detectron2 config too); pooled bins are spread over the box, whatever its shape.
     plan.set(
         "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
-        box_res if box_res[0] != 5 else 5,
-        "5 per axis (7³ measured no better on the synthetic data), fewer in z for objects "
-        "flat in voxels",
+        5,
+        "5 bins per axis (7 measured no better on the synthetic data)",
     )
     med = np.median(sizes, axis=0)  # (D, H, W)
-    mask = [int(np.clip(round(m / 2), 4 if a == 0 else 6, 12)) for a, m in enumerate(med)]
-    if len(set(mask)) == 1:
-        mask = mask[0]
+    mask = int(np.clip(round(float(np.median(anchors["xy"])) / 2), 6, 12))
     plan.set(
         "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
         mask,
         f"median object is {med.round(1).tolist()} voxels (D, H, W): masks (2x the pooled "
-        "size) about as fine as the objects' voxels",
+        "size) about as fine as the objects' x/y voxels",
     )
     gmean = float(np.median(np.prod(sizes, axis=1) ** (1 / 3)))
     canonical = max(int(round(anchors["base"] * 2 * z_ratio ** (1 / 3))), 1)

@@ -17,7 +17,8 @@ _ORDER = ("MODEL", "INPUT", "DATASETS", "DATALOADER", "SOLVER", "TEST")
 def _flow(value) -> str:
     if isinstance(value, tuple):
         value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...")
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("...").strip()
 
 
 def planned_config_text(plan: Plan, base: str, header: str, extra: Optional[Dict] = None) -> str:
@@ -48,15 +49,18 @@ def planned_config_text(plan: Plan, base: str, header: str, extra: Optional[Dict
     def emit(node: Dict, indent: int) -> None:
         top = indent == 0
         keys = sorted(node, key=lambda k: (_ORDER.index(k) if top and k in _ORDER else 99))
+        said = None  # a reason shared by consecutive keys is written once
         for k in keys:
             v = node[k]
             pad = "  " * indent
             if isinstance(v, dict):
                 lines.append(f"{pad}{k}:")
                 emit(v, indent + 1)
+                said = None
                 continue
-            if v in reasons:
+            if v in reasons and reasons[v] != said:
                 lines.append(f"{pad}# {reasons[v]}")
+            said = reasons.get(v)
             lines.append(f"{pad}{k}: {_flow(values[v])}")
 
     emit(tree, 0)

@@ -122,9 +122,7 @@ def measure_memory(
         cmd.append("--tensor-peak")
     cmd += ["--opts", *[str(o) for o in opts]]
     start = time.time()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     exceeded = False
     try:
         while proc.poll() is None:

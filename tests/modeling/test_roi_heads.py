@@ -222,6 +222,18 @@ def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
     assert len(res) == 7
 
 
+@pytest.mark.parametrize("boxes_per_roi", [1, 2])  # class-agnostic, or one box per class
+def test_fast_rcnn_inference_without_rois(boxes_per_roi):
+    # A volume whose RPN proposes nothing (or only non-finite boxes) gives no detections.
+    boxes = torch.zeros((0, 6 * boxes_per_roi))
+    scores = torch.zeros((0, 3))
+    (res,), (inds,) = fast_rcnn_inference([boxes], [scores], [(8, 40, 40)], 0.05, 0.5, 500)
+    assert len(res) == 0 and res.pred_boxes.tensor.shape == (0, 6) and inds.numel() == 0
+    nan_boxes = torch.full((2, 6 * boxes_per_roi), float("nan"))
+    (res,), _ = fast_rcnn_inference([nan_boxes], [torch.rand(2, 3)], [(8, 40, 40)], 0.05, 0.5, 9)
+    assert len(res) == 0
+
+
 @pytest.mark.parametrize("num_conv,num_fc", [(0, 2), (2, 0), (1, 1)])
 def test_box_head_output_shape(num_conv, num_fc):
     cfg = tiny_cfg(3)
@@ -233,6 +245,43 @@ def test_box_head_output_shape(num_conv, num_fc):
     out = head(torch.randn(5, 16, 2, 3, 3))
     assert out.shape == (5, head.output_shape.channels)
     assert head.output_shape.channels == (32 if num_fc else 4 * 18)
+
+
+def test_box_head_takes_the_pooled_size_from_its_input_shape():
+    """Shapes travel with the data: the head follows the pooler's size, not POOLER_RESOLUTION."""
+    from det3d.config import get_cfg
+    from det3d.layers import ShapeSpec
+    from det3d.modeling import build_box_head
+    from det3d.modeling.roi_heads.box_head import FastRCNNConvFCHead3D
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 3  # what a head re-reading the config would use
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 0, 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 5
+    head = build_box_head(cfg, ShapeSpec(channels=4, size=(2, 4, 6)))
+    assert head.fc1.in_features == 4 * 2 * 4 * 6
+    assert head(torch.zeros(3, 4, 2, 4, 6)).shape == (3, 5)
+    with pytest.raises(ValueError, match=r"pooler_resolution \(3, 3, 3\) disagrees .*\(2, 4, 6\)"):
+        FastRCNNConvFCHead3D(
+            ShapeSpec(channels=4, size=(2, 4, 6)), pooler_resolution=3, conv_dims=[], fc_dims=[5]
+        )
+    # a head built alone still reads the config
+    assert build_box_head(cfg, ShapeSpec(channels=4)).fc1.in_features == 4 * 27
+
+
+def test_roi_heads_hand_the_pooler_size_to_the_heads():
+    from det3d.config import get_cfg
+    from det3d.layers import ShapeSpec
+    from det3d.modeling.roi_heads import build_roi_heads
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = [2, 3, 3]
+    shapes = {
+        f"p{k}": ShapeSpec(channels=8, stride=(2 ** (k - 1), 2**k, 2**k)) for k in range(2, 6)
+    }
+    heads = build_roi_heads(cfg, shapes)
+    assert heads.box_pooler.output_size == (2, 3, 3)
+    assert heads.box_head(torch.zeros(2, 8, 2, 3, 3)).shape[0] == 2
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

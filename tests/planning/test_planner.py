@@ -67,8 +67,9 @@ def test_anisotropic_plan_keeps_z_resolution(aniso):
     assert v["MODEL.RESNETS.STEM_STRIDE"][0] == 1 and v["MODEL.RESNETS.STEM_POOL_STRIDE"][0] == 1
     z = v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"][0][0]
     assert 0.2 <= z <= 0.4  # objects span about a quarter as many voxels in z as in x/y
-    res = v["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"]
-    assert isinstance(res, list) and res[0] < res[1] == res[2] == 5
+    # one resolution on every axis (Detectron2's config type), from the x/y size
+    assert v["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 5
+    assert isinstance(v["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"], int)
 
 
 @pytest.mark.parametrize("which", ["iso", "aniso"])

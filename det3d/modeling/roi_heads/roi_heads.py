@@ -337,7 +337,8 @@ class StandardROIHeads3D(ROIHeads3D):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         box_pooler = cls._pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
         channels = _input_channels(input_shape, in_features)
-        box_head = build_box_head(cfg, ShapeSpec(channels=channels))
+        # the pooled size travels with the shape, so the head cannot disagree with its pooler
+        box_head = build_box_head(cfg, ShapeSpec(channels=channels, size=box_pooler.output_size))
         box_predictor = FastRCNNOutputLayers3D(cfg, box_head.output_shape)
         return {
             "box_in_features": in_features,
@@ -356,7 +357,9 @@ class StandardROIHeads3D(ROIHeads3D):
             "mask_box_expand": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND,
             "mask_train_rois": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
             "mask_pooler": mask_pooler,
-            "mask_head": build_mask_head(cfg, ShapeSpec(channels=channels)),
+            "mask_head": build_mask_head(
+                cfg, ShapeSpec(channels=channels, size=mask_pooler.output_size)
+            ),
         }
 
     def forward(
