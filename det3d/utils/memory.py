@@ -7,7 +7,9 @@ What is measured, on CPU (``MODEL.DEVICE`` is set to "cpu", ``MODEL.WEIGHTS`` ig
 * ``train``: the model is built, then one ``SimpleTrainer`` step (``AMPTrainer`` with
   ``SOLVER.AMP.ENABLED``; bfloat16 on CPU) runs on ``SOLVER.IMS_PER_BATCH`` synthetic volumes of
   ``input_size`` voxels (20 objects of 3 shapes each): forward, backward and the configured
-  optimizer's step, so parameters, gradients and optimizer state count. 16 jittered copies of
+  optimizer's step, so parameters, gradients and optimizer state count. (``SliceFusionRCNN``,
+  whose batch counts slice windows: ``IMS_PER_BATCH / TRAIN_SLICES_PER_VOLUME`` volumes, so that
+  it trains on ``IMS_PER_BATCH`` slices.) 16 jittered copies of
   each ground-truth box join the proposals the ROI heads see, as a trained RPN's would (the
   planner's probe, ``det3d.planning.probe``, does the same), so that the sampler reaches its
   foreground cap (``BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION`` RoIs per volume, 320 at most):
@@ -210,6 +212,11 @@ def _run(args) -> dict:
     # Inputs first: their memory is part of the baseline, not of the model's cost.
     training = args.mode == "train"
     count = cfg.SOLVER.IMS_PER_BATCH if training else 1
+    if training and cfg.MODEL.META_ARCHITECTURE == "SliceFusionRCNN":
+        # IMS_PER_BATCH counts slice windows there, and the model trains on TRAIN_SLICES_PER_VOLUME
+        # target slices of each whole volume it is given: as many volumes as make the batch
+        per_volume = max(1, cfg.MODEL.SLICE_FUSION.TRAIN_SLICES_PER_VOLUME)
+        count = -(-count // per_volume)
     inputs = _inputs(cfg, args.input_size, count, training, _input_ndim(cfg))
     baseline = _rss_gb("VmRSS")
 
