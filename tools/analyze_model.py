@@ -29,7 +29,13 @@ How FLOPs are counted (say so when quoting them):
   2**ndim (one multiply-add per interpolation corner); with adaptive sampling (ratio 0)
   2 samples per axis are assumed. ``det3d::nms`` is not counted.
 * A model that cannot be traced whole is counted as backbone + RPN only (the "counted" column).
+
+``--memory`` adds the peak memory (GiB of resident memory, VmHWM) of one training iteration at the
+config's ``SOLVER.IMS_PER_BATCH`` and of one inference, on the same input size, each measured in
+a fresh process by ``det3d.utils.memory`` (see there; ``bench/memory.py`` checks them against the
+8 GiB budget and measures the memory-saving switches).
 """
+
 import argparse
 import glob
 import logging
@@ -46,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from det3d.config import get_cfg  # noqa: E402
 from det3d.modeling import GeneralizedRCNN3D, build_model  # noqa: E402
 from det3d.modeling.meta_arch import count_parameters  # noqa: E402
+from det3d.utils.memory import measure_memory  # noqa: E402
 
 logger = logging.getLogger("det3d.tools.analyze_model")
 
@@ -122,8 +129,27 @@ def _count_flops(model: nn.Module, image: torch.Tensor, full: bool):
     return total, graph.num_proposals, graph.num_detections
 
 
-def analyze(cfg, name: str, input_size: Optional[Sequence[int]], detections: int, flops: bool):
-    """Returns one table row (dict) for ``cfg``."""
+def _peak_memory(config_file: Optional[str], size: Sequence[int], mode: str) -> str:
+    """Peak RSS (GiB) of ``mode`` for a 3D input of ``size`` (2D: a ``1 x H x W`` volume)."""
+    size3 = (1,) * (3 - len(size)) + tuple(size)
+    r = measure_memory(config_file, mode, size3, limit_gb=24)
+    if r.exceeded:
+        return "> 24"
+    return "error" if r.error else f"{r.peak_rss:.2f}"
+
+
+def analyze(
+    cfg,
+    name: str,
+    input_size: Optional[Sequence[int]],
+    detections: int,
+    flops: bool,
+    memory_of: Optional[str] = "",
+):
+    """
+    Returns one table row (dict) for ``cfg``; with ``memory_of`` (a config file, or None for the
+    defaults) also its peak training and inference memory.
+    """
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
@@ -150,7 +176,12 @@ def analyze(cfg, name: str, input_size: Optional[Sequence[int]], detections: int
         "gflops": None,
         "rois": "",
         "counted": "",
+        "train_gb": "",
+        "infer_gb": "",
     }
+    if memory_of != "":
+        row["train_gb"] = _peak_memory(memory_of, size, "train")
+        row["infer_gb"] = _peak_memory(memory_of, size, "inference")
     if not flops:
         return row
     image = torch.rand((len(cfg.MODEL.PIXEL_MEAN),) + size)
@@ -170,7 +201,7 @@ def analyze(cfg, name: str, input_size: Optional[Sequence[int]], detections: int
     return row
 
 
-def _format_table(rows: List[dict]) -> str:
+def _format_table(rows: List[dict], memory: bool = False) -> str:
     headers = [
         "config",
         "arch",
@@ -181,20 +212,23 @@ def _format_table(rows: List[dict]) -> str:
         "RoIs (prop/det)",
         "counted",
     ]
+    if memory:
+        headers += ["train peak GiB", "infer peak GiB"]
     lines = []
     for r in rows:
-        lines.append(
-            [
-                r["config"],
-                r["arch"],
-                r["input"],
-                f"{r['params'] / 1e6:.2f}M",
-                f"{r['trainable'] / 1e6:.2f}M",
-                "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
-                r["rois"],
-                r["counted"],
-            ]
-        )
+        line = [
+            r["config"],
+            r["arch"],
+            r["input"],
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['trainable'] / 1e6:.2f}M",
+            "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
+            r["rois"],
+            r["counted"],
+        ]
+        if memory:
+            line += [r["train_gb"], r["infer_gb"]]
+        lines.append(line)
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*headers), "-+-".join("-" * w for w in widths)]
@@ -216,6 +250,11 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--detections", type=int, default=100, help="detections per volume")
     parser.add_argument("--no-flops", action="store_true", help="count parameters only")
     parser.add_argument("--no-defaults", action="store_true", help="skip the default config row")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="add peak training / inference memory (one fresh process each)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -228,7 +267,14 @@ def main(argv=None) -> List[dict]:
         cfg = get_cfg()
         cfg.MODEL.SPATIAL_DIMS = 3
         rows.append(
-            analyze(cfg, "(defaults, 3D)", args.input_size, args.detections, not args.no_flops)
+            analyze(
+                cfg,
+                "(defaults, 3D)",
+                args.input_size,
+                args.detections,
+                not args.no_flops,
+                memory_of=None if args.memory else "",
+            )
         )
     for path in files:
         inside = os.path.abspath(path).startswith(root + os.sep)
@@ -240,15 +286,29 @@ def main(argv=None) -> List[dict]:
             print(f"skipping {name}: {e}", file=sys.stderr)
             continue
         try:
-            rows.append(analyze(cfg, name, args.input_size, args.detections, not args.no_flops))
+            rows.append(
+                analyze(
+                    cfg,
+                    name,
+                    args.input_size,
+                    args.detections,
+                    not args.no_flops,
+                    memory_of=path if args.memory else "",
+                )
+            )
         except Exception as e:
             print(f"skipping {name}: could not build or run the model: {e}", file=sys.stderr)
-    print(_format_table(rows))
+    print(_format_table(rows, memory=args.memory))
     if not args.no_flops:
         print(
             "\nGFLOPs: fvcore multiply-adds of one inference pass on a random input, "
             f"SCORE_THRESH_TEST 0 and at most {args.detections} detections; roi_align counted "
             "as output x samples x 2**ndim, attention as its two matmuls, nms not counted."
+        )
+    if args.memory:
+        print(
+            "Peak memory: VmHWM of one training iteration (IMS_PER_BATCH volumes) and of one "
+            "inference (detections up to DETECTIONS_PER_IMAGE), each in a fresh CPU process."
         )
     return rows
 

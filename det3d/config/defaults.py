@@ -75,7 +75,11 @@ _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 # ---------------------------------------------------------------------------- #
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-_C.MODEL.FPN.OUT_CHANNELS = 256
+# 128, not Detectron2's 256: every RoI the heads pool carries these channels over a 3D grid
+# (k^3 bins, not k^2), and the pyramid and RPN convs run over volumes. With the heads below, one
+# training step of the defaults on 2 volumes of 64x128x128 peaks at 3.5 GiB and takes 14 s on one
+# core; with 256 channels here and in the mask head, 4.9 GiB and 46 s (bench/memory.py).
+_C.MODEL.FPN.OUT_CHANNELS = 128
 _C.MODEL.FPN.NORM = ""
 # "sum" or "avg"
 _C.MODEL.FPN.FUSE_TYPE = "sum"
@@ -130,7 +134,12 @@ _C.MODEL.ROI_HEADS.NUM_CLASSES = 1
 _C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
 _C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
-_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+# RoIs sampled per volume for the box head, at most POSITIVE_FRACTION of them foreground; only
+# the foreground ones reach the mask head, whose memory they set (~5 MiB of activations each,
+# below). 256, not Detectron2's 512: a 64x128x128 training crop holds tens of objects, so up to
+# 64 foreground RoIs per volume leave none out, and the box head's share halves. 0.25 as in
+# Detectron2 (the configs that inherit it, the demo's among them, were tuned with it).
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
@@ -146,10 +155,15 @@ _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = [10.0, 10.0, 10.0, 5.0, 5.0, 5.0]
 _C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
-_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7  # int or per axis, e.g. [3, 7, 7]
+# 5^3 bins x 128 channels = 16,000 inputs to the first FC, the size of 2D's 7^2 x 256 = 12,544
+# (7^3 x 256 = 87,808 made it a 90M-parameter layer). Int or per axis, e.g. [3, 7, 7] for thin
+# z; the synthetic demo measured 7^3 no better than 5^3 (MODEL_ZOO.md).
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 5
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
 _C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
 _C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+# Detectron2's width: on 16,000 inputs the two FCs hold 17M parameters (0.2 GiB with gradients
+# and momentum) and 8 KiB of activations per RoI, not what limits memory.
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
 _C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
@@ -164,11 +178,16 @@ _C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
 # ---------------------------------------------------------------------------- #
 _C.MODEL.ROI_MASK_HEAD = CN()
 _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead3D"
-_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # int or per axis
+# Masks are predicted at twice the pooled size: 7 gives 14^3 = 2,744 voxels per object, 3.5x the
+# 28^2 of 2D. The mask head keeps about (NUM_CONV + 2) x 7^3 x CONV_DIM floats per RoI for the
+# backward pass: 5 MiB at 7 / 128, where 14 / 256 (Detectron2's sizes, upsampled to 28^3) kept
+# 130 MiB, 17 GiB for 128 foreground RoIs. Measured on the defaults (2 volumes of 64x128x128):
+# 3.5 GiB per training step at 7, 4.1 GiB at 8 (16^3 masks). Int or per axis.
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 7
 _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
 _C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
 _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
-_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 128
 _C.MODEL.ROI_MASK_HEAD.NORM = ""
 _C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
 
@@ -389,6 +408,25 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.SOLVER, "LOG_PERIOD", 20)
     # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
     _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
+
+    # Memory-saving switches (docs/internals.md "Memory-saving switches"; savings measured by
+    # bench/memory.py, in MODEL_ZOO.md). Each leaves losses and outputs as they are without it
+    # (up to float rounding; AMP up to its precision).
+    # Activation checkpointing: in training the backbone keeps only its blocks' inputs and
+    # recomputes the rest in the backward pass (about one more backbone forward per step). A
+    # backbone that cannot do it raises at build time.
+    _add(_C.MODEL, "BACKBONE", CN())  # (Detectron2's config has these nodes already)
+    _add(_C.MODEL.BACKBONE, "CHECKPOINT", False)
+    # Inference runs the box and mask branches on at most this many RoIs at a time (0 = all at
+    # once): peak memory is bounded by the chunk, not by POST_NMS_TOPK_TEST or
+    # DETECTIONS_PER_IMAGE. 256 leaves the CPU demo config (at most 200) unchunked.
+    _add(_C.TEST, "ROI_CHUNK_SIZE", 256)
+    # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
+    # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
+    _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))
+    _add(_C.SOLVER.AMP, "DTYPE", "")
+    _add(_C.TEST, "AMP", CN({"ENABLED": False}))
+    _add(_C.TEST.AMP, "DTYPE", "")
 
     # 2.5D model (SliceFusionRCNN, det3d/modeling/meta_arch/slice_fusion_rcnn.py): a 2D Mask R-CNN
     # (the parts built with SPATIAL_DIMS 2) on each z-slice, which sees its neighbour slices

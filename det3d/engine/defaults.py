@@ -304,8 +304,12 @@ class DefaultTrainer(TrainerBase):
         model = create_ddp_model(
             model, broadcast_buffers=False, find_unused_parameters=self._find_unused_parameters(cfg)
         )
-        trainer_type = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_type(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(
+                model, data_loader, optimizer, precision=cfg.SOLVER.AMP.DTYPE
+            )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         # The inner trainer calls after_backward on the same hooks as this one.
         self._trainer._hooks = self._hooks
 

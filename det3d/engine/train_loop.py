@@ -1,18 +1,20 @@
 """
 The training loop: ``TrainerBase`` runs hooks around an abstract ``run_step``; ``SimpleTrainer``
-is the usual forward / backward / optimizer step; ``AMPTrainer`` adds CUDA mixed precision.
+is the usual forward / backward / optimizer step; ``AMPTrainer`` adds mixed precision (CUDA
+float16/bfloat16, CPU bfloat16).
 """
 
 import logging
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from det3d.utils import comm
+from det3d.utils.amp import resolve_amp_dtype
 from det3d.utils.events import EventStorage, get_event_storage
 
 __all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer"]
@@ -317,12 +319,16 @@ def _total_loss(loss_dict):
 
 class AMPTrainer(SimpleTrainer):
     """
-    ``SimpleTrainer`` with automatic mixed precision on CUDA: the forward pass runs under
-    ``torch.autocast("cuda", dtype=precision)`` and a ``GradScaler`` scales the loss (float16).
+    ``SimpleTrainer`` with automatic mixed precision: the forward pass (and the losses) run under
+    ``torch.autocast(device, dtype=precision)``; the backward pass follows the forward's dtypes.
 
-    **On CPU** (model parameters not on a CUDA device) mixed precision is not available here: the
-    trainer logs a warning once and trains in float32, exactly as ``SimpleTrainer`` does, so a
-    config with ``SOLVER.AMP.ENABLED`` still runs on a laptop.
+    * **CUDA**: float16 (default) with a ``GradScaler`` that scales the loss, or bfloat16 (no
+      scaler needed: it has float32's range).
+    * **CPU**: bfloat16 autocast (convolutions and linear layers in bfloat16, which halves their
+      saved activations); float16 on CPU raises a ``ValueError``.
+
+    det3d's compiled ops (``roi_align``, ``nms``) compute in float32 under autocast, and the
+    heads return float32 predictions, so losses, box decoding and NMS keep float32 precision.
     """
 
     def __init__(
@@ -333,13 +339,14 @@ class AMPTrainer(SimpleTrainer):
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
-        precision: torch.dtype = torch.float16,
+        precision: Union[None, str, torch.dtype] = None,
         log_grad_scaler: bool = False,
     ):
         """
         Args:
-            grad_scaler: a ``torch.amp.GradScaler``; default: a new one (float16 only).
-            precision: autocast dtype, ``torch.float16`` or ``torch.bfloat16`` (needs no scaler).
+            grad_scaler: a ``torch.amp.GradScaler``; default: a new one (CUDA float16 only).
+            precision: autocast dtype, ``torch.float16`` or ``torch.bfloat16`` or their names;
+                None or "" = float16 on CUDA, bfloat16 on CPU (``SOLVER.AMP.DTYPE``).
             log_grad_scaler (bool): record the scaler's scale in the storage each iteration.
             Others: as ``SimpleTrainer``.
         """
@@ -351,18 +358,14 @@ class AMPTrainer(SimpleTrainer):
             model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward
         )
 
-        self.amp_enabled = _on_cuda(model)
-        if not self.amp_enabled:
-            logger.warning(
-                "AMPTrainer: mixed precision needs a CUDA device; the model is on CPU, so "
-                "training runs in float32 (as SimpleTrainer)."
-            )
+        self.device_type = "cuda" if _on_cuda(model) else "cpu"
+        self.precision = resolve_amp_dtype(precision or "", self.device_type)
+        self.amp_enabled = True
         if grad_scaler is None:
             grad_scaler = torch.amp.GradScaler(
-                "cuda", enabled=self.amp_enabled and precision == torch.float16
+                "cuda", enabled=self.device_type == "cuda" and self.precision == torch.float16
             )
         self.grad_scaler = grad_scaler
-        self.precision = precision
         self.log_grad_scaler = log_grad_scaler
 
     def run_step(self) -> None:
@@ -373,7 +376,7 @@ class AMPTrainer(SimpleTrainer):
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        with torch.autocast("cuda", dtype=self.precision, enabled=self.amp_enabled):
+        with torch.autocast(self.device_type, dtype=self.precision):
             loss_dict = self.model(data)
             losses, loss_dict = _total_loss(loss_dict)
         if not self.zero_grad_before_forward:

@@ -43,7 +43,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     Args:
         boxes (Tensor): (N, 4) ``(x0, y0, x1, y1)`` or (N, 6) ``(x0, y0, z0, x1, y1, z1)``,
-            float32 or float64 (also float16 on CUDA). Flipped or empty boxes have volume 0.
+            any float dtype: bfloat16 (and float16 on CPU) is computed in float32, and scores
+            are cast to the dtype of the boxes. Flipped or empty boxes have volume 0.
         scores (Tensor): (N,)
         iou_threshold (float): a box is dropped when its IoU with a kept box is > this.
 
@@ -52,8 +53,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         lower index first).
     """
     _check_boxes_scores(boxes, scores)
-    if boxes.device.type == "cpu" and boxes.dtype == torch.float16:
+    # The kernels take float32/64 (and float16 on CUDA), boxes and scores alike: IoU of reduced-
+    # precision boxes is computed in float32, as under torchvision's autocast kernel.
+    on_cpu = boxes.device.type == "cpu"
+    if boxes.dtype == torch.bfloat16 or (on_cpu and boxes.dtype == torch.float16):
         boxes = boxes.float()
+    if scores.dtype != boxes.dtype:
+        scores = scores.to(boxes.dtype)
     return _ops().nms(boxes, scores, float(iou_threshold))
 
 

@@ -8,7 +8,8 @@ torchvision does for its ops), so that ``torch.compile`` traces a det3d model en
   ``torch.ops.det3d._roi_align_backward``, so no Python ``autograd.Function`` hides the op;
 * **autocast**: under ``torch.autocast`` (CUDA or CPU, e.g. bf16) both ops run in float32, as
   torchvision's do: box coordinates and interpolation weights lose too much in half precision,
-  and the CPU kernels have no half/bf16 path.
+  and the CPU kernels have no half/bf16 path; ``det3d.layers.roi_align`` hands the result back in
+  its input's dtype, as torchvision's autocast kernel does.
 
 Imported once by :func:`det3d.layers.nms._ops`, after the library that defines the ops.
 """

@@ -45,7 +45,9 @@ def roi_align(
             (Detectron2's ``aligned=True``); False is the legacy behaviour.
 
     Returns:
-        Tensor: (K, C, *output_size), the average of the interpolated samples in every bin.
+        Tensor: (K, C, *output_size), the average of the interpolated samples in every bin, in
+        the dtype of ``input``. Under autocast, and for bfloat16 input (float16 on CPU), the
+        samples are computed in float32 (as torchvision's autocast kernel does).
     """
     if not isinstance(input, Tensor) or input.dim() not in (4, 5):
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input)
@@ -69,10 +71,17 @@ def roi_align(
         rois = rois.float()  # autocast runs the op in float32: keep the boxes exact
     else:
         rois = rois.to(dtype=input.dtype)
+    dtype = input.dtype
+    reduced = dtype == torch.bfloat16 or (dtype == torch.float16 and input.device.type == "cpu")
+    if reduced:
+        # the kernels have no bfloat16 (and on CPU no float16) path: interpolate in float32, as
+        # under autocast, and hand back the caller's dtype (the casts are differentiable)
+        input, rois = input.float(), rois.float()
     # autograd, fake (tracing) and autocast kernels are registered with the op (op_registrations)
-    return _ops().roi_align(
+    out = _ops().roi_align(
         input, rois, float(spatial_scale), list(output_size), int(sampling_ratio), bool(aligned)
     )
+    return out.to(dtype) if reduced else out
 
 
 class ROIAlign(nn.Module):

@@ -130,6 +130,9 @@ class Box2BoxTransform:
                 f"{tuple(deltas.shape)} and {tuple(boxes.shape)}"
             )
         d = self.ndim
+        if deltas.dtype in (torch.float16, torch.bfloat16):
+            # Decoded coordinates need float32: bfloat16 steps by 0.5 voxel above 64 (autocast).
+            deltas = deltas.float()
         boxes = boxes.to(deltas.dtype)
         ctr, size = self._centers_and_sizes(boxes)
         w = deltas.new_tensor(self.weights)

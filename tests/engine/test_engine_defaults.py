@@ -172,17 +172,22 @@ def test_auto_scale_workers():
     assert DefaultTrainer.auto_scale_workers(cfg, 2) is cfg
 
 
-def test_amp_config_on_cpu_falls_back_to_float32(tmp_path):
+def test_amp_config_on_cpu_trains_in_bfloat16(tmp_path):
     from det3d.engine import AMPTrainer
 
     cfg = _cfg(tmp_path, MAX_ITER=3)
     cfg.SOLVER.AMP.ENABLED = True
+    if not torch.cuda.is_available():
+        cfg.SOLVER.AMP.DTYPE = "float16"
+        with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE='float16' on CPU"):
+            DummyTrainer(cfg)
+        cfg.SOLVER.AMP.DTYPE = ""
     trainer = DummyTrainer(cfg)
     assert isinstance(trainer._trainer, AMPTrainer)
     trainer.resume_or_load(resume=False)
     trainer.train()
     if not torch.cuda.is_available():
-        assert not trainer._trainer.amp_enabled
+        assert trainer._trainer.precision == torch.bfloat16
     # the checkpoint of an AMP run loads with weights_only and resumes
     again = DummyTrainer(cfg)
     again.resume_or_load(resume=True)

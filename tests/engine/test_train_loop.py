@@ -1,4 +1,3 @@
-import logging
 import math
 
 import pytest
@@ -140,22 +139,47 @@ def test_model_returning_non_dict_raises_type_error():
         trainer.train(0, 1)
 
 
-def test_amp_trainer_on_cpu_warns_and_matches_simple_trainer(caplog):
-    torch.manual_seed(0)
-    model = LinearLossModel()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with caplog.at_level(logging.WARNING, logger="det3d.engine.train_loop"):
-        amp = AMPTrainer(model, ListLoader(make_dataset()), opt)
+def test_amp_trainer_on_cpu_runs_bfloat16_autocast_close_to_simple_trainer():
     if torch.cuda.is_available():
-        pytest.skip("CPU fallback only")
-    assert any("float32" in r.message for r in caplog.records)
+        pytest.skip("CPU autocast only")
+    seen = []
+
+    class M(LinearLossModel):
+        def forward(self, batch):
+            on = torch.is_autocast_enabled("cpu")
+            seen.append(torch.get_autocast_dtype("cpu") if on else None)
+            out = super().forward(batch)
+            seen.append(self.linear(torch.ones(1, 4)).dtype)  # a layer autocast lowers
+            return out
+
+    torch.manual_seed(0)
+    model = M()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    amp = AMPTrainer(model, ListLoader(make_dataset()), opt)
+    assert amp.precision == torch.bfloat16 and not amp.grad_scaler.is_enabled()
     amp.train(0, 5)
+    assert seen[:2] == [torch.bfloat16, torch.bfloat16]
     ref = _trainer()
     ref.train(0, 5)
     for pa, pb in zip(amp.model.parameters(), ref.model.parameters()):
-        assert torch.allclose(pa, pb)
+        assert pa.dtype == torch.float32
+        # five SGD steps on bfloat16 forward passes: close to float32, not equal
+        torch.testing.assert_close(pa, pb, rtol=0.05, atol=0.02)
+        assert not torch.equal(pa, pb)
+    amp_losses = [v for v, _ in amp.storage.history("total_loss").values()]
+    ref_losses = [v for v, _ in ref.storage.history("total_loss").values()]
+    assert amp_losses == pytest.approx(ref_losses, rel=0.05)
     sd = amp.state_dict()
     assert "grad_scaler" in sd and sd["iteration"] == 5
+
+
+def test_amp_trainer_float16_on_cpu_raises():
+    if torch.cuda.is_available():
+        pytest.skip("CPU only")
+    model = LinearLossModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE='float16' on CPU"):
+        AMPTrainer(model, ListLoader(make_dataset()), opt, precision=torch.float16)
 
 
 def test_trainer_state_dict_roundtrip():

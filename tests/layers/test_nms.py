@@ -206,3 +206,20 @@ def test_nms_cuda_matches_cpu(ndim, dtype):
         expected = batched_nms(boxes.float(), scores.float(), idxs, threshold)
         keep = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), threshold)
         assert keep.cpu().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_boxes_and_scores_on_cpu(dtype):
+    # well-separated clusters: the float32 IoUs of the rounded boxes decide as the exact ones
+    g = torch.Generator().manual_seed(0)
+    centers = torch.arange(8, dtype=torch.float32).repeat_interleave(3)[:, None] * 40.0
+    lo = centers + torch.rand(24, 3, generator=g)
+    boxes = torch.cat([lo, lo + 10 + torch.rand(24, 3, generator=g)], dim=1)
+    scores = torch.rand(24, generator=g)
+    keep = nms(boxes, scores, 0.5)
+    assert len(keep) == 8
+    assert torch.equal(nms(boxes.to(dtype), scores.to(dtype), 0.5), keep)
+    assert torch.equal(nms(boxes.to(dtype), scores, 0.5), keep)  # mixed dtypes
+    classes = torch.arange(24) % 2
+    ref = batched_nms(boxes, scores, classes, 0.5)
+    assert torch.equal(batched_nms(boxes.to(dtype), scores.to(dtype), classes, 0.5), ref)

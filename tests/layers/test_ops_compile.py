@@ -46,8 +46,12 @@ def test_roi_align_under_autocast_runs_in_float32():
     x, rois, *rest = _roi_align_args(3, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = roi_align(x.bfloat16(), rois, [2, 2, 2], 0.5)  # the CPU kernel has no bf16 path
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, roi_align(x.bfloat16().float(), rois, [2, 2, 2], 0.5))
+        out32 = roi_align(x, rois, [2, 2, 2], 0.5)
+    # computed in float32, handed back in the input's dtype (as torchvision's autocast kernel)
+    assert out.dtype == torch.bfloat16 and out32.dtype == torch.float32
+    ref = roi_align(x.bfloat16().float(), rois, [2, 2, 2], 0.5)
+    torch.testing.assert_close(out, ref.bfloat16())
+    torch.testing.assert_close(out32, roi_align(x, rois, [2, 2, 2], 0.5))
 
 
 def test_compiled_ops_trace_without_graph_break():

@@ -210,3 +210,28 @@ def test_roi_align_cuda_matches_cpu(ndim, dtype, aligned):
     out_cpu.backward(grad)
     out_gpu.backward(grad.to("cuda", dtype))
     torch.testing.assert_close(x_gpu.grad.double().cpu(), x_cpu.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_autocast_computes_in_float32_and_returns_the_input_dtype(ndim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 3) + (9,) * ndim, generator=g)
+    rois = torch.tensor([[0] + [0.5] * ndim + [7.0] * ndim, [1] + [2.0] * ndim + [8.5] * ndim])
+    ref = roi_align(x, rois, 3, sampling_ratio=2)
+    # under autocast (bfloat16 features from a conv): float32 inside, bfloat16 back
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(xb, rois, 3, sampling_ratio=2)
+    assert out.dtype == torch.bfloat16
+    # the only error is bfloat16's rounding of the input and of the output
+    torch.testing.assert_close(out.float(), ref, rtol=0.02, atol=0.02)
+    out.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
+    # the gradient is the float32 op's, rounded to bfloat16
+    x32 = xb.detach().float().requires_grad_()
+    roi_align(x32, rois, 3, sampling_ratio=2).sum().backward()
+    torch.testing.assert_close(xb.grad.float(), x32.grad, rtol=0.01, atol=1e-3)
+    # float32 input under autocast stays float32; reduced precision without autocast works too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert roi_align(x, rois, 3, sampling_ratio=2).dtype == torch.float32
+    assert roi_align(x.half(), rois, 3, sampling_ratio=2).dtype == torch.float16

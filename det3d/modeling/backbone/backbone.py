@@ -48,6 +48,19 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         """Further padding requirements (Detectron2's ``square_size``); none by default."""
         return {}
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """
+        Turns activation checkpointing on or off (``MODEL.BACKBONE.CHECKPOINT``): in training,
+        the backbone keeps only the inputs of its blocks for the backward pass and recomputes
+        the rest (see ``det3d.layers.checkpoint_module``); outputs and gradients stay the same.
+        Backbones that support it override this; here enabling it raises.
+        """
+        if enabled:
+            raise NotImplementedError(
+                f"MODEL.BACKBONE.CHECKPOINT: {type(self).__name__} does not support activation "
+                "checkpointing"
+            )
+
     def output_shape(self) -> Dict[str, ShapeSpec]:
         """
         Returns:

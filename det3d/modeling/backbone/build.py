@@ -17,7 +17,8 @@ def build_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
         input_shape: defaults to ``ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))``.
 
     Returns:
-        Backbone: ``BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, input_shape)``.
+        Backbone: ``BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, input_shape)``, with
+        activation checkpointing on when ``cfg.MODEL.BACKBONE.CHECKPOINT`` is set.
     """
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
@@ -27,4 +28,6 @@ def build_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
         raise TypeError(
             f"MODEL.BACKBONE.NAME={name!r} built a {type(backbone).__name__}, not a Backbone"
         )
+    if cfg.MODEL.BACKBONE.CHECKPOINT:
+        backbone.set_activation_checkpointing(True)  # raises where the backbone cannot
     return backbone

@@ -137,6 +137,10 @@ class FPN(Backbone):
         # As in Detectron2: the coarsest bottom-up level; extra top-block levels subsample it.
         self._size_divisibility = strides[-1]
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoints the bottom-up network's blocks; the FPN's own convs keep theirs."""
+        self.bottom_up.set_activation_checkpointing(enabled)
+
     @property
     def size_divisibility(self):
         """Per-axis stride of the coarsest bottom-up input level (array order)."""

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from det3d.layers import Conv, FrozenBatchNorm, ShapeSpec, get_norm, max_pool_nd
+from det3d.layers import (
+    Conv,
+    FrozenBatchNorm,
+    ShapeSpec,
+    checkpoint_module,
+    get_norm,
+    max_pool_nd,
+)
 from det3d.utils.axes import as_tuple, per_axis
 
 from ..registries import BACKBONE_REGISTRY
@@ -215,6 +222,7 @@ class ResNet(Backbone):
         super().__init__()
         self.ndim = stem.ndim
         self.stem = stem
+        self._checkpoint = False
         stride = tuple(stem.stride)
         self._out_feature_strides = {"stem": stride}
         self._out_feature_channels = {"stem": stem.out_channels}
@@ -259,14 +267,24 @@ class ResNet(Backbone):
                 f"shape {tuple(x.shape)}"
             )
         outputs = {}
-        x = self.stem(x)
+        x = self._run(self.stem, x)
         if "stem" in self._out_features:
             outputs["stem"] = x
         for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
+            for block in stage:
+                x = self._run(block, x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # One checkpoint per block: the backward pass holds the blocks' inputs plus the
+        # recomputed activations of one block at a time.
+        return checkpoint_module(block, x) if self._checkpoint else block(x)
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoints the stem and every residual block (see ``Backbone``)."""
+        self._checkpoint = bool(enabled)
 
     def freeze(self, freeze_at: int = 0) -> "ResNet":
         """Freezes the stem if ``freeze_at >= 1`` and stage ``res{k}`` if ``freeze_at >= k``."""

@@ -9,14 +9,16 @@ Staged training (see ``MODEL.FREEZE_MODULES``): (a) train ``ProposalNetwork3D``;
 live proposals of the frozen RPN, exactly those it gives at inference; (c) train everything.
 """
 
+import contextlib
 import logging
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from det3d.config import configurable
 from det3d.structures import ImageList, Instances
+from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
 from ..postprocessing import detector_postprocess, instances_to_label_volume
@@ -52,6 +54,7 @@ class _RCNNBase(nn.Module):
         pixel_std: Sequence[float],
         ndim: int = 3,
         freeze: Sequence[str] = (),
+        inference_amp: Optional[str] = None,
     ):
         """
         Args:
@@ -60,6 +63,8 @@ class _RCNNBase(nn.Module):
             ndim: number of spatial dims.
             freeze: names of children to freeze (see :func:`freeze_modules`); a subclass with
                 more children passes none here and freezes once it has built them all.
+            inference_amp: None, or the autocast dtype name inference runs under
+                (``TEST.AMP.DTYPE`` when ``TEST.AMP.ENABLED``; "" = the device's default).
         """
         super().__init__()
         self.backbone = backbone
@@ -75,11 +80,18 @@ class _RCNNBase(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(shape), False)
         self.frozen_modules = ()
         freeze_modules(self, freeze)
+        self.inference_amp = inference_amp
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
+        inference_amp = None
+        if cfg.TEST.AMP.ENABLED:
+            inference_amp = cfg.TEST.AMP.DTYPE
+            # A bad dtype (float16 on a CPU config) fails here, not at the first inference.
+            resolve_amp_dtype(inference_amp, torch.device(cfg.MODEL.DEVICE).type, "TEST.AMP.DTYPE")
         return {
+            "inference_amp": inference_amp,
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -91,6 +103,14 @@ class _RCNNBase(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def inference_autocast(self):
+        """The autocast context of inference (``TEST.AMP``); a null context when it is off."""
+        if self.inference_amp is None:
+            return contextlib.nullcontext()
+        device_type = self.device.type
+        dtype = resolve_amp_dtype(self.inference_amp, device_type, "TEST.AMP.DTYPE")
+        return torch.autocast(device_type, dtype=dtype)
 
     def is_frozen(self, name: str) -> bool:
         return name in self.frozen_modules
@@ -174,6 +194,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         label_score_threshold: float = 0.0,
         label_overlap_threshold: float = 0.5,
         freeze: Sequence[str] = (),
+        inference_amp: Optional[str] = None,
     ):
         """
         Args:
@@ -187,6 +208,7 @@ class GeneralizedRCNN3D(_RCNNBase):
             label_overlap_threshold: a detection whose mask is claimed by higher-scoring ones
                 for more than this fraction stays out of ``instance_labels``.
             freeze: names of children to freeze (see :func:`freeze_modules`).
+            inference_amp: see :class:`_RCNNBase`.
         """
         super().__init__(
             backbone=backbone,
@@ -194,6 +216,7 @@ class GeneralizedRCNN3D(_RCNNBase):
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             ndim=ndim,
+            inference_amp=inference_amp,
         )
         self.roi_heads = roi_heads
         self.mask_threshold = mask_threshold
@@ -243,9 +266,11 @@ class GeneralizedRCNN3D(_RCNNBase):
         """
         assert not self.training
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
-        results, _ = self.roi_heads(images, features, proposals, None)
+        with self.inference_autocast():  # the heads return float32 boxes, scores and masks
+            features = self.backbone(images.tensor)
+            proposals, _ = self.proposal_generator(images, features, None)
+            results, _ = self.roi_heads(images, features, proposals, None)
+            del features
         if not do_postprocess:
             return results
         return self._postprocess(results, batched_inputs, images.image_sizes)
@@ -281,8 +306,9 @@ class ProposalNetwork3D(_RCNNBase):
             features = self._features(images)
             _, losses = self._proposals(images, features, gt_instances)
             return losses
-        features = self.backbone(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
+        with self.inference_autocast():
+            features = self.backbone(images.tensor)
+            proposals, _ = self.proposal_generator(images, features, None)
         processed = []
         for results, input_dict, image_size in zip(proposals, batched_inputs, images.image_sizes):
             out_size = _original_size(input_dict, image_size)

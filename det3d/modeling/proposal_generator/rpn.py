@@ -432,9 +432,14 @@ class RPN3D(nn.Module):
                 )
         anchors = self.anchor_generator(features)
         pred_objectness_logits, pred_anchor_deltas = self.rpn_head(features)
-        pred_objectness_logits = [flatten_objectness_logits(x) for x in pred_objectness_logits]
+        # float32 from here on (a no-op without autocast): top-k ranks logits, and bfloat16 ties
+        # and coarse deltas would change which proposals survive.
+        pred_objectness_logits = [
+            flatten_objectness_logits(x).float() for x in pred_objectness_logits
+        ]
         pred_anchor_deltas = [
-            flatten_anchor_deltas(x, self.anchor_generator.box_dim) for x in pred_anchor_deltas
+            flatten_anchor_deltas(x, self.anchor_generator.box_dim).float()
+            for x in pred_anchor_deltas
         ]
 
         if self.training and gt_instances is not None:

@@ -242,7 +242,8 @@ class FastRCNNOutputLayers3D(nn.Module):
         """
         if x.dim() > 2:
             x = torch.flatten(x, start_dim=1)
-        return self.cls_score(x), self.bbox_pred(x)
+        # Losses, softmax and box decoding in float32 (a no-op without autocast).
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
 
     # ------------------------------------------------------------------ losses
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:

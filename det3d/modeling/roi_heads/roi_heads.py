@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from det3d.config import configurable
-from det3d.layers import ShapeSpec, nonzero_tuple
+from det3d.layers import ShapeSpec, cat, nonzero_tuple
 from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
 from det3d.utils.axes import per_axis
 from det3d.utils.events import current_event_storage
@@ -30,6 +30,7 @@ __all__ = [
     "StandardROIHeads3D",
     "build_roi_heads",
     "select_foreground_proposals",
+    "roi_chunks",
     "ROI_HEADS_REGISTRY",
 ]
 
@@ -60,6 +61,35 @@ def select_foreground_proposals(
         fg_proposals.append(p[nonzero_tuple(fg)[0]])
         fg_masks.append(fg)
     return fg_proposals, fg_masks
+
+
+def roi_chunks(lengths: List[int], chunk_size: int) -> List[List[Tuple[int, int]]]:
+    """
+    Splits the RoIs of a batch, taken in order (image 0's, then image 1's...), into chunks of at
+    most ``chunk_size``.
+
+    Args:
+        lengths: number of RoIs of each image.
+        chunk_size: largest chunk; <= 0 means one chunk.
+
+    Returns:
+        list (one per chunk) of per-image ``(start, end)`` slices; an image without RoIs in the
+        chunk gets an empty slice, so every chunk has one entry per image.
+    """
+    total = sum(lengths)
+    if chunk_size <= 0 or total <= chunk_size:
+        return [[(0, n) for n in lengths]]
+    offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+    chunks = []
+    for start in range(0, total, chunk_size):
+        end = min(start + chunk_size, total)
+        chunks.append(
+            [
+                (min(max(start - off, 0), n), min(max(end - off, 0), n))
+                for off, n in zip(offsets, lengths)
+            ]
+        )
+    return chunks
 
 
 def _pooler_scales(input_shape: Dict[str, ShapeSpec], in_features: List[str], ndim: int):
@@ -241,6 +271,7 @@ class StandardROIHeads3D(ROIHeads3D):
         mask_box_expand: float = 1.0,
         mask_train_rois: int = 0,
         train_on_pred_boxes: bool = False,
+        roi_chunk_size: int = 0,
         **kwargs,
     ):
         """
@@ -255,6 +286,8 @@ class StandardROIHeads3D(ROIHeads3D):
             mask_train_rois: in training, the mask branch runs on at most this many foreground
                 RoIs per image, drawn at random (0 = all, as Detectron2).
             train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
+            roi_chunk_size: at inference, pool and run each branch on at most this many RoIs at
+                a time (0 = all at once); the results are the same (``TEST.ROI_CHUNK_SIZE``).
             kwargs: see :class:`ROIHeads3D`.
         """
         super().__init__(**kwargs)
@@ -274,11 +307,13 @@ class StandardROIHeads3D(ROIHeads3D):
         self.mask_box_expand = float(mask_box_expand)
         self.mask_train_rois = int(mask_train_rois)
         self.train_on_pred_boxes = train_on_pred_boxes
+        self.roi_chunk_size = int(roi_chunk_size)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg)
         ret["train_on_pred_boxes"] = cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES
+        ret["roi_chunk_size"] = cfg.TEST.ROI_CHUNK_SIZE
         ret.update(cls._init_box_head(cfg, input_shape))
         if cfg.MODEL.MASK_ON:
             ret.update(cls._init_mask_head(cfg, input_shape))
@@ -366,12 +401,22 @@ class StandardROIHeads3D(ROIHeads3D):
         assert not self.training
         return self._forward_mask(features, instances)
 
+    def _chunks(self, instances: List[Instances]) -> List[List[Tuple[int, int]]]:
+        """Inference chunks of the RoIs (see :func:`roi_chunks`); one chunk in training."""
+        return roi_chunks([len(x) for x in instances], 0 if self.training else self.roi_chunk_size)
+
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         feats = [features[f] for f in self.box_in_features]
-        box_features = self.box_pooler(feats, [x.proposal_boxes for x in proposals])
-        box_features = self.box_head(box_features)
-        predictions = self.box_predictor(box_features)
-        del box_features
+        chunk_predictions = []
+        for chunk in self._chunks(proposals):
+            boxes = [x.proposal_boxes[a:b] for x, (a, b) in zip(proposals, chunk)]
+            box_features = self.box_head(self.box_pooler(feats, boxes))
+            chunk_predictions.append(self.box_predictor(box_features))
+            del box_features
+        if len(chunk_predictions) == 1:
+            predictions = chunk_predictions[0]
+        else:  # the predictor's outputs are per-RoI tensors (scores, deltas)
+            predictions = tuple(cat(list(p), dim=0) for p in zip(*chunk_predictions))
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
             if self.train_on_pred_boxes:
@@ -413,5 +458,22 @@ class StandardROIHeads3D(ROIHeads3D):
             for inst, b in zip(instances, boxes):
                 inst.set("mask_boxes" if self.training else "pred_mask_boxes", b)
         feats = [features[f] for f in self.mask_in_features]
-        mask_features = self.mask_pooler(feats, boxes)
-        return self.mask_head(mask_features, instances)
+        chunks = self._chunks(instances)
+        if len(chunks) == 1:
+            return self.mask_head(self.mask_pooler(feats, boxes), instances)
+        # One mask-head call per chunk on slices of the detections; the fields the head adds
+        # (pred_masks) are concatenated back onto the full detections.
+        pieces = [[] for _ in instances]
+        for chunk in chunks:
+            sliced = [x[a:b] for x, (a, b) in zip(instances, chunk)]
+            chunk_boxes = [b[lo:hi] for b, (lo, hi) in zip(boxes, chunk)]
+            mask_features = self.mask_pooler(feats, chunk_boxes)
+            for i, x in enumerate(self.mask_head(mask_features, sliced)):
+                pieces[i].append(x)
+            del mask_features
+        for x, parts in zip(instances, pieces):
+            merged = Instances.cat(parts)
+            for name, value in merged.get_fields().items():
+                if not x.has(name):
+                    x.set(name, value)
+        return instances
