@@ -50,15 +50,18 @@ PEERS_DIR = os.path.join(REPO, "bench", "peers")
 sys.path.insert(0, REPO)
 sys.path.insert(0, PEERS_DIR)
 
+from det3d_part import MARKER, det3d_summary, train_det3d  # noqa: E402
+from score import SCORE_KEYS, record_stem, score_label_folder  # noqa: E402
+from scratch_venv import PINS, ensure_peers_venv, venv_python  # noqa: E402
+
 from det3d.data import DatasetCatalog, MetadataCatalog, register_dataset_specs  # noqa: E402
 from det3d.data.datasets import dataset_folder_name  # noqa: E402
 from det3d.utils.file_io import read_json, write_json_atomic  # noqa: E402
 
-from det3d_part import MARKER, det3d_summary, train_det3d  # noqa: E402
-from score import record_stem, score_label_folder  # noqa: E402
-from scratch_venv import PINS, ensure_peers_venv, venv_python  # noqa: E402
-
-FAMILIES = {"synthetic": ("synthetic_train", "synthetic_val"), "toy3d": ("toy3d_train", "toy3d_test")}
+FAMILIES = {
+    "synthetic": ("synthetic_train", "synthetic_val"),
+    "toy3d": ("toy3d_train", "toy3d_test"),
+}
 METHODS = ("det3d", "cellpose", "watershed")
 LABELS = {"det3d": "det3d (planned)", "cellpose": "Cellpose 3", "watershed": "watershed"}
 MODE_NAMES = {"3d": "3D flows", "stitch": "2D + stitching", "watershed": ""}
@@ -120,10 +123,16 @@ def family_setup(family: str, args, family_dir: str) -> dict:
         "family": family,
         "train": train,
         "test": test,
-        "train_desc": train_split if train == train_split else f"the first {len(train_records)} "
-        f"of {train_split}",
-        "test_desc": test_split if test == test_split else f"the first {len(test_records)} "
-        f"of {test_split}",
+        "train_desc": (
+            train_split
+            if train == train_split
+            else f"the first {len(train_records)} " f"of {train_split}"
+        ),
+        "test_desc": (
+            test_split
+            if test == test_split
+            else f"the first {len(test_records)} " f"of {test_split}"
+        ),
         "train_volumes": [e["name"] for e in manifest["train"]],
         "test_volumes": [e["name"] for e in manifest["test"]],
         "manifest": os.path.join(family_dir, "manifest.json"),
@@ -147,15 +156,18 @@ def check_reusable(folder: str, request: dict, args) -> bool:
         return False
     if not os.path.isfile(path):
         raise FileExistsError(f"{folder} exists without request.json (not a finished bench run)")
-    old = read_json(path, "bench request")
+    return _same_request(folder, read_json(path, "bench request"), request, args)
+
+
+def _same_request(folder: str, old: dict, request: dict, args) -> bool:
     if not args.reuse:
         raise FileExistsError(
             f"{folder} holds a finished {request['method']} run; pass --reuse to score it "
             "again, or name another --output"
         )
     if old != request:
-        diff = {k: (old.get(k), request.get(k)) for k in set(old) | set(request)
-                if old.get(k) != request.get(k)}  # fmt: skip
+        keys = sorted(k for k in set(old) | set(request) if old.get(k) != request.get(k))
+        diff = {k: (old.get(k), request.get(k)) for k in keys}
         raise ValueError(f"{folder} was run with other settings (old, new): {diff}")
     return True
 
@@ -208,8 +220,8 @@ def peer_rows(method: str, folder: str, test: str) -> list:
     run = read_json(os.path.join(folder, "run.json"), f"{method} run.json")
     rows = []
     for mode, info in run["modes"].items():
-        scores = score_label_folder(test, os.path.join(folder, info["pred"]),
-                                    os.path.join(folder, f"eval_{mode}"))  # fmt: skip
+        pred, evaluation = os.path.join(folder, info["pred"]), os.path.join(folder, f"eval_{mode}")
+        scores = score_label_folder(test, pred, evaluation)
         rows.append(
             {
                 "method": method,
@@ -265,16 +277,7 @@ def check_reusable_det3d(folder: str, request: dict, args) -> bool:
     if not os.path.isdir(folder):
         return False
     old = read_json(os.path.join(folder, MARKER), "bench marker")["request"]
-    if not args.reuse:
-        raise FileExistsError(
-            f"{folder} holds a finished det3d run; pass --reuse to score it again, or name "
-            "another --output"
-        )
-    if old != request:
-        diff = {k: (old.get(k), request.get(k)) for k in set(old) | set(request)
-                if old.get(k) != request.get(k)}  # fmt: skip
-        raise ValueError(f"{folder} was run with other settings (old, new): {diff}")
-    return True
+    return _same_request(folder, old, request, args)
 
 
 def _fmt(v, spec: str) -> str:
@@ -292,18 +295,18 @@ def print_table(fam: dict, rows: list, others: list, args) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        s = r["scores"]
-        name = LABELS[r["method"]] + (f" ({MODE_NAMES[r['mode']]})" if MODE_NAMES.get(r["mode"])
-                                      else "")  # fmt: skip
-        cells = [name, _fmt(s["SEG"], ".3f"), _fmt(s["f1@0.5"], ".3f"), _fmt(s["f1@0.7"], ".3f"),
-                 _fmt(s["precision@0.5"], ".3f"), _fmt(s["recall@0.5"], ".3f"),
-                 _fmt(r["train_minutes"], ".1f"), _fmt(r["infer_seconds_per_volume"], ".2f")]  # fmt: skip
+        mode = MODE_NAMES.get(r["mode"])
+        name = LABELS[r["method"]] + (f" ({mode})" if mode else "")
+        cells = [name] + [_fmt(r["scores"][k], ".3f") for k in SCORE_KEYS]
+        cells += [_fmt(r["train_minutes"], ".1f"), _fmt(r["infer_seconds_per_volume"], ".2f")]
         print("| " + " | ".join(cells) + " |")
     for r in others:
-        s = r["scores"]
-        print(f"  (also measured: {LABELS[r['method']]} {MODE_NAMES[r['mode']]}: SEG "
-              f"{_fmt(s['SEG'], '.3f')}, F1@0.5 {_fmt(s['f1@0.5'], '.3f')}, F1@0.7 "
-              f"{_fmt(s['f1@0.7'], '.3f')}, {r['infer_seconds_per_volume']:.2f} s/volume)")  # fmt: skip
+        figures = ", ".join(f"{k} {_fmt(r['scores'][k], '.3f')}" for k in SCORE_KEYS[:3])
+        seconds = r["infer_seconds_per_volume"]
+        print(
+            f"  also measured: {LABELS[r['method']]} ({MODE_NAMES[r['mode']]}): {figures}, "
+            f"{seconds:.2f} s per volume"
+        )
     for r in rows:
         print(f"  {r['method']}: {json.dumps(r['detail'], default=str)}")
 
@@ -314,7 +317,9 @@ def parse_det3d_outputs(values, families) -> dict:
         fam, sep, path = v.partition("=")
         if not sep:
             if len(families) != 1:
-                raise SystemExit(f"--det3d-output {v}: name the family (FAMILY=DIR) with --family all")
+                raise SystemExit(
+                    f"--det3d-output {v}: name the family (FAMILY=DIR) with --family all"
+                )
             fam, path = families[0], v
         if fam not in FAMILIES:
             raise SystemExit(f"--det3d-output {v}: unknown family {fam!r}; known {list(FAMILIES)}")
@@ -348,8 +353,10 @@ def main(argv=None):
         p.error("--minutes and --threads must be positive")
     cores = len(os.sched_getaffinity(0))
     if args.threads > cores:
-        print(f"WARNING: --threads {args.threads} on {cores} visible core(s): the methods' times "
-              "include oversubscription")  # fmt: skip
+        print(
+            f"WARNING: --threads {args.threads} on {cores} visible core(s): the methods' times "
+            "include oversubscription"
+        )
     args.det3d_output = parse_det3d_outputs(args.det3d_output, families)
 
     summary = {}

@@ -79,9 +79,12 @@ def orthogonal_slices(image, labels, anisotropy: float, per_axis: int):
             new_lz = max(1, int(round(anisotropy * lz)))
             img = transforms.resize_image(img, Ly=new_lz, Lx=lx, no_channels=True)
             lab = transforms.resize_image(
-                lab.astype(np.float32), Ly=new_lz, Lx=lx, no_channels=True,
+                lab.astype(np.float32),
+                Ly=new_lz,
+                Lx=lx,
+                no_channels=True,
                 interpolation=cv2.INTER_NEAREST,
-            ).astype(np.int32)  # fmt: skip
+            ).astype(np.int32)
         images.extend(list(img.astype(np.float32)))
         masks.extend(list(lab.astype(np.int32)))
     return images, masks
@@ -202,8 +205,8 @@ def main(argv=None):
             seconds[e["name"]] = time.perf_counter() - ti
             labels = np.asarray(labels, dtype=np.int32).reshape(vol.shape)
             write_labels(os.path.join(args.output, f"pred_{mode}", e["name"] + ".tif"), labels)
-            print(f"cellpose {mode} {e['name']}: {int(labels.max())} objects, "
-                  f"{seconds[e['name']]:.1f} s", flush=True)  # fmt: skip
+            n, sec = int(labels.max()), seconds[e["name"]]
+            print(f"cellpose {mode} {e['name']}: {n} objects, {sec:.1f} s", flush=True)
         results[mode] = {"pred": f"pred_{mode}", "seconds_per_volume": seconds, **kwargs}
 
     import importlib.metadata as md

@@ -22,10 +22,9 @@ import time
 from typing import Dict, Optional
 
 import yaml
+from score import read_scores
 
 from det3d.data.datasets import dataset_folder_name
-
-from score import read_scores
 
 MARKER = "peers_det3d.json"
 
@@ -54,11 +53,9 @@ def train_det3d(
     if not os.path.isfile(plan):
         raise FileNotFoundError(f"{plan}: det3d's planner (issue 14, point 2) is not in this tree")
     log = os.path.splitext(config)[0] + ".bench.log"
-    plan_s = _run_logged(
-        [sys.executable, plan, "--train", train, "--test", test, "--output", config,
-         "--budget-minutes", f"{minutes:g}", "--output-dir", output_dir, "--overwrite"],
-        log, env,
-    )  # fmt: skip
+    plan_cmd = [sys.executable, plan, "--train", train, "--test", test, "--output", config]
+    plan_cmd += ["--budget-minutes", f"{minutes:g}", "--output-dir", output_dir, "--overwrite"]
+    plan_s = _run_logged(plan_cmd, log, env)
     train_s = _run_logged(
         [sys.executable, os.path.join(repo, "tools", "train_net.py"), "--config-file", config],
         log,

@@ -38,8 +38,10 @@ def score_label_folder(test_dataset: str, pred_dir: str, output_dir: str) -> Dic
     for r in records:
         path = os.path.join(pred_dir, record_stem(r) + ".tif")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{pred_dir}: no prediction {os.path.basename(path)} for "
-                                    f"test volume {r['file_name']} of {test_dataset}")  # fmt: skip
+            raise FileNotFoundError(
+                f"{pred_dir}: no prediction {os.path.basename(path)} for test volume "
+                f"{r['file_name']} of {test_dataset}"
+            )
         preds[r["image_id"]] = (r, path)
     os.makedirs(output_dir, exist_ok=True)
     evaluators = [

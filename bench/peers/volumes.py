@@ -14,6 +14,7 @@ volumes hold an integer id per object, 0 = background.
 
 import json
 import os
+
 import numpy as np
 import tifffile
 
@@ -70,4 +71,3 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
     return lut[labels]
-
