@@ -55,7 +55,6 @@ from score import SCORE_KEYS, record_stem, score_label_folder  # noqa: E402
 from scratch_venv import PINS, ensure_peers_venv, venv_python  # noqa: E402
 
 from det3d.data import DatasetCatalog, MetadataCatalog, register_dataset_specs  # noqa: E402
-from det3d.data.datasets import dataset_folder_name  # noqa: E402
 from det3d.utils.file_io import read_json, write_json_atomic  # noqa: E402
 
 FAMILIES = {
@@ -236,6 +235,12 @@ def peer_rows(method: str, folder: str, test: str) -> list:
     return rows
 
 
+def _volumes_of(dataset: str) -> list:
+    """The real paths of a dataset's volumes (a spec is registered first)."""
+    register_dataset_specs([dataset])
+    return sorted(os.path.realpath(r["file_name"]) for r in DatasetCatalog.get(dataset))
+
+
 def det3d_row(fam: dict, args, family_dir: str) -> dict:
     """Trains det3d (or reads ``--det3d-output``) and returns its row."""
     given = args.det3d_output.get(fam["family"])
@@ -259,9 +264,10 @@ def det3d_row(fam: dict, args, family_dir: str) -> dict:
             write_json_atomic(os.path.join(folder, MARKER), {"request": request, **times})
             how = f"trained now ({times['plan_seconds']:.0f} s planning, not in the budget)"
     summary = det3d_summary(folder)
-    if dataset_folder_name(summary["test"]) != dataset_folder_name(fam["test"]):
+    if _volumes_of(summary["test"]) != _volumes_of(fam["test"]):
         raise ValueError(
-            f"{folder} was evaluated on {summary['test']!r}, not on {fam['test']!r} of this bench"
+            f"{folder} was evaluated on {summary['test']!r}, not on the test volumes of this "
+            f"bench ({fam['test_desc']})"
         )
     return {
         "method": "det3d",
