@@ -20,7 +20,8 @@ $(VENV)/.stamp-deps: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q fvcore iopath yacs pycocotools tifffile opencv-python-headless \
-		numpy scipy pyyaml tqdm pytest zarr
+		numpy scipy pyyaml tqdm pytest zarr \
+		dask==2026.8.0 distributed==2026.8.0
 	touch $@
 
 # det3d in editable mode with det3d._C compiled in place; rebuilt when the C++/CUDA sources change.

@@ -23,6 +23,8 @@ How FLOPs are counted (say so when quoting them):
   detection) and caps detections at ``--detections`` (default 100); the table reports the RoI
   counts that were actually used (proposals / detections). Mask-head FLOPs scale linearly with
   the detections, box-head FLOPs with the proposals.
+* Attention (``scaled_dot_product_attention``, the transformer backbones) is counted as its two
+  matmuls, ``q k^T`` and ``attn v``.
 * det3d's compiled ops: ``det3d::roi_align`` is counted as output elements x samples per bin x
   2**ndim (one multiply-add per interpolation corner); with adaptive sampling (ratio 0)
   2 samples per axis are assumed. ``det3d::nms`` is not counted.
@@ -66,6 +68,16 @@ def _roi_align_flop_jit(inputs, outputs) -> int:
     return int(np.prod(out_shape)) * samples * 2**ndim
 
 
+def _sdpa_flop_jit(inputs, outputs) -> int:
+    """FLOPs of ``aten::scaled_dot_product_attention``: the two matmuls, q k^T and attn v (one
+    multiply-add per product; softmax, scaling and an additive mask not counted)."""
+    q, k, v = (inputs[i].type().sizes() for i in range(3))
+    if not q or not k or not v:
+        return 0
+    batch = int(np.prod(q[:-2]))
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 class _InferenceGraph(nn.Module):
     """Inference as a function of one image tensor (what the jit tracer needs)."""
 
@@ -102,6 +114,7 @@ def _count_flops(model: nn.Module, image: torch.Tensor, full: bool):
     # det3d.layers.roi_align is an autograd Function: the tracer records it as a PythonOp.
     analysis.set_op_handle("prim::PythonOp._ROIAlignFunction", _roi_align_flop_jit)
     analysis.set_op_handle("det3d::nms", None)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -235,7 +248,7 @@ def main(argv=None) -> List[dict]:
         print(
             "\nGFLOPs: fvcore multiply-adds of one inference pass on a random input, "
             f"SCORE_THRESH_TEST 0 and at most {args.detections} detections; roi_align counted "
-            "as output x samples x 2**ndim, nms not counted."
+            "as output x samples x 2**ndim, attention as its two matmuls, nms not counted."
         )
     return rows
 

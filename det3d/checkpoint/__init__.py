@@ -8,6 +8,7 @@ from .detection_checkpoint import (
     atomic_write,
     last_checkpoint_file,
 )
+from .inflate import inflate_state_dict, load_2d_pretrained, read_state_dict
 
 __all__ = [
     "DetectionCheckpointer",
@@ -15,4 +16,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "last_checkpoint_file",
+    "inflate_state_dict",
+    "load_2d_pretrained",
+    "read_state_dict",
 ]

@@ -4,23 +4,32 @@
 * **Atomic saves.** A checkpoint (and the ``last_checkpoint`` tag) is written to a temporary file
   in the same directory, flushed to disk and renamed over the target, so a run killed mid-save
   leaves the previous file whole.
-* **Safe loads.** Files are read with ``torch.load(..., weights_only=True)``: tensors and plain
-  data only, no pickled code. An unreadable file raises ``CheckpointError`` naming it.
-* **Visible partial loads.** Missing, unexpected and wrongly shaped keys are logged (fvcore's
-  messages) and kept in ``checkpointer.incompatible_keys`` for callers and tests.
+* **Safe loads.** Files are read with ``torch.load(..., weights_only=True)``, Detectron2 ``.pkl``
+  files (pickled numpy arrays) with a restricted unpickler (``safe_pickle``): tensors and plain
+  data only, no pickled code. A file that holds code or other objects is reported as untrusted or
+  of another format, a damaged one as corrupt: ``CheckpointError`` naming the file.
+* **Partial loads are visible, and refused where they would mislead.** Missing, unexpected and
+  wrongly shaped keys are summed up in one warning line and kept in
+  ``checkpointer.incompatible_keys``. With ``strict=True`` (evaluation and inference: metrics of a
+  mostly random model must not pass for a result), a missing or wrongly shaped model weight is a
+  ``CheckpointError`` naming the file; training from a partial checkpoint stays allowed.
 """
 
 import logging
 import os
 import pickle
+import zipfile
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
-from fvcore.common.checkpoint import Checkpointer
+from fvcore.common.checkpoint import Checkpointer, _filter_reused_missing_keys
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.utils import comm
 from det3d.utils.file_io import atomic_write
+
+from .safe_pickle import UntrustedPickleError, from_detectron2_pickle, load_pickle_safely
 
 __all__ = ["DetectionCheckpointer", "CheckpointError", "atomic_write", "last_checkpoint_file"]
 
@@ -63,15 +72,26 @@ class DetectionCheckpointer(Checkpointer):
     """
 
     def __init__(
-        self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        strict: bool = False,
+        **checkpointables,
     ):
         """
         Args:
             model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
             save_dir (str): directory of checkpoints and of the ``last_checkpoint`` tag.
             save_to_disk (bool): whether ``save`` writes; default: on the main process only.
+            strict (bool): every model weight must be in the file with the model's shape
+                (evaluation, inference); else a load raises ``CheckpointError``. Buffers that
+                checkpoints may lack (BatchNorm's ``num_batches_tracked``) are exempt.
             checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
         """
+        self.strict = bool(strict)
+        self._loading = ""  # the file being loaded, for the messages
         is_main_process = comm.is_main_process()
         self._wrapped_in_ddp = isinstance(model, DistributedDataParallel)
         super().__init__(
@@ -140,6 +160,7 @@ class DetectionCheckpointer(Checkpointer):
                 raise FileNotFoundError(f"Checkpoint {path!r} not found on ranks {missing_on}")
         if not has_file:
             raise FileNotFoundError(f"Checkpoint {path!r} not found")
+        self._loading = path
         return super().load(local_path, checkpointables)
 
     def has_checkpoint(self) -> bool:
@@ -151,15 +172,26 @@ class DetectionCheckpointer(Checkpointer):
         return last_checkpoint_file(self.save_dir)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if zipfile.is_zipfile(filename):  # torch.save's format
+            loaded = self._torch_load(filename)
+        else:  # a Detectron2 .pkl (pickled numpy arrays), or torch's legacy format
+            loaded = self._load_pickle(filename)
+        if not isinstance(loaded, dict):
+            raise CheckpointError(
+                f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict"
+            )
+        loaded = self._as_model_checkpoint(loaded, filename)
+        if not isinstance(loaded["model"], dict):
+            raise CheckpointError(f"Checkpoint {filename!r}: 'model' is not a state dict")
+        return loaded
+
+    def _torch_load(self, filename: str) -> Any:
         try:
-            loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+            return torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
         except pickle.UnpicklingError as e:
             detail = _weights_unpickler_detail(str(e))
-            if "Unsupported global" in str(e):
-                raise CheckpointError(
-                    f"Checkpoint {filename!r} holds objects other than tensors and plain data; "
-                    f"det3d loads checkpoints with weights_only=True ({detail})"
-                ) from e
+            if "global" in detail.lower() or "class" in detail.lower():  # refused, not damaged
+                raise CheckpointError(_untrusted_message(filename, detail)) from e
             raise CheckpointError(
                 f"Checkpoint {filename!r} is corrupt or unreadable ({detail})"
             ) from e
@@ -167,21 +199,40 @@ class DetectionCheckpointer(Checkpointer):
             raise CheckpointError(
                 f"Checkpoint {filename!r} is corrupt or unreadable: {type(e).__name__}: {e}"
             ) from e
-        if not isinstance(loaded, dict):
+
+    def _load_pickle(self, filename: str) -> Any:
+        try:
+            data = load_pickle_safely(filename)
+        except UntrustedPickleError as e:
             raise CheckpointError(
-                f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict"
-            )
-        if "model" not in loaded:
-            if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-                # a bare state_dict, as torch.save(model.state_dict()) writes
-                loaded = {"model": loaded}
-            else:
+                _untrusted_message(filename, f"it names {e.global_name}")
+            ) from None
+        except Exception as e:
+            try:  # torch's legacy (pre-zip) format also starts with a pickle
+                return self._torch_load(filename)
+            except CheckpointError:
                 raise CheckpointError(
-                    f"Checkpoint {filename!r} has no 'model' entry; its keys: {sorted(loaded)}"
-                )
-        if not isinstance(loaded["model"], dict):
-            raise CheckpointError(f"Checkpoint {filename!r}: 'model' is not a state dict")
-        return loaded
+                    f"Checkpoint {filename!r} is corrupt or not a checkpoint: neither a torch file "
+                    f"nor a pickle ({type(e).__name__}: {e})"
+                ) from e
+        if isinstance(data, dict):
+            self.logger.info(f"{filename}: read as a Detectron2-format pickle (numpy arrays)")
+            try:
+                return from_detectron2_pickle(data)
+            except TypeError as e:
+                raise CheckpointError(f"Checkpoint {filename!r} {e}") from None
+        return self._torch_load(filename)  # e.g. the magic number of the legacy torch format
+
+    @staticmethod
+    def _as_model_checkpoint(loaded: dict, filename: str) -> dict:
+        if "model" in loaded:
+            return loaded
+        if loaded and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in loaded.values()):
+            # a bare state_dict, as torch.save(model.state_dict()) writes
+            return {"model": loaded}
+        raise CheckpointError(
+            f"Checkpoint {filename!r} has no 'model' entry; its keys: {sorted(loaded)}"
+        )
 
     def _load_model(self, checkpoint: Any):
         # fvcore strips a "module." prefix (weights saved from a DDP-wrapped model) and skips
@@ -190,10 +241,57 @@ class DetectionCheckpointer(Checkpointer):
         self.incompatible_keys = incompatible
         return incompatible
 
+    def _log_incompatible_keys(self, incompatible) -> None:
+        """One summary line (a checkpoint of another model would give a warning per tensor);
+        with ``strict``, a missing or wrongly shaped weight raises :class:`CheckpointError`."""
+        shapes = incompatible.incorrect_shapes
+        reshaped = {k for k, _, _ in shapes}
+        missing = [
+            k
+            for k in _filter_reused_missing_keys(self.model, incompatible.missing_keys)
+            if k not in reshaped and not k.endswith("num_batches_tracked")
+        ]
+        unexpected = incompatible.unexpected_keys
+        if not (missing or shapes or unexpected):
+            return
+        total = len(self.model.state_dict())
+        parts = [f"{total - len(missing) - len(shapes)} of the model's {total} tensors loaded"]
+        if missing:
+            parts.append(f"{len(missing)} missing from the file (e.g. {missing[:3]})")
+        if shapes:
+            k, in_file, in_model = shapes[0]
+            parts.append(
+                f"{len(shapes)} of another shape (e.g. {k!r}: {tuple(in_file)} in the file, "
+                f"{tuple(in_model)} in the model)"
+            )
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} in the file unused by the model (e.g. {unexpected[:3]})"
+            )
+        summary = f"Checkpoint {self._loading!r}: " + "; ".join(parts)
+        if self.strict and (missing or shapes):
+            raise CheckpointError(
+                summary + ". Evaluation and inference need every weight of the model: is the "
+                "file a checkpoint of this config's model (MODEL.WEIGHTS)?"
+            )
+        self.logger.warning(summary)
+
+
+def _untrusted_message(filename: str, detail: str) -> str:
+    return (
+        f"Checkpoint {filename!r} holds pickled code or objects other than tensors, numpy arrays "
+        f"and plain data ({detail}): it is untrusted or of another format (not a det3d or "
+        f"Detectron2 model file); det3d reads checkpoints with weights_only=True, so it was not "
+        f"loaded and nothing in it was run"
+    )
+
 
 def _weights_unpickler_detail(message: str) -> str:
     """The one informative line of torch's long weights_only error message."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for line in lines:
+        if "nsupported" in line and "weights_only" not in line:
+            return line.split("WeightsUnpickler error:", 1)[-1].strip().split(". Please use")[0]
     for i, line in enumerate(lines):
         if "WeightsUnpickler error" in line:
             rest = line.split("WeightsUnpickler error:", 1)[-1].strip()

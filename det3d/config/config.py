@@ -3,11 +3,27 @@
 import functools
 import inspect
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "get_cfg", "configurable", "register_per_axis_key"]
+from det3d.bridge.detectron2 import CfgNodeBase
+
+__all__ = [
+    "CfgNode",
+    "ConfigCycleError",
+    "get_cfg",
+    "configurable",
+    "register_per_axis_key",
+    "CONFIG_VERSION",
+]
+
+# det3d's config keys are named as in Detectron2's config version 2, and det3d files say
+# ``VERSION: 2`` so that Detectron2's CfgNode merges them as they are (it upgrades files of an
+# older version with its own key renames). det3d files written before said ``VERSION: 1`` for the
+# same keys: det3d's CfgNode reads 1 as 2.
+CONFIG_VERSION = 2
+_VERSIONS_READ = (1, CONFIG_VERSION)
 
 # Full keys whose value is an int or one value per axis (see det3d/config/defaults.py).
 _PER_AXIS_KEYS = set()
@@ -18,19 +34,44 @@ def register_per_axis_key(full_key: str) -> None:
     _PER_AXIS_KEYS.add(full_key)
 
 
-class CfgNode(_FvCfgNode):
+class ConfigCycleError(ValueError):
+    """Config files whose ``_BASE_`` keys come back to a file already being read."""
+
+
+# Files being read by load_yaml_with_base, outermost first (one chain at a time per process).
+_BASE_CHAIN: List[str] = []
+
+
+class CfgNode(CfgNodeBase):
     """
-    A yacs/fvcore CfgNode that:
+    A yacs/fvcore CfgNode (Detectron2's CfgNode class where detectron2 is importable, so
+    Detectron2's helpers take it) that:
 
     * reads yaml with ``yaml.safe_load`` only (no python objects in config files);
     * follows ``_BASE_`` keys (paths relative to the file that names them);
     * rejects unknown keys with an error that names the key and the file;
+    * reads ``VERSION`` 2 (Detectron2's key names) or 1 (the same keys, in older det3d files), and
+      rejects any other version, naming the file;
     * lets a key registered with :func:`register_per_axis_key` be given as an int or as one value
       per axis (``POOLER_RESOLUTION: 7`` or ``[3, 7, 7]``), whatever form its default has;
     * on the command line, takes one plain string for a list of strings
       (``DATASETS.TRAIN my_dataset`` = ``DATASETS.TRAIN "('my_dataset',)"``).
       Other type changes are rejected as yacs rejects them.
     """
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+        """fvcore's, plus: a ``_BASE_`` chain that comes back to a file is a
+        :class:`ConfigCycleError` naming the files, not a RecursionError."""
+        key = os.path.realpath(filename) if isinstance(filename, str) else filename
+        if key in _BASE_CHAIN:
+            files = _BASE_CHAIN[_BASE_CHAIN.index(key) :] + [key]
+            raise ConfigCycleError("_BASE_ cycle: " + " -> ".join(map(str, files)))
+        _BASE_CHAIN.append(key)
+        try:
+            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        finally:
+            _BASE_CHAIN.pop()
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         if allow_unsafe:
@@ -41,9 +82,12 @@ class CfgNode(_FvCfgNode):
             raise FileNotFoundError(f"Config file {cfg_filename!r} does not exist")
         try:
             loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=False)
+        except ConfigCycleError:
+            raise
         except Exception as e:  # yaml.YAMLError and friends: say which file
             raise ValueError(f"Could not parse config file {cfg_filename!r}: {e}") from e
         loaded = type(self)(loaded)
+        _check_version(loaded, cfg_filename)
         _allow_per_axis_values(self, loaded)
         try:
             self.merge_from_other_cfg(loaded)
@@ -74,6 +118,19 @@ class CfgNode(_FvCfgNode):
             super().merge_from_list(rest)
         except AssertionError as e:  # yacs asserts on unknown keys; callers expect a KeyError
             raise KeyError(str(e)) from None
+
+
+def _check_version(loaded: _FvCfgNode, cfg_filename: str) -> None:
+    """Sets a file's ``VERSION`` 1 to 2 (same keys); raises on a version det3d cannot read."""
+    version = loaded.get("VERSION", None)
+    if version is None:
+        return
+    if version not in _VERSIONS_READ:
+        raise ValueError(
+            f"Config file {cfg_filename!r} has VERSION {version!r}; det3d reads VERSION "
+            f"{CONFIG_VERSION} (Detectron2's key names; 1 is read as 2)"
+        )
+    loaded.VERSION = CONFIG_VERSION
 
 
 def _is_str_sequence(x: Any) -> bool:

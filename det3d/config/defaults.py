@@ -9,18 +9,29 @@ Conventions used below:
 * Boxes are ``(x0, y0, z0, x1, y1, z1)`` in voxels; box sizes (anchor sizes, canonical box size,
   min sizes) are in voxels of the model's input.
 * Some Detectron2 keys are kept only so that Detectron2 config files load; det3d does not read
-  them: MODEL.LOAD_PROPOSALS, DATASETS.PROPOSAL_FILES_* / PRECOMPUTED_PROPOSAL_TOPK_*,
-  MODEL.ANCHOR_GENERATOR.ANGLES, INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING,
-  DATALOADER.REPEAT_THRESHOLD, TEST.KEYPOINT_OKS_SIGMAS, TEST.PRECISE_BN, VIS_PERIOD, GLOBAL.
+  them: DATASETS.PROPOSAL_FILES_* / PRECOMPUTED_PROPOSAL_TOPK_*, MODEL.ANCHOR_GENERATOR.ANGLES,
+  INPUT.MASK_FORMAT, DATALOADER.ASPECT_RATIO_GROUPING, DATALOADER.REPEAT_THRESHOLD,
+  TEST.KEYPOINT_OKS_SIGMAS, VIS_PERIOD, GLOBAL. Turning on a feature det3d does not implement
+  (MODEL.LOAD_PROPOSALS, PROPOSAL_GENERATOR.NAME PrecomputedProposals, TEST.AUG, TEST.PRECISE_BN)
+  is an error at build time (det3d/config/unsupported.py).
+
+Where the keys live:
+
+* a key Detectron2 also has is set on ``_C`` below, with det3d's (3D) value;
+* a key only det3d has is added inside :func:`add_det3d_config` with ``_add``, so that
+  ``add_det3d_config`` alone turns any Detectron2 CfgNode into a complete det3d config.
 """
 
+import copy
+
+from .config import CONFIG_VERSION
 from .config import CfgNode as CN
 from .config import register_per_axis_key
 
 __all__ = ["_C", "add_det3d_config"]
 
 _C = CN()
-_C.VERSION = 1
+_C.VERSION = CONFIG_VERSION  # Detectron2's config version, whose key names det3d follows
 
 # ---------------------------------------------------------------------------- #
 # Model
@@ -56,13 +67,6 @@ _C.MODEL.RESNETS.RES5_DILATION = 1
 # Output channels of res2; doubles at each stage. Bottleneck stages use RES2_OUT_CHANNELS/4 inside.
 _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-# Stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
-# For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
-_C.MODEL.RESNETS.STEM_KERNEL_SIZE = [7, 7, 7]
-_C.MODEL.RESNETS.STEM_STRIDE = [2, 2, 2]
-_C.MODEL.RESNETS.STEM_POOL_STRIDE = [2, 2, 2]
-# Stride of the first block of res2..res5, each an int or a per-axis list. Empty = [1, 2, 2, 2].
-_C.MODEL.RESNETS.STAGE_STRIDES = []
 # Deformable convs are not supported in det3d; kept for Detectron2 key compatibility.
 _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 
@@ -75,8 +79,6 @@ _C.MODEL.FPN.OUT_CHANNELS = 256
 _C.MODEL.FPN.NORM = ""
 # "sum" or "avg"
 _C.MODEL.FPN.FUSE_TYPE = "sum"
-# Add an extra coarser level ("p6") by stride-2 max-pool of the coarsest output.
-_C.MODEL.FPN.TOP_BLOCK = True
 
 # ---------------------------------------------------------------------------- #
 # Anchor generator
@@ -87,9 +89,6 @@ _C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator3D"
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
 # xy aspect ratios (height / width), one list per level or one list for all levels.
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-# z aspect ratios (depth / xy side), one list per level or one list for all; ignored in 2D.
-# For anisotropic voxels, a sphere of xy side s spans s * spacing_xy / spacing_z voxels in z.
-_C.MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS = [[1.0]]
 _C.MODEL.ANCHOR_GENERATOR.ANGLES = [[0.0]]  # unused; Detectron2 key compatibility
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 
@@ -142,10 +141,6 @@ _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 # ---------------------------------------------------------------------------- #
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead3D"
-# Classification loss: "ce" (softmax cross-entropy) or "focal" (softmax focal loss).
-_C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "ce"
-_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_ALPHA = 0.25
-_C.MODEL.ROI_BOX_HEAD.FOCAL_LOSS_GAMMA = 2.0
 # "smooth_l1", "huber" (with soft clipping, see HUBER_CLIP), "giou"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
@@ -206,14 +201,12 @@ _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # Solver
 # ---------------------------------------------------------------------------- #
 _C.SOLVER = CN()
-_C.SOLVER.OPTIMIZER = "SGD"  # "SGD", "ADAMW", "ADAM"
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR"
 _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.01
 _C.SOLVER.BASE_LR_END = 0.0
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
-_C.SOLVER.BETAS = (0.9, 0.999)
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
@@ -260,16 +253,56 @@ _C.GLOBAL.HACK = 1.0
 
 def add_det3d_config(cfg: CN) -> None:
     """
-    Adds det3d's own keys to ``cfg`` in place (a det3d or a Detectron2 CfgNode). Keys that are
-    already present are left as they are.
+    Makes ``cfg`` (a det3d or a Detectron2 CfgNode) a complete det3d config, in place. Call it
+    right after ``get_cfg()``, before merging config files, as every Detectron2 ``add_*_config``:
+
+    .. code-block:: python
+
+        cfg = detectron2.config.get_cfg()
+        add_det3d_config(cfg)
+        cfg.merge_from_file("configs/Synthetic/mask_rcnn_R18_FPN_3d_cpu.yaml")
+
+    The rule for the keys both libraries have: **det3d's default wins**. Afterwards every key of
+    det3d's defaults holds the value ``det3d.config.get_cfg()`` has (the registry names of det3d's
+    3D parts, box regression weights of length 6, one-channel ``PIXEL_MEAN``, one anchor size per
+    level, ...), so a det3d yaml merges cleanly and builds the same model as in det3d alone. Keys
+    only Detectron2 has keep their values; ``VERSION`` stays (det3d follows Detectron2's numbering,
+    see ``det3d.config.config.CONFIG_VERSION``). A config that already has det3d's keys (a det3d
+    config, or a second call) only gets the keys it lacks: nothing set there is reset.
     """
     _C = cfg
     was_frozen = _C.is_frozen()
     _C.defrost()
 
+    # A config without det3d's keys takes det3d's values; one with them only gets what it lacks.
+    overwrite = "SPATIAL_DIMS" not in _C.get("MODEL", {})
+    _set_det3d_values(_C, _DETECTRON2_NAMED, overwrite)
+
     def _add(node: CN, key: str, value) -> None:
         if key not in node:
             node[key] = value
+
+    # Keys Detectron2 has no counterpart for (the ones below too), added to any config.
+    # Backbone stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
+    # For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
+    _add(_C.MODEL.RESNETS, "STEM_KERNEL_SIZE", [7, 7, 7])
+    _add(_C.MODEL.RESNETS, "STEM_STRIDE", [2, 2, 2])
+    _add(_C.MODEL.RESNETS, "STEM_POOL_STRIDE", [2, 2, 2])
+    # Stride of the first block of res2..res5, each an int or a per-axis list. Empty = [1, 2, 2, 2].
+    _add(_C.MODEL.RESNETS, "STAGE_STRIDES", [])
+    # Add an extra coarser level ("p6") by stride-2 max-pool of the coarsest output.
+    _add(_C.MODEL.FPN, "TOP_BLOCK", True)
+    # z aspect ratios (depth / xy side), one list per level or one list for all; ignored in 2D.
+    # For anisotropic voxels, a sphere of xy side s spans s * spacing_xy / spacing_z voxels in z.
+    _add(_C.MODEL.ANCHOR_GENERATOR, "Z_ASPECT_RATIOS", [[1.0]])
+    # Box head classification loss: "ce" (softmax cross-entropy) or "focal" (softmax focal loss).
+    _add(_C.MODEL.ROI_BOX_HEAD, "CLS_LOSS_TYPE", "ce")
+    _add(_C.MODEL.ROI_BOX_HEAD, "FOCAL_LOSS_ALPHA", 0.25)
+    _add(_C.MODEL.ROI_BOX_HEAD, "FOCAL_LOSS_GAMMA", 2.0)
+    # Optimizer: "SGD", "ADAMW", "ADAM" (Detectron2's build_optimizer honours it through
+    # det3d.bridge.detectron2); BETAS are Adam's.
+    _add(_C.SOLVER, "OPTIMIZER", "SGD")
+    _add(_C.SOLVER, "BETAS", (0.9, 0.999))
 
     # 2 = images (H, W), 3 = volumes (D, H, W). Every module reads this.
     _add(_C.MODEL, "SPATIAL_DIMS", 3)
@@ -307,6 +340,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
+    # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a
+    # mask reaches past a box that cut its object short (3D boxes regressed from low-contrast
+    # volumes often do); 1.0 = the box itself, as in Detectron2.
+    _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND", 1.0)
+    # In training, the mask branch sees at most this many foreground RoIs per volume, drawn at
+    # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
+    # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.
+    _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_PER_IMAGE", 0)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)
@@ -332,6 +373,16 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.TEST, "MATCHING_IOU_THRESHOLDS", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     _add(_C.TEST, "MAX_DETS", 500)  # COCO3DEvaluator maxDets; does not cap dense volumes
 
+    # Tiled prediction (det3d-predict; det3d/engine/tiling.py). Sizes per axis (D, H, W) in model
+    # voxels (at INPUT.TARGET_SPACING when set). Each object is kept by the tile whose core holds
+    # its centroid, and must fit within about half the overlap around that core.
+    _add(_C.TEST, "TILE", CN())
+    _add(_C.TEST.TILE, "SIZE", [64, 256, 256])  # >= the model's size divisibility
+    _add(_C.TEST.TILE, "OVERLAP", [24, 48, 48])  # < SIZE; about twice the largest object radius
+    _add(_C.TEST.TILE, "BATCH_SIZE", 1)  # tiles per model call
+    # An object that reaches a tile's inner face: "error" (names the keys to raise) or "keep"
+    _add(_C.TEST.TILE, "CUT_OBJECTS", "error")
+
     # Checkpointing / engine
     _add(_C.SOLVER, "BEST_CHECKPOINT_METRIC", "")  # e.g. "segm/AP50"; empty disables
     _add(_C.SOLVER, "BEST_CHECKPOINT_MODE", "max")
@@ -339,12 +390,132 @@ def add_det3d_config(cfg: CN) -> None:
     # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
     _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
 
+    # 2.5D model (SliceFusionRCNN, det3d/modeling/meta_arch/slice_fusion_rcnn.py): a 2D Mask R-CNN
+    # (the parts built with SPATIAL_DIMS 2) on each z-slice, which sees its neighbour slices
+    # through a fusion module, and per-slice instances linked into 3D objects. SPATIAL_DIMS stays 3:
+    # the model takes and returns volumes.
+    _add(_C.MODEL, "SLICE_FUSION", CN())
+    # SLICE_FUSION_REGISTRY name: CenterSlice (no fusion), ChannelStack, SliceWeights,
+    # WindowedSliceWeights, ConvFusion, AttentionFusion
+    _add(_C.MODEL.SLICE_FUSION, "NAME", "SliceWeights")
+    _add(_C.MODEL.SLICE_FUSION, "NUM_SLICES", 3)  # window of 2k+1 slices around the target; odd
+    # Window slices beyond the volume's ends: "replicate" (end slice), "reflect", "zeros"
+    _add(_C.MODEL.SLICE_FUSION, "PAD_MODE", "replicate")
+    # Where the fusion acts: "input" (the window's slices, before the backbone) or "features"
+    # (each FPN level, after the shared 2D backbone ran on every slice of the window)
+    _add(_C.MODEL.SLICE_FUSION, "STAGE", "features")
+    _add(_C.MODEL.SLICE_FUSION, "PER_LEVEL", False)  # separate fusion weights per FPN level
+    # Initial per-slice weights: "center" (exactly the 2D model on the centre slice) or "uniform"
+    _add(_C.MODEL.SLICE_FUSION, "INIT", "center")
+    _add(_C.MODEL.SLICE_FUSION, "HIDDEN_DIM", 16)  # WindowedSliceWeights MLP, AttentionFusion keys
+    _add(_C.MODEL.SLICE_FUSION, "WINDOW_SIZE", 8)  # WindowedSliceWeights: window side in pixels
+    _add(_C.MODEL.SLICE_FUSION, "CONV_KERNEL_SIZE", 3)  # ConvFusion: in-plane kernel size
+    # Linking per-slice instances into 3D objects (det3d.modeling.link_slice_instances): least
+    # mask IoU between instances of nearby slices, slices an object may be missing from, and the
+    # least number of slices of an object. IoU 0.1: the end slices of an object are small, and
+    # linking ground truth cut into slices with 0.3 split them off (tests/modeling/
+    # test_slice_linking.py: SEG 0.957 with 0.1, 0.932 with 0.3 on touching objects).
+    _add(_C.MODEL.SLICE_FUSION, "LINK_IOU", 0.1)
+    _add(_C.MODEL.SLICE_FUSION, "LINK_MAX_GAP", 1)
+    _add(_C.MODEL.SLICE_FUSION, "LINK_MIN_DEPTH", 1)
+    # pred_masks of the linked 3D objects: each object's mask in its box, resampled to this size
+    # (D, H, W); instance_labels holds the exact masks.
+    _add(_C.MODEL.SLICE_FUSION, "MASK_RESOLUTION", [16, 28, 28])
+    # Training: sampling weight of a target slice without objects (slices with objects weigh 1;
+    # 0 skips empty slices), and, when the model is given whole volumes rather than slice windows,
+    # how many target slices it trains on per volume.
+    _add(_C.MODEL.SLICE_FUSION, "EMPTY_SLICE_WEIGHT", 0.1)
+    _add(_C.MODEL.SLICE_FUSION, "TRAIN_SLICES_PER_VOLUME", 4)
+    # Inference runs the 2D model on this many target slices at once (memory does not grow with
+    # the volume's depth).
+    _add(_C.TEST, "SLICE_BATCH_SIZE", 8)
+    # The training mapper (det3d.data.DATASET_MAPPER_REGISTRY): "DatasetMapper3D" (whole volumes
+    # or crops) or "SliceDatasetMapper" (one target slice and its window per sample, for 2.5D).
+    _add(_C, "DATALOADER", CN())
+    _add(_C.DATALOADER, "TRAIN_MAPPER", "DatasetMapper3D")
+
     # Synthetic data (det3d.data.synthetic) used by the builtin "synthetic_*" splits
     _add(_C, "SYNTHETIC", CN())
     _add(_C.SYNTHETIC, "ROOT", "datasets/synthetic")
 
+    # Transformer-era backbones (det3d/modeling/backbone/{convnext,vit,hiera}.py). Per-axis values
+    # are in array order (D, H, W); in 2D a 3-list drops its D entry. PRETRAINED: a local 2D (or
+    # same-dimensional) state dict with the official key names, inflated to 3D at build time
+    # (det3d/checkpoint/inflate.py); nothing is downloaded. Outputs are named stage2.. (ConvNeXt,
+    # Hiera; set MODEL.FPN.IN_FEATURES to them) or p2.. (ViTDet's simple feature pyramid).
+    _add(_C.MODEL, "CONVNEXT", CN())
+    # ConvNeXt-T: DEPTHS [3, 3, 9, 3], DIMS [96, 192, 384, 768]; -S: DEPTHS [3, 3, 27, 3].
+    _add(_C.MODEL.CONVNEXT, "DEPTHS", [3, 3, 9, 3])
+    _add(_C.MODEL.CONVNEXT, "DIMS", [96, 192, 384, 768])
+    _add(_C.MODEL.CONVNEXT, "STEM_STRIDE", [4, 4, 4])  # patchify stem: kernel = stride, per axis
+    # Stride (= kernel) of the downsampling layer before each later stage; empty = 2 on every axis.
+    _add(_C.MODEL.CONVNEXT, "DOWNSAMPLE_STRIDES", [])
+    _add(_C.MODEL.CONVNEXT, "KERNEL_SIZE", [7, 7, 7])  # depthwise kernel per axis (odd)
+    _add(_C.MODEL.CONVNEXT, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.CONVNEXT, "LAYER_SCALE_INIT", 1e-6)  # 0 disables layer scale
+    _add(_C.MODEL.CONVNEXT, "OUT_FEATURES", ["stage2", "stage3", "stage4", "stage5"])
+    _add(_C.MODEL.CONVNEXT, "PRETRAINED", "")
+
+    # ViTDet (ViT-B defaults, Detectron2's): plain ViT + simple feature pyramid.
+    _add(_C.MODEL, "VIT", CN())
+    _add(_C.MODEL.VIT, "PATCH_SIZE", [16, 16, 16])
+    _add(_C.MODEL.VIT, "EMBED_DIM", 768)
+    _add(_C.MODEL.VIT, "DEPTH", 12)
+    _add(_C.MODEL.VIT, "NUM_HEADS", 12)
+    _add(_C.MODEL.VIT, "MLP_RATIO", 4.0)
+    _add(_C.MODEL.VIT, "QKV_BIAS", True)
+    _add(_C.MODEL.VIT, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.VIT, "USE_ABS_POS", True)
+    _add(_C.MODEL.VIT, "USE_REL_POS", True)
+    # The absolute position embeddings are learnt on this input size (grid = size / patch) and
+    # interpolated to other inputs.
+    _add(_C.MODEL.VIT, "PRETRAIN_IMG_SIZE", [224, 224, 224])
+    _add(_C.MODEL.VIT, "WINDOW_SIZE", [14, 14, 14])  # in tokens; windows are padded to fit
+    _add(_C.MODEL.VIT, "WINDOW_BLOCK_INDEXES", [0, 1, 3, 4, 6, 7, 9, 10])  # others: global
+    # Recompute block activations in backward (torch.utils.checkpoint): less memory, slower.
+    # A generic MODEL.BACKBONE switch may replace it later.
+    _add(_C.MODEL.VIT, "USE_ACT_CHECKPOINT", False)
+    _add(_C.MODEL.VIT, "SCALE_FACTORS", [4.0, 2.0, 1.0, 0.5])  # simple feature pyramid levels
+    _add(_C.MODEL.VIT, "SFP_NORM", "LN")
+    _add(_C.MODEL.VIT, "PRETRAINED", "")
+
+    # Hiera (Hiera-T defaults): mask-unit attention, query pooling between every two stages.
+    _add(_C.MODEL, "HIERA", CN())
+    _add(_C.MODEL.HIERA, "EMBED_DIM", 96)
+    _add(_C.MODEL.HIERA, "NUM_HEADS", 1)
+    _add(_C.MODEL.HIERA, "STAGES", [1, 2, 7, 2])  # Hiera-S: [1, 2, 11, 2]; -B: [2, 3, 16, 3]
+    _add(_C.MODEL.HIERA, "Q_STRIDE", [2, 2, 2])
+    # In first-stage tokens; must be Q_STRIDE ** m (default: one unit per final-stage token).
+    _add(_C.MODEL.HIERA, "MASK_UNIT_SIZE", [8, 8, 8])
+    _add(_C.MODEL.HIERA, "MASK_UNIT_ATTN", [True, True, False, False])
+    _add(_C.MODEL.HIERA, "DIM_MUL", 2.0)
+    _add(_C.MODEL.HIERA, "HEAD_MUL", 2.0)
+    _add(_C.MODEL.HIERA, "PATCH_KERNEL", [7, 7, 7])
+    _add(_C.MODEL.HIERA, "PATCH_STRIDE", [4, 4, 4])
+    _add(_C.MODEL.HIERA, "PATCH_PADDING", [3, 3, 3])
+    _add(_C.MODEL.HIERA, "MLP_RATIO", 4.0)
+    _add(_C.MODEL.HIERA, "DROP_PATH_RATE", 0.1)
+    _add(_C.MODEL.HIERA, "PRETRAIN_IMG_SIZE", [224, 224, 224])
+    _add(_C.MODEL.HIERA, "OUT_FEATURES", ["stage2", "stage3", "stage4", "stage5"])
+    _add(_C.MODEL.HIERA, "PRETRAINED", "")
+
     if was_frozen:
         _C.freeze()
+
+
+def _set_det3d_values(cfg: CN, det3d_values: CN, overwrite: bool) -> None:
+    """
+    Sets each key of ``det3d_values`` (but VERSION) in ``cfg``, recursively: every key when
+    ``overwrite``, else only the keys ``cfg`` lacks.
+    """
+    for key, value in det3d_values.items():
+        if key == "VERSION":
+            continue
+        # Any yacs node (Detectron2's CfgNode class too) is merged into, not replaced.
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            _set_det3d_values(cfg[key], value, overwrite)
+        elif overwrite or key not in cfg:
+            cfg[key] = type(cfg)(value) if isinstance(value, CN) else copy.deepcopy(value)
 
 
 # Keys that take an int or one value per axis (array order); either form may be given.
@@ -355,7 +526,23 @@ for _key in (
     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
     "INPUT.CROP_SIZE",
+    "MODEL.SLICE_FUSION.MASK_RESOLUTION",
+    "TEST.TILE.SIZE",
+    "TEST.TILE.OVERLAP",
+    "MODEL.CONVNEXT.STEM_STRIDE",
+    "MODEL.CONVNEXT.KERNEL_SIZE",
+    "MODEL.VIT.PATCH_SIZE",
+    "MODEL.VIT.PRETRAIN_IMG_SIZE",
+    "MODEL.VIT.WINDOW_SIZE",
+    "MODEL.HIERA.Q_STRIDE",
+    "MODEL.HIERA.MASK_UNIT_SIZE",
+    "MODEL.HIERA.PATCH_KERNEL",
+    "MODEL.HIERA.PATCH_STRIDE",
+    "MODEL.HIERA.PATCH_PADDING",
+    "MODEL.HIERA.PRETRAIN_IMG_SIZE",
 ):
     register_per_axis_key(_key)
 
+# The keys above, with det3d's values, are what add_det3d_config sets in a Detectron2 config.
+_DETECTRON2_NAMED = _C.clone()
 add_det3d_config(_C)

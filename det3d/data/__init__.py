@@ -10,7 +10,7 @@ from .build import (
     get_detection_dataset_dicts,
 )
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
-from .dataset_mapper import DatasetMapper3D
+from .dataset_mapper import DATASET_MAPPER_REGISTRY, DatasetMapper3D
 from .datasets import (
     convert_to_coco3d,
     label_volume_to_annotations,
@@ -24,9 +24,14 @@ from .datasets import (
     register_label_volume_dataset,
 )
 from .datasets.builtin import register_all_synthetic, set_synthetic_root
-from .detection_utils import label_volume_to_instances, load_record_labels
+from .detection_utils import (
+    label_volume_to_instances,
+    load_record_label_slices,
+    load_record_labels,
+)
 from .io import read_labels, read_spacing, read_volume, volume_shape, write_volume
 from .samplers import InferenceSampler, TrainingSampler
+from .slice_mapper import SliceDatasetMapper
 from .synthetic import make_synthetic_dataset, make_synthetic_volume
 
 register_all_synthetic()

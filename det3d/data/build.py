@@ -18,7 +18,8 @@ from det3d.utils import comm
 from det3d.utils.env import seed_all_rng
 
 from .catalog import DatasetCatalog
-from .dataset_mapper import DatasetMapper3D
+from .dataset_mapper import DATASET_MAPPER_REGISTRY, DatasetMapper3D
+from .slice_mapper import SliceDatasetMapper  # noqa: F401 (registers it)
 from .detection_utils import is_sparse_record, record_has_instances
 from .samplers import InferenceSampler, TrainingSampler
 
@@ -44,7 +45,7 @@ def sample_seed(base_seed: int, position: int) -> int:
 
 
 def get_detection_dataset_dicts(
-    names: Union[str, Sequence[str]], filter_empty: bool = True
+    names: Union[str, Sequence[str]], filter_empty: bool = True, keep_sparse: bool = False
 ) -> List[dict]:
     """
     Concatenates the records of one or more registered datasets.
@@ -52,6 +53,8 @@ def get_detection_dataset_dicts(
     Args:
         filter_empty: drop volumes without any instance and records with sparse ground truth
             (``seg_slices``, not usable for training), logging how many were dropped.
+        keep_sparse: with ``filter_empty``, keep sparse records that annotate some instance
+            (for a mapper that trains on their annotated slices, e.g. ``SliceDatasetMapper``).
 
     Raises:
         KeyError: an unknown dataset name (the message lists the registered ones).
@@ -68,13 +71,13 @@ def get_detection_dataset_dicts(
             raise ValueError(f"Dataset {name!r} is empty")
         records.extend(recs)
     if filter_empty:
-        sparse = [r for r in records if is_sparse_record(r)]
+        sparse = [r for r in records if is_sparse_record(r) and not keep_sparse]
         if sparse:
             logger.warning(
                 f"Dropped {len(sparse)} volumes of {list(names)} whose ground truth covers only some "
                 f"z-slices (seg_slices); they are for evaluation only"
             )
-        kept = [r for r in records if not is_sparse_record(r)]
+        kept = [r for r in records if keep_sparse or not is_sparse_record(r)]
         has = [record_has_instances(r) for r in kept]
         # name the label files: they are what is empty
         empty = [r.get("instance_label_file") or r["file_name"] for r, h in zip(kept, has) if not h]
@@ -140,12 +143,14 @@ class _WorkerInit:
 
 
 def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None):
+    if mapper is None:
+        mapper = DATASET_MAPPER_REGISTRY.get(cfg.DATALOADER.TRAIN_MAPPER)(cfg, True)
     if dataset is None:
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            keep_sparse=getattr(mapper, "trains_on_sparse_records", False),
         )
-    if mapper is None:
-        mapper = DatasetMapper3D(cfg, True)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported; "
@@ -174,12 +179,14 @@ def build_detection_train_loader(
     """
     An infinite loader of training batches, each a ``list[dict]`` of ``total_batch_size //
     world_size`` mapped records. Call as ``build_detection_train_loader(cfg)`` (datasets
-    ``cfg.DATASETS.TRAIN``, mapper ``DatasetMapper3D(cfg, True)``, ``cfg.SOLVER.IMS_PER_BATCH``,
-    ``cfg.DATALOADER.NUM_WORKERS``, seed ``cfg.SEED``) or with the keyword arguments.
+    ``cfg.DATASETS.TRAIN``, the mapper ``DATALOADER.TRAIN_MAPPER`` names (default
+    ``DatasetMapper3D(cfg, True)``), ``cfg.SOLVER.IMS_PER_BATCH``, ``cfg.DATALOADER.NUM_WORKERS``,
+    seed ``cfg.SEED``) or with the keyword arguments.
 
     Args:
         dataset: records (list[dict]).
         mapper: record -> dict (or None to skip); ``mapper.reseed(int)`` is used where present.
+            From a config: ``DATALOADER.TRAIN_MAPPER`` of ``DATASET_MAPPER_REGISTRY``.
         sampler: a :class:`TrainingSampler` over ``dataset`` (default: shuffled, seeded).
         seed: None or negative: a random seed shared by all ranks.
     """

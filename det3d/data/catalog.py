@@ -7,13 +7,19 @@ The same shape as Detectron2's catalogs, so code written for one reads the other
 
     DatasetCatalog.register("my_train", lambda: load_label_volume_dataset("img/", "lbl/"))
     MetadataCatalog.get("my_train").set(thing_classes=["nucleus"], spacing=(2.0, 0.5, 0.5))
-    records = DatasetCatalog.get("my_train")   # list[dict], see DESIGN.md "Dataset records"
+    records = DatasetCatalog.get("my_train")   # list[dict]: docs/conventions.md "Dataset records"
+
+Where detectron2 is importable, both catalogs keep their entries in Detectron2's
+(:func:`det3d.bridge.detectron2.shared_catalog_dicts`): a dataset registered through either
+library is listed, read and guarded against a second registration by both.
 """
 
 import logging
 import types
 from collections import UserDict
 from typing import Any, Callable, Dict, List
+
+from det3d.bridge.detectron2 import shared_catalog_dicts
 
 __all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
 
@@ -77,6 +83,9 @@ class _DatasetCatalog(UserDict):
 
 
 DatasetCatalog = _DatasetCatalog()
+_SHARED_DATASETS, _SHARED_METADATA = shared_catalog_dicts()
+if _SHARED_DATASETS is not None:
+    DatasetCatalog.data = _SHARED_DATASETS
 
 
 class Metadata(types.SimpleNamespace):
@@ -164,3 +173,5 @@ class _MetadataCatalog(UserDict):
 
 
 MetadataCatalog = _MetadataCatalog()
+if _SHARED_METADATA is not None:
+    MetadataCatalog.data = _SHARED_METADATA

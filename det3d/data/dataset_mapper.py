@@ -1,19 +1,22 @@
 """
-:class:`DatasetMapper3D`: one dataset record -> one model input dict (DESIGN.md "Model input").
+:class:`DatasetMapper3D`: one dataset record -> one model input dict (docs/conventions.md,
+"Model input and output").
 """
 
 import copy
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from fvcore.common.registry import Registry
 
 from det3d.config import configurable
+from det3d.structures.label_volume import compact_labels
 from det3d.utils.axes import per_axis
 
 from .detection_utils import is_sparse_record, label_volume_to_instances, load_record_labels
-from .io import read_volume
+from .io import check_spacing, read_volume
 from .transforms import (
     AugInput,
     Augmentation,
@@ -25,32 +28,83 @@ from .transforms import (
     apply_augmentations,
 )
 
-__all__ = ["DatasetMapper3D", "normalize_percentiles", "build_augmentations"]
+__all__ = [
+    "DatasetMapper3D",
+    "DATASET_MAPPER_REGISTRY",
+    "normalize_percentiles",
+    "percentile_bounds",
+    "apply_intensity_bounds",
+    "build_augmentations",
+]
 
 logger = logging.getLogger(__name__)
 
+DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
+DATASET_MAPPER_REGISTRY.__doc__ = """
+Training mappers, chosen by ``DATALOADER.TRAIN_MAPPER``. Called with ``obj(cfg, is_train)``; the
+object maps a dataset record to a model input dict. A mapper whose ``trains_on_sparse_records`` is
+True keeps records with per-slice ground truth (``seg_slices``) in the training set.
+"""
+
+
+def percentile_bounds(image: np.ndarray, percentiles: Sequence[float]) -> List[Tuple[float, float]]:
+    """
+    ``[(p_low, p_high)]`` per channel of a ``(C, ...)`` image (as :func:`normalize_percentiles`
+    computes them); empty ``percentiles``: ``[]`` (no scaling).
+    """
+    if not percentiles:
+        return []
+    lo_p, hi_p = percentiles
+    return [
+        tuple(float(v) for v in np.percentile(np.asarray(image[c]), [lo_p, hi_p]))
+        for c in range(image.shape[0])
+    ]
+
 
 def normalize_percentiles(
-    image: np.ndarray, percentiles: Sequence[float], name: str = "image"
+    image: np.ndarray,
+    percentiles: Sequence[float],
+    name: str = "image",
+    bounds: Optional[Sequence[Tuple[float, float]]] = None,
 ) -> np.ndarray:
     """
     Per channel ``(x - p_low) / (p_high - p_low)`` in float32; a constant channel becomes
     ``x - p_low`` (zeros). Raises ValueError (naming ``name``) on NaN/Inf voxels.
+
+    Args:
+        bounds: per channel ``(p_low, p_high)`` to use instead of the image's own (e.g. those of
+            the whole volume, for a few of its slices; see :func:`percentile_bounds`).
     """
-    image = np.asarray(image)
-    out = image.astype(np.float32)  # always a copy we may write to
-    if not np.all(np.isfinite(out)):
-        bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
+    out = np.asarray(image).astype(np.float32)  # always a copy we may write to
+    _check_finite(out, name)
     if not percentiles:
         return out
-    lo_p, hi_p = percentiles
-    for c in range(out.shape[0]):
-        lo, hi = np.percentile(out[c], [lo_p, hi_p])
+    return _scale(out, bounds if bounds is not None else percentile_bounds(out, percentiles))
+
+
+def apply_intensity_bounds(image: np.ndarray, bounds: Sequence[Tuple], name: str = "image"):
+    """
+    ``(x - lo) / (hi - lo)`` per channel (``x - lo`` where ``hi <= lo``) with bounds from
+    :func:`percentile_bounds`, in float32; ``image`` (any part of a volume) is converted, or
+    changed in place when it is float32 already. Same arithmetic for a tile as for the whole.
+    """
+    out = image if image.dtype == np.float32 else image.astype(np.float32)
+    _check_finite(out, name)
+    return _scale(out, bounds)
+
+
+def _scale(out: np.ndarray, bounds: Sequence[Tuple]) -> np.ndarray:
+    for c, (lo, hi) in enumerate(bounds):
         out[c] -= lo
         if hi > lo:
             out[c] /= hi - lo
     return out
+
+
+def _check_finite(image: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(image)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ValueError(f"{name}: {bad} NaN/Inf voxels in the image")
 
 
 def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
@@ -75,6 +129,7 @@ def build_augmentations(cfg, is_train: bool) -> List[Augmentation]:
     return augs
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class DatasetMapper3D:
     """
     Reads a record's volume and ground truth and turns them into a model input:
@@ -104,6 +159,8 @@ class DatasetMapper3D:
     ``"image_id"``, ``"spacing"`` (of the returned image: the target spacing when resampled).
     """
 
+    trains_on_sparse_records = False  # see DATASET_MAPPER_REGISTRY
+
     @configurable
     def __init__(
         self,
@@ -122,7 +179,11 @@ class DatasetMapper3D:
         self.is_train = is_train
         self.augmentations = list(augmentations)
         self.norm_percentiles = tuple(norm_percentiles)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.target_spacing = (
+            check_spacing(target_spacing, "INPUT.TARGET_SPACING (target_spacing)")
+            if len(target_spacing)
+            else ()
+        )
         self.crop_min_visible_fraction = float(crop_min_visible_fraction)
         self.min_instance_voxels = int(min_instance_voxels)
         self.in_channels = in_channels
@@ -203,6 +264,9 @@ class DatasetMapper3D:
                     f"are for evaluation, not training"
                 )
             labels, classes = load_record_labels(record)
+            # ids from other tools can be huge (2**31 - 1): count and box on 1..N, not by max id
+            labels, ids = compact_labels(labels)
+            classes = {k + 1: int(classes.get(int(i), 0)) for k, i in enumerate(ids)}
             if labels.shape != image.shape[1:]:
                 raise ValueError(
                     f"Shape mismatch: image {path} is {image.shape[1:]}, labels "
@@ -210,7 +274,7 @@ class DatasetMapper3D:
                 )
         image, labels = self._to_spatial_dims(image, labels, path)
         ndim = self.spatial_dims
-        spacing = tuple(float(s) for s in record.get("spacing", (1.0, 1.0, 1.0)))
+        spacing = check_spacing(record.get("spacing", (1.0, 1.0, 1.0)), f"{path} (record)")
         aug_input = AugInput(image, labels)
         if self.target_spacing:
             target = self.target_spacing[-ndim:]

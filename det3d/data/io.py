@@ -2,7 +2,7 @@
 Reading and writing volumes: TIFF (plain, ImageJ hyperstack, OME; memory-mapped when the file
 allows) and zarr (lazy).
 
-Every reader returns the layout of DESIGN.md, ``(C, D, H, W)``, keeping the file's dtype
+Every reader returns the layout of docs/conventions.md, ``(C, D, H, W)``, keeping the file's dtype
 (intensity normalisation is the mapper's job). Every error names the file at fault.
 
 Axes. A TIFF written by ImageJ, by OME tools or by tifffile with an ``axes`` entry in its metadata
@@ -29,6 +29,8 @@ __all__ = [
     "volume_shape",
     "LazyVolume",
     "is_zarr_path",
+    "check_spacing",
+    "read_slices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -276,26 +278,66 @@ def read_volume(
     path = os.fspath(path)
     if is_zarr_path(path) and not path.lower().endswith(_TIFF_EXTS):
         array, attrs = _open_zarr(path, component)
+        _check_not_empty(array.shape, path)
         return LazyVolume(array, axes or _zarr_axes(attrs) or _default_axes(array.ndim, path), path)
     _check_exists(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, file_axes = tuple(series.shape), _tiff_axes(tif)
-            mappable = series.dataoffset is not None
-            data = None if mappable else series.asarray()
+            truncated = _imagej_truncation(tif, shape)
+            mappable = series.dataoffset is not None and not truncated
+            data = None if mappable or truncated else series.asarray()
     except Exception as e:
         raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
+    if truncated:
+        raise OSError(f"{path}: truncated or corrupt TIFF: {truncated}")
+    _check_not_empty(shape, path)
     if mappable:
         try:
             data = tifffile.memmap(path, series=0, mode="r")
         except Exception:  # e.g. an odd byte layout: fall back to reading
-            data = tifffile.imread(path, series=0)
+            try:
+                data = tifffile.imread(path, series=0)
+            except Exception as e:  # e.g. a truncated file: "failed to read 65536 bytes"
+                raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
         if data.shape != shape:  # tifffile may squeeze differently; keep the series shape
             data = data.reshape(shape)
     axes = axes or file_axes or _default_axes(len(shape), path)
     squeeze, order = _axes_plan(axes, shape, path)
     return _to_czyx(data, squeeze, order)
+
+
+def _imagej_truncation(tif: "tifffile.TiffFile", shape: Sequence[int]) -> Optional[str]:
+    """
+    A truncated ImageJ hyperstack reads as its first plane (tifffile only logs it), which would
+    silently make a volume one slice deep: returns what is missing, or None.
+    """
+    if not tif.is_imagej:
+        return None
+    expected = int((tif.imagej_metadata or {}).get("images", 1))
+    planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    if tif.series[0].axes.endswith("S"):  # RGB samples are not planes
+        planes = int(np.prod(shape[:-3])) if len(shape) > 3 else 1
+    if planes < expected:
+        return f"its ImageJ metadata announce {expected} images, the file holds {planes}"
+    return None
+
+
+def _check_not_empty(shape: Sequence[int], path: str) -> None:
+    """A volume with a zero-size axis holds no voxels: refuse it when read, naming the file."""
+    if any(int(n) == 0 for n in shape):
+        raise ValueError(f"{path}: the volume has a zero-size axis (shape {tuple(shape)})")
+
+
+def read_slices(volume, zs: Sequence[int]) -> np.ndarray:
+    """
+    z-slices ``zs`` of a ``(C, D, H, W)`` volume from :func:`read_volume` (memmap, ndarray or
+    :class:`LazyVolume`), reading only those slices: ``(C, len(zs), H, W)`` in the file's dtype.
+    """
+    if len(zs) == 0:
+        return np.zeros((volume.shape[0], 0) + tuple(volume.shape[2:]), volume.dtype)
+    return np.concatenate([np.asarray(volume[:, int(z) : int(z) + 1]) for z in zs], axis=1)
 
 
 def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, int]:
@@ -307,8 +349,12 @@ def volume_shape(path: str, axes: Optional[str] = None) -> Tuple[int, int, int, 
     try:
         with tifffile.TiffFile(path) as tif:
             shape, file_axes = tuple(tif.series[0].shape), _tiff_axes(tif)
+            truncated = _imagej_truncation(tif, shape)
     except Exception as e:
         raise OSError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
+    if truncated:
+        raise OSError(f"{path}: truncated or corrupt TIFF: {truncated}")
+    _check_not_empty(shape, path)
     squeeze, order = _axes_plan(axes or file_axes or _default_axes(len(shape), path), shape, path)
     kept = [n for i, n in enumerate(shape) if i not in squeeze]
     return tuple(kept[o] if o is not None else 1 for o in order)
@@ -356,13 +402,52 @@ def labels_to_int32(arr: np.ndarray, name: str = "labels") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def check_spacing(spacing, source: str) -> Tuple[float, float, float]:
+    """
+    Validates a voxel spacing where it enters det3d (registration, file metadata, the mapper).
+
+    Args:
+        spacing: ``(z, y, x)`` micrometres.
+        source: what the spacing belongs to (a file, a dataset, a config key), for the error.
+
+    Returns:
+        tuple of 3 floats.
+
+    Raises:
+        ValueError naming ``source`` and the value: not 3 numbers, or one of them not finite and
+        positive (a spacing of 0 would resample a volume to nothing).
+    """
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{source}: spacing must be 3 numbers (z, y, x) in micrometres, got {spacing!r}"
+        ) from None
+    if len(values) != 3:
+        raise ValueError(
+            f"{source}: spacing must be 3 numbers (z, y, x) in micrometres, got {spacing!r}"
+        )
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{source}: spacing {values} has a value that is not a positive number")
+    return values
+
+
 def read_spacing(path: str) -> Optional[Tuple[float, float, float]]:
     """
     Voxel spacing ``(z, y, x)`` from the file's metadata, or None where the file has none.
 
     Reads OME ``PhysicalSize{Z,Y,X}``, ImageJ ``spacing`` + the X/Y resolution tags, det3d's own
     ``spacing`` entry in tifffile's metadata, and OME-Zarr ``scale`` / a zarr ``spacing`` attribute.
+
+    Raises:
+        ValueError naming the file when the metadata hold a spacing that is not 3 positive
+        numbers (:func:`check_spacing`).
     """
+    spacing = _read_spacing(path)
+    return None if spacing is None else check_spacing(spacing, f"{path} (metadata)")
+
+
+def _read_spacing(path: str) -> Optional[Tuple[float, float, float]]:
     path = os.fspath(path)
     if is_zarr_path(path) and not path.lower().endswith(_TIFF_EXTS):
         return _zarr_spacing(_open_zarr(path, None)[1])
@@ -449,9 +534,7 @@ def write_volume(
         if array.size == 0 or (array.min() >= 0 and array.max() <= np.iinfo(np.uint16).max):
             array = array.astype(np.uint16 if array.size == 0 or array.max() > 255 else np.uint8)
     if spacing is not None:
-        spacing = tuple(float(s) for s in spacing)
-        if len(spacing) != 3:
-            raise ValueError(f"{path}: spacing must be (z, y, x), got {spacing}")
+        spacing = check_spacing(spacing, path)
     kwargs = {"compression": "zlib"} if compress else {}
 
     def write(f) -> None:

@@ -11,6 +11,7 @@ from .defaults import (  # isort: skip
     default_argument_parser,
     default_setup,
     default_writers,
+    prepare_run,
 )
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -16,12 +16,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
+from det3d.config.unsupported import check_supported
 from det3d.solver import build_lr_scheduler, build_optimizer
 from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
 from det3d.utils.env import seed_all_rng
 from det3d.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
-from det3d.utils.file_io import atomic_write
+from det3d.utils.file_io import atomic_write, keep_aside
 from det3d.utils.logger import setup_logger
 
 from . import hooks
@@ -34,6 +35,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "DefaultTrainer",
+    "prepare_run",
 ]
 
 
@@ -102,6 +104,15 @@ Run on multiple machines:
         "https://pytorch.org/docs/stable/distributed.html",
     )
     parser.add_argument(
+        "--dist-join-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long the processes of a distributed run wait for each other to join at "
+        "--dist-url; then the run ends with an error naming the URL (a machine that never starts "
+        "does not hang the others)",
+    )
+    parser.add_argument(
         "opts",
         help="Modify config options at the end of the command, as space-separated "
         '"PATH.KEY VALUE" pairs, e.g. SOLVER.MAX_ITER 100',
@@ -132,12 +143,7 @@ def _keep_earlier_config(path: str, dumped: str) -> Optional[str]:
     with open(path) as f:
         if f.read() == dumped:
             return None
-    root, ext = os.path.splitext(path)
-    k = 1
-    while os.path.exists(f"{root}.{k}{ext}"):
-        k += 1
-    os.replace(path, f"{root}.{k}{ext}")
-    return f"{root}.{k}{ext}"
+    return keep_aside(path)
 
 
 def default_setup(cfg, args) -> None:
@@ -163,12 +169,7 @@ def default_setup(cfg, args) -> None:
         args (argparse.Namespace): the parsed command line (``config_file``, ``eval_only``, ...).
     """
     output_dir = cfg.OUTPUT_DIR
-    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
-        check_no_earlier_run(output_dir)
-    if "DATASETS" in cfg:
-        from det3d.data.datasets.specs import register_dataset_specs
-
-        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    prepare_run(cfg, args)
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()  # other ranks write their logs into the directory rank 0 created
@@ -199,12 +200,28 @@ def default_setup(cfg, args) -> None:
     used_seed = seed_all_rng(None if seed < 0 else seed + rank)
     logger.info(f"Random seed of this process: {used_seed}")
 
-    _set_dataset_roots(cfg)
-
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     if cfg.FLOAT32_PRECISION:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+
+
+def prepare_run(cfg, args) -> None:
+    """
+    The steps of :func:`default_setup` that are det3d's own, done before anything is written:
+    a training run without ``--resume`` refuses an ``OUTPUT_DIR`` holding an earlier run
+    (:func:`check_no_earlier_run`); the dataset specs of ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+    are registered; the builtin synthetic splits are pointed at ``SYNTHETIC.ROOT``. A script
+    whose set-up is another's (Detectron2's ``default_setup``, see
+    ``projects/Det3DInDetectron2/train_net.py``) calls it first.
+    """
+    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
+        check_no_earlier_run(cfg.OUTPUT_DIR)
+    if "DATASETS" in cfg:
+        from det3d.data.datasets.specs import register_dataset_specs
+
+        register_dataset_specs(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    _set_dataset_roots(cfg)
 
 
 def _set_dataset_roots(cfg) -> None:
@@ -334,10 +351,7 @@ class DefaultTrainer(TrainerBase):
         PeriodicWriter (main rank).
         """
         cfg = self.cfg
-        if cfg.TEST.PRECISE_BN.ENABLED:
-            logging.getLogger(__name__).warning(
-                "TEST.PRECISE_BN is not implemented in det3d; ignored"
-            )
+        check_supported(cfg)  # e.g. TEST.PRECISE_BN: an error naming the key, not a warning
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -441,16 +455,22 @@ class DefaultTrainer(TrainerBase):
         return build_detection_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name: str):
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
         """
         Returns:
-            DatasetEvaluator or None: the evaluator of ``dataset_name``. There is no default:
-            a project decides what to measure (``tools/train_net.py`` reads TEST.EVALUATORS).
+            DatasetEvaluator: those named in ``TEST.EVALUATORS``
+            (:func:`det3d.evaluation.build_evaluator`), writing to ``output_folder`` (default
+            ``OUTPUT_DIR/inference/<dataset_name>``). Override it to measure something else.
+
+        Raises:
+            NotImplementedError: ``TEST.EVALUATORS`` is empty.
         """
-        raise NotImplementedError(
-            "DefaultTrainer has no evaluator: implement build_evaluator() in a subclass "
-            "(see tools/train_net.py) or pass evaluators to DefaultTrainer.test()."
-        )
+        from det3d.evaluation import build_evaluator
+
+        evaluator = build_evaluator(cfg, dataset_name, output_folder)
+        if evaluator is None:
+            raise NotImplementedError(f"TEST.EVALUATORS is empty: no evaluator for {dataset_name}")
+        return evaluator
 
     @classmethod
     def test(cls, cfg, model: torch.nn.Module, evaluators=None) -> Dict:

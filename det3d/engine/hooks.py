@@ -350,8 +350,12 @@ class EvalHook(HookBase):
                 self._do_eval()
 
     def after_train(self) -> None:
-        # trainer.iter + 1 < max_iter: training failed; evaluating would only waste time.
-        if self._eval_after_train and self.trainer.iter + 1 >= self.trainer.max_iter:
+        # A failed run (also one failing in its last iteration) is not evaluated: that would
+        # waste time, and an evaluation error would hide the training error.
+        completed = getattr(
+            self.trainer, "train_completed", self.trainer.iter >= self.trainer.max_iter
+        )
+        if self._eval_after_train and completed:
             self._do_eval()
         # The function may hold the model and data: let them go.
         del self._func

@@ -10,6 +10,7 @@
 import logging
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Any, Callable, Optional, Tuple
 
@@ -19,9 +20,12 @@ import torch.multiprocessing as mp
 
 from det3d.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "find_free_port"]
+__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_JOIN_TIMEOUT", "launch", "find_free_port"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+# How long the processes wait for each other to join at dist_url: a machine that never starts
+# ends the others with an error naming the URL instead of a hang as long as DEFAULT_TIMEOUT.
+DEFAULT_JOIN_TIMEOUT = timedelta(minutes=10)
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +51,7 @@ def launch(
     dist_url: Optional[str] = None,
     args: Tuple = (),
     timeout: timedelta = DEFAULT_TIMEOUT,
+    join_timeout: timedelta = DEFAULT_JOIN_TIMEOUT,
 ) -> None:
     """
     Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes.
@@ -61,6 +66,9 @@ def launch(
             ``"auto"`` or None picks a free port on 127.0.0.1 (single machine only).
         args (tuple): arguments of ``main_func``.
         timeout: of collective operations.
+        join_timeout: how long every process waits for all ``num_machines *
+            num_gpus_per_machine`` processes to join at ``dist_url``; then a ``TimeoutError``
+            naming the URL and how many joined.
     """
     if _started_by_torchrun():
         _init_from_env(timeout)
@@ -80,7 +88,16 @@ def launch(
     mp.start_processes(
         _distributed_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            join_timeout,
+        ),
         daemon=False,
         start_method="spawn",
     )
@@ -106,6 +123,7 @@ def _distributed_worker(
     dist_url: str,
     args: Tuple,
     timeout: timedelta,
+    join_timeout: timedelta = DEFAULT_JOIN_TIMEOUT,
 ) -> None:
     has_gpu = torch.cuda.is_available()
     if has_gpu and num_gpus_per_machine > torch.cuda.device_count():
@@ -115,9 +133,10 @@ def _distributed_worker(
         )
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     try:
+        store = _join(dist_url, global_rank, world_size, join_timeout)
         dist.init_process_group(
             backend=_backend(),
-            init_method=dist_url,
+            store=store,
             world_size=world_size,
             rank=global_rank,
             timeout=timeout,
@@ -136,6 +155,48 @@ def _distributed_worker(
         main_func(*args)
     finally:
         dist.destroy_process_group()
+
+
+def _join(dist_url: str, rank: int, world_size: int, join_timeout: timedelta):
+    """
+    The rendezvous store at ``dist_url``, once all ``world_size`` processes have joined it.
+
+    Raises:
+        TimeoutError naming the URL and how many processes joined, after ``join_timeout``.
+    """
+    if not dist_url.startswith("tcp://"):  # file:// and others: torch's own rendezvous
+        store, _, _ = next(dist.rendezvous(dist_url, rank, world_size, timeout=join_timeout))
+        return store
+    host, _, port = dist_url[len("tcp://") :].rstrip("/").rpartition(":")
+    seconds = join_timeout.total_seconds()
+    deadline = time.monotonic() + seconds
+    joined = 0
+
+    def fail(cause: str) -> TimeoutError:
+        return TimeoutError(
+            f"Process {rank} of {world_size}: the processes did not all join at --dist-url "
+            f"{dist_url} within {seconds:g} s (--dist-join-timeout; {joined} of {world_size} "
+            f"joined). Is every machine started with --num-machines, its own --machine-rank and "
+            f"this --dist-url, and is the port reachable from all of them? ({cause})"
+        )
+
+    try:
+        # rank 0 serves the store; the others connect, retrying until join_timeout
+        store = dist.TCPStore(
+            host, int(port), world_size, is_master=rank == 0, timeout=join_timeout,
+            wait_for_workers=False,
+        )  # fmt: skip
+        joined = int(store.add("det3d/joined", 1))
+        while joined < world_size:
+            if time.monotonic() > deadline:
+                raise fail("timed out")
+            time.sleep(0.05)
+            joined = int(store.add("det3d/joined", 0))
+    except TimeoutError:
+        raise
+    except Exception as e:  # connection refused until the deadline, store errors, ...
+        raise fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return store
 
 
 def _init_from_env(timeout: timedelta) -> None:

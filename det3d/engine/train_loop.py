@@ -81,6 +81,8 @@ class TrainerBase:
         start_iter (int): first iteration of this run (> 0 after ``--resume``).
         max_iter (int): training stops before this iteration.
         storage (EventStorage): metrics of this run, open during ``train``.
+        train_completed (bool): set when the last iteration finished; hooks' ``after_train``
+            reads it (a run failing in its last iteration is not complete).
     """
 
     def __init__(self) -> None:
@@ -89,6 +91,7 @@ class TrainerBase:
         self.start_iter: int = 0
         self.max_iter: int = 0
         self.storage: EventStorage = None
+        self.train_completed: bool = False
 
     def register_hooks(self, hooks: List[Optional[HookBase]]) -> None:
         """Appends ``hooks`` (None entries are skipped); they run in the order registered."""
@@ -105,6 +108,7 @@ class TrainerBase:
         logger.info(f"Starting training from iteration {start_iter}")
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
+        self.train_completed = False
         with EventStorage(start_iter) as self.storage:
             try:
                 self.before_train()
@@ -115,11 +119,23 @@ class TrainerBase:
                 # after_train tells a completed run (iter == max_iter) from a failed one. Also
                 # when there was nothing left to do (resumed from the final checkpoint).
                 self.iter = max_iter
+                self.train_completed = True
             except Exception:
                 logger.exception(f"Exception during training (iteration {self.iter}):")
                 raise
             finally:
-                self.after_train()
+                self._after_train_keeping_the_error()
+
+    def _after_train_keeping_the_error(self) -> None:
+        """Runs ``after_train``; when training failed, an error of a hook is logged, so that the
+        training error (e.g. in the last iteration) is the one the run reports."""
+        if self.train_completed:
+            self.after_train()
+            return
+        try:
+            self.after_train()
+        except Exception:
+            logger.exception("A hook failed in after_train, after training had failed:")
 
     def before_train(self) -> None:
         for h in self._hooks:

@@ -5,8 +5,11 @@ Evaluation: the evaluator protocol, the inference loop, and det3d's metrics:
 * :class:`InstanceMatchingEvaluator` / :func:`matching_metrics`: one-to-one IoU matching of label
   volumes at several thresholds (precision, recall, F1, accuracy, panoptic quality; 0-1).
 * :class:`SEGEvaluator` / :func:`seg_score`: the Cell Tracking Challenge SEG measure (0-1).
+
+:func:`build_evaluator` builds those named in ``TEST.EVALUATORS`` from :data:`EVALUATOR_REGISTRY`.
 """
 
+from .build import EVALUATOR_ALIASES, EVALUATOR_REGISTRY, build_evaluator
 from .coco3d_evaluation import COCO3DEvaluator, instances_to_coco3d_json
 from .cocoeval3d import COCOeval3D, box_iou_coco, default_area_ranges
 from .evaluator import (
@@ -23,11 +26,14 @@ from .matching import (
     matching_metrics,
     metrics_from_counts,
 )
-from .overlap import LabelOverlap, label_overlap
+from .overlap import LabelOverlap, label_overlap, touching_objects
 from .seg import SEGEvaluator, SEGJaccard, seg_jaccard, seg_score
 from .testing import flatten_results_dict, print_csv_format, verify_results
 
 __all__ = [
+    "EVALUATOR_ALIASES",
+    "EVALUATOR_REGISTRY",
+    "build_evaluator",
     "COCO3DEvaluator",
     "COCOeval3D",
     "DEFAULT_THRESHOLDS",

@@ -58,12 +58,13 @@ def instances_to_coco3d_json(
     areas = [None] * n
     if with_masks:
         if instances.has("pred_masks"):
-            from det3d.modeling.postprocessing import paste_mask
+            from det3d.modeling.postprocessing import mask_boxes, paste_mask
 
             shape = tuple(int(s) for s in instances.image_size)
+            in_boxes = mask_boxes(instances)
             for i in range(n):
                 slices, local = paste_mask(
-                    instances.pred_masks[i], instances.pred_boxes.tensor[i], shape, mask_threshold
+                    instances.pred_masks[i], in_boxes[i], shape, mask_threshold
                 )
                 local = _numpy(local).astype(bool)
                 rles[i] = box_mask_to_rle(local, [s.start or 0 for s in slices], shape)
@@ -95,7 +96,7 @@ def instances_to_coco3d_json(
 
 
 def _save_atomic(obj, path: str) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f), keep_earlier=True)
 
 
 def _nan_to_none(x):
@@ -136,8 +137,10 @@ class COCO3DEvaluator(DatasetEvaluator):
         max_dets: int = 500,
         distributed: bool = True,
         area_ranges: Optional[Sequence[float]] = None,
+        mask_threshold: float = 0.5,
     ):
         self._dataset_name = dataset_name
+        self._mask_threshold = float(mask_threshold)
         self._tasks = tuple(tasks)
         for t in self._tasks:
             if t not in ("bbox", "segm"):
@@ -154,8 +157,16 @@ class COCO3DEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None):
+        """Tasks from ``MODEL.MASK_ON`` (no ``"segm"`` for a box-only model), ``TEST.MAX_DETS``,
+        and the model's own ``MODEL.ROI_MASK_HEAD.MASK_THRESHOLD`` for pasting masks."""
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return cls(dataset_name, tasks, output_dir, max_dets=cfg.TEST.MAX_DETS)
+        return cls(
+            dataset_name,
+            tasks,
+            output_dir=output_dir,
+            max_dets=cfg.TEST.MAX_DETS,
+            mask_threshold=cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
+        )
 
     def reset(self) -> None:
         self._predictions = []
@@ -171,6 +182,7 @@ class COCO3DEvaluator(DatasetEvaluator):
                     inp["image_id"],
                     out.get("instance_labels"),
                     with_masks="segm" in self._tasks,
+                    mask_threshold=self._mask_threshold,
                 )
             self._predictions.append(pred)
 
@@ -270,9 +282,12 @@ class COCO3DEvaluator(DatasetEvaluator):
         if self._output_dir:
             from det3d.utils.file_io import write_json_atomic
 
-            write_json_atomic(os.path.join(self._output_dir, "coco3d_instances_results.json"), dts)
+            out_dir = self._output_dir
             write_json_atomic(
-                os.path.join(self._output_dir, "coco3d_results.json"), _nan_to_none(dump)
+                os.path.join(out_dir, "coco3d_instances_results.json"), dts, keep_earlier=True
+            )
+            write_json_atomic(
+                os.path.join(out_dir, "coco3d_results.json"), _nan_to_none(dump), keep_earlier=True
             )
         return results
 

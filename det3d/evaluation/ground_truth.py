@@ -1,15 +1,16 @@
 """
 Ground truth of a dataset record, in the two forms the evaluators need: a label volume (matching,
 SEG) and COCO-style annotations (COCO3DEvaluator). Records hold either ``annotations`` or an
-``instance_label_file`` (DESIGN.md); both forms are derived from either.
+``instance_label_file`` (docs/conventions.md); both forms are derived from either, through the one
+reader of ground truth, :func:`det3d.data.detection_utils.load_record_labels`, and the one label ->
+box routine, :func:`det3d.structures.label_volume.label_objects`.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
 
-from det3d.structures.rle import label_volume_to_rles, paint_rles, rle_areas
+from det3d.structures.rle import rle_areas
 
 __all__ = [
     "records_by_id",
@@ -63,43 +64,19 @@ def fit_shape(labels: np.ndarray, shape: Sequence[int], what: str) -> np.ndarray
     )
 
 
-def _read_labels(record: dict) -> np.ndarray:
-    from det3d.data.io import read_labels
-
-    return read_labels(record["instance_label_file"])
-
-
 def gt_label_volume(record: dict) -> np.ndarray:
     """
-    The instance label volume of a record, int32. From ``annotations``, non-crowd instances are
-    painted in order with ids ``1..N`` (a voxel keeps the first instance that claims it); crowd
-    regions are left as background. A record annotated on some z-slices only (CTC,
-    ``record["seg_slices"]`` and ``record["seg_slice_files"]``) gives those slices and zeros
-    elsewhere; evaluators then score the annotated slices only (see :func:`annotated_slices`).
+    The instance label volume of a record, int32, of the record's shape (``(H, W)`` for a record
+    without depth): :func:`det3d.data.detection_utils.load_record_labels`, whose rules hold (from
+    ``annotations``, non-crowd instances painted in order with ids ``1..N``, a voxel keeping the
+    first instance that claims it; a record annotated on some z-slices only gives those slices
+    and zeros elsewhere, and evaluators score the annotated slices only, see
+    :func:`annotated_slices`).
     """
-    if record.get("instance_label_file") is not None:
-        return fit_shape(_read_labels(record), record_shape(record), record["instance_label_file"])
-    if record.get(SLICES_KEY) is not None:
-        from det3d.data.io import read_labels
+    from det3d.data.detection_utils import load_record_labels
 
-        labels = np.zeros(record_shape(record), np.int32)
-        for z, path in zip(record[SLICES_KEY], record["seg_slice_files"]):
-            labels[int(z)] = fit_shape(read_labels(path), labels.shape[1:], path)
-        return labels
-    if "annotations" not in record:
-        raise KeyError(
-            f"Record {record.get('file_name', record.get('image_id'))!r} has neither "
-            f"'annotations' nor 'instance_label_file'"
-        )
-    anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-    for a in anns:
-        if "segmentation" not in a:
-            raise KeyError(
-                f"Record {record.get('file_name')!r}: an annotation has no 'segmentation'; "
-                f"instance matching and SEG need masks"
-            )
-    rles = [a["segmentation"] for a in anns]
-    return paint_rles(rles, record_shape(record), range(1, len(anns) + 1))
+    name = record.get("instance_label_file") or record.get("file_name", record.get("image_id"))
+    return fit_shape(load_record_labels(record)[0], record_shape(record), str(name))
 
 
 def annotated_slices(record: dict) -> Optional[List[int]]:
@@ -133,8 +110,11 @@ def gt_coco_annotations(
     """
     shape = tuple(shape) if shape is not None else record_shape(record)
     if record.get("instance_label_file") is not None:
-        labels = fit_shape(_read_labels(record), shape, record["instance_label_file"])
-        return labels_to_coco_annotations(labels, record.get("instance_classes")), labels.shape
+        from det3d.data.detection_utils import load_record_labels
+
+        labels, classes = load_record_labels(record)
+        labels = fit_shape(labels, shape, record["instance_label_file"])
+        return labels_to_coco_annotations(labels, classes), labels.shape
     if "annotations" not in record:
         raise KeyError(
             f"Record {record.get('file_name', record.get('image_id'))!r} has neither "
@@ -171,25 +151,26 @@ def gt_coco_annotations(
 def labels_to_coco_annotations(
     labels: np.ndarray, instance_classes: Optional[dict] = None
 ) -> List[dict]:
-    """Annotations (see :func:`gt_coco_annotations`) of every object of a label volume."""
+    """
+    Annotations (see :func:`gt_coco_annotations`: ``bbox`` corner + size) of every object of a
+    label volume, with its ``instance_id``; built by
+    :func:`det3d.data.datasets.label_volume_to_annotations`.
+    """
+    from det3d.data.datasets.label_volumes import label_volume_to_annotations
+
     classes = {int(k): int(v) for k, v in (instance_classes or {}).items()}
-    sizes = np.bincount(labels.reshape(-1)) if labels.size else np.zeros(1, np.int64)
-    ids = np.flatnonzero(sizes[1:]) + 1
-    rles = label_volume_to_rles(labels, ids)
-    regions = ndimage.find_objects(labels, max_label=int(ids[-1]) if ids.size else 0)
+    ndim = labels.ndim
     out = []
-    for i in ids:
-        sl = regions[i - 1]
-        corner = [float(s.start) for s in reversed(sl)]
-        size = [float(s.stop - s.start) for s in reversed(sl)]
+    for a in label_volume_to_annotations(labels, classes):
+        lo, hi = a["bbox"][:ndim], a["bbox"][ndim:]
         out.append(
             {
-                "category_id": classes.get(int(i), 0),
-                "bbox": corner + size,
-                "area": float(sizes[i]),
+                "category_id": a["category_id"],
+                "bbox": lo + [e - s for s, e in zip(lo, hi)],
+                "area": float(a["area"]),
                 "iscrowd": 0,
-                "segmentation": rles[int(i)],
-                "instance_id": int(i),
+                "segmentation": a["segmentation"],
+                "instance_id": a["id"],
             }
         )
     return out

@@ -31,7 +31,8 @@ from scipy.sparse.csgraph import connected_components
 
 from .evaluator import DatasetEvaluator, gather_on_main_process
 from .ground_truth import annotated_slices, fit_shape, gt_label_volume, records_by_id
-from .overlap import LabelOverlap, label_overlap
+from .cocoeval3d import default_area_ranges
+from .overlap import LabelOverlap, label_overlap, touching_objects
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -170,8 +171,13 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
     annotated on some z-slices only is matched slice by slice, each slice a 2D image.
 
     Results: ``{"matching": {"precision@0.5": ..., "recall@0.5", "f1@0.5", "accuracy@0.5",
-    "mean_matched_iou@0.5", "panoptic_quality@0.5", ...}}`` for every threshold (0-1 scale).
-    Writes ``matching_results.json`` (with per-volume counts) to ``output_dir``.
+    "mean_matched_iou@0.5", "panoptic_quality@0.5", ...}}`` for every threshold (0-1 scale),
+    plus where objects are lost (volumes with full ground truth): ``recall@0.5_<group>`` and
+    ``mean_best_iou_<group>`` (each gt object's best IoU with a predicted one, 0 if none) for the
+    groups ``touching`` (objects sharing a face with another object) / ``isolated`` and
+    ``small`` / ``medium`` / ``large`` (gt volume below 16³, below 32³, above; 32², 96² in 2D, as
+    COCO3DEvaluator's area ranges). Writes ``matching_results.json`` (with per-volume counts and
+    the group sizes) to ``output_dir``.
     """
 
     def __init__(
@@ -212,7 +218,9 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
             gt = fit_shape(gt_label_volume(record), pred.shape, str(record.get("file_name")))
             slices = annotated_slices(record)
             if slices is None:
-                counts = matching_counts(label_overlap(gt, pred), self._thresholds)
+                ov = label_overlap(gt, pred)
+                counts = matching_counts(ov, self._thresholds)
+                objects = _object_table(ov, gt)
             else:  # partial CTC ground truth: each annotated slice is a 2D image of its own
                 counts = _add_counts(
                     [
@@ -220,8 +228,14 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                         for z in slices
                     ]
                 )
+                objects = np.zeros((0, 4))
             self._per_volume.append(
-                {"image_id": inp["image_id"], "file_name": inp.get("file_name"), "counts": counts}
+                {
+                    "image_id": inp["image_id"],
+                    "file_name": inp.get("file_name"),
+                    "counts": counts,
+                    "objects": objects,
+                }
             )
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
@@ -236,6 +250,12 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
         for t in self._thresholds:
             for k in _METRIC_KEYS:
                 result[f"{k}@{t:g}"] = metrics[t][k]
+        groups = _group_metrics(
+            np.concatenate([np.zeros((0, 4))] + [v["objects"] for v in per_volume])
+        )
+        for name, g in groups.items():
+            result[f"recall@0.5_{name}"] = g["recall@0.5"]
+            result[f"mean_best_iou_{name}"] = g["mean_best_iou"]
         if self._output_dir:
             from det3d.utils.file_io import write_json_atomic
 
@@ -245,13 +265,55 @@ class InstanceMatchingEvaluator(DatasetEvaluator):
                     "dataset": self._dataset_name,
                     "thresholds": self._thresholds,
                     "metrics": {f"{t:g}": m for t, m in metrics.items()},
+                    "groups": groups,
                     "per_volume": [
-                        {**v, "counts": {f"{t:g}": c for t, c in v["counts"].items()}}
+                        {
+                            "image_id": v["image_id"],
+                            "file_name": v["file_name"],
+                            "counts": {f"{t:g}": c for t, c in v["counts"].items()},
+                        }
                         for v in per_volume
                     ],
                 },
+                keep_earlier=True,  # an earlier run's results are kept aside, not overwritten
             )
         return {"matching": result}
+
+
+def _object_table(ov: LabelOverlap, gt: np.ndarray) -> np.ndarray:
+    """
+    (G, 4) float64 per gt object: voxels, touches another object (0/1), best IoU, and the size
+    class by COCO3DEvaluator's area ranges (0 small, 1 medium, 2 large).
+    """
+    gi, _, _, iou = ov.pairs()
+    best = np.zeros(ov.gt_ids.size)
+    np.maximum.at(best, gi, iou)
+    touching = np.isin(ov.gt_ids, touching_objects(gt)).astype(np.float64)
+    bounds = default_area_ranges(gt.ndim)[1:3]
+    size_class = np.searchsorted(bounds, ov.gt_sizes, side="right").astype(np.float64)
+    sizes = ov.gt_sizes.astype(np.float64)
+    return np.stack([sizes, touching, best, size_class], axis=1).reshape(-1, 4)
+
+
+def _group_metrics(table: np.ndarray) -> Dict[str, dict]:
+    """Recall at IoU 0.5 and mean best IoU of the gt objects in each group (see the class)."""
+    touching, best, size_class = table[:, 1] > 0, table[:, 2], table[:, 3]
+    groups = {
+        "touching": touching,
+        "isolated": ~touching,
+        "small": size_class == 0,
+        "medium": size_class == 1,
+        "large": size_class == 2,
+    }
+    out = {}
+    for name, sel in groups.items():
+        n = int(sel.sum())
+        out[name] = {
+            "n": n,
+            "recall@0.5": float((best[sel] >= 0.5).mean()) if n else float("nan"),
+            "mean_best_iou": float(best[sel].mean()) if n else float("nan"),
+        }
+    return out
 
 
 def _add_counts(parts: List[Dict[float, dict]], thresholds: Optional[Sequence[float]] = None):

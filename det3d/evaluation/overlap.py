@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple, Tuple
 import numpy as np
 from scipy import sparse
 
-__all__ = ["LabelOverlap", "label_overlap", "check_label_pair"]
+__all__ = ["LabelOverlap", "label_overlap", "check_label_pair", "touching_objects"]
 
 # Voxels handled per step: bounds the int64 temporaries of np.bincount (~64 MB each).
 _CHUNK = 1 << 23
@@ -152,3 +152,23 @@ def label_overlap(gt: np.ndarray, pred: np.ndarray) -> LabelOverlap:
     rows, cols = keys // stride - 1, keys % stride - 1
     overlap = sparse.csr_matrix((vals, (rows, cols)), shape=(n_g, n_p), dtype=np.int64)
     return LabelOverlap(gt_ids, pred_ids, overlap, gt_sizes, pred_sizes)
+
+
+def touching_objects(labels: np.ndarray) -> np.ndarray:
+    """
+    Ids of the objects that share a face with another object (6-connectivity in 3D, 4 in 2D).
+
+    Args:
+        labels: int ``(D, H, W)`` (or ``(H, W)``) instance labels, 0 = background.
+
+    Returns:
+        sorted int64 array of ids.
+    """
+    labels = np.asarray(labels)
+    found = []
+    for axis in range(labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        x, y = a[1:], a[:-1]
+        hit = (x != y) & (x > 0) & (y > 0)
+        found += [x[hit], y[hit]]
+    return np.unique(np.concatenate(found)).astype(np.int64) if found else np.zeros(0, np.int64)

@@ -119,6 +119,10 @@ class SEGEvaluator(DatasetEvaluator):
         self._records: Optional[dict] = None
         self._per_volume: List[dict] = []
 
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None):
+        return cls(dataset_name, output_dir)
+
     def reset(self) -> None:
         self._per_volume = []
 
@@ -165,5 +169,6 @@ class SEGEvaluator(DatasetEvaluator):
                     "n_objects": n,
                     "per_volume": per_volume,
                 },
+                keep_earlier=True,  # an earlier run's results are kept aside, not overwritten
             )
         return {"seg": {"SEG": seg}}

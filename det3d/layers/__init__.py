@@ -1,6 +1,7 @@
 """Ops and N-D layer helpers. Compiled ops come from det3d._C (see csrc/)."""
 
 from .batch_norm import FrozenBatchNorm, get_norm
+from .layer_norm import DropPath, LayerNorm, drop_path
 from .losses import (
     CLS_LOSS_TYPES,
     classification_loss,

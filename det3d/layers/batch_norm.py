@@ -5,6 +5,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
+from .layer_norm import LayerNorm
+
 __all__ = ["FrozenBatchNorm", "get_norm"]
 
 
@@ -93,6 +95,7 @@ def get_norm(
     Args:
         norm: ``""`` or None (no norm), ``"BN"`` (BatchNorm2d/3d), ``"SyncBN"``, ``"FrozenBN"``,
             ``"GN"`` (GroupNorm with 32 groups, fewer if ``out_channels`` is not a multiple of 32),
+            ``"LN"`` (:class:`det3d.layers.LayerNorm` over channels, eps 1e-6),
             or a callable ``channels -> nn.Module``.
         out_channels: number of channels to normalise.
         ndim: number of spatial dims (2 or 3); picks BatchNorm2d or BatchNorm3d.
@@ -121,6 +124,8 @@ def get_norm(
         # Largest divisor of out_channels not above 32, so any width works.
         groups = max(g for g in range(1, min(32, out_channels) + 1) if out_channels % g == 0)
         return nn.GroupNorm(groups, out_channels)
+    if norm == "LN":
+        return LayerNorm(out_channels)  # channels-first, as the ViTDet feature pyramid uses
     raise ValueError(
-        f"Unknown norm {norm!r}; expected '', 'BN', 'SyncBN', 'FrozenBN', 'GN' or a callable"
+        f"Unknown norm {norm!r}; expected '', 'BN', 'SyncBN', 'FrozenBN', 'GN', 'LN' or a callable"
     )

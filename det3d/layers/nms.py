@@ -11,9 +11,10 @@ _MAX_CLASSES_FOR_LOOP = 16
 
 
 def _ops():
-    """torch.ops.det3d, after loading the compiled library that registers it."""
+    """torch.ops.det3d, after loading the compiled library that defines it and the fake,
+    autograd and autocast registrations that let torch.compile trace it (op_registrations)."""
     try:
-        import det3d._C  # noqa: F401  (registers torch.ops.det3d.*)
+        import det3d.layers.op_registrations  # noqa: F401  (imports det3d._C first)
     except ImportError as e:
         raise ImportError(
             "det3d._C is not built; run `make build` (or `pip install -e . --no-build-isolation`)"

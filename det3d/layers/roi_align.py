@@ -4,8 +4,6 @@ from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 from .nms import _ops
 
@@ -22,33 +20,6 @@ def _output_size_tuple(output_size: Union[int, Sequence[int]], ndim: int) -> Tup
             f"got {output_size}"
         )
     return output_size
-
-
-class _ROIAlignFunction(Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.args = (output_size, spatial_scale, sampling_ratio, aligned)
-        ctx.input_shape = tuple(input.shape)
-        return _ops().roi_align(
-            input, rois, spatial_scale, list(output_size), sampling_ratio, aligned
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        output_size, spatial_scale, sampling_ratio, aligned = ctx.args
-        grad_input = _ops()._roi_align_backward(
-            grad_output.contiguous(),
-            rois,
-            spatial_scale,
-            list(output_size),
-            list(ctx.input_shape),
-            sampling_ratio,
-            aligned,
-        )
-        return grad_input, None, None, None, None, None
 
 
 def roi_align(
@@ -94,9 +65,13 @@ def roi_align(
     if spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be > 0, got {spatial_scale}")
     output_size = _output_size_tuple(output_size, ndim)
-    rois = rois.to(dtype=input.dtype)
-    return _ROIAlignFunction.apply(
-        input, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
+    if torch.is_autocast_enabled(input.device.type):
+        rois = rois.float()  # autocast runs the op in float32: keep the boxes exact
+    else:
+        rois = rois.to(dtype=input.dtype)
+    # autograd, fake (tracing) and autocast kernels are registered with the op (op_registrations)
+    return _ops().roi_align(
+        input, rois, float(spatial_scale), list(output_size), int(sampling_ratio), bool(aligned)
     )
 
 

@@ -1,6 +1,6 @@
 """
 det3d's model parts. Importing this package registers every part (backbones, anchor generators,
-RPN, ROI heads, box and mask heads, meta-architectures) in the registries of
+RPN, ROI heads, box and mask heads, slice fusions, meta-architectures) in the registries of
 :mod:`det3d.modeling.registries`.
 """
 
@@ -17,7 +17,13 @@ from .backbone import (
 )
 from .box_regression import Box2BoxTransform
 from .matcher import Matcher
-from .meta_arch import GeneralizedRCNN3D, ProposalNetwork3D, build_model, freeze_modules
+from .meta_arch import (
+    GeneralizedRCNN3D,
+    ProposalNetwork3D,
+    SliceFusionRCNN,
+    build_model,
+    freeze_modules,
+)
 from .poolers import ROIPooler
 from .postprocessing import detector_postprocess, instances_to_label_volume, paste_mask
 from .proposal_generator import RPN3D, build_proposal_generator
@@ -43,5 +49,16 @@ from .roi_heads import (
     build_roi_heads,
 )
 from .sampling import subsample_labels
+from .slice_fusion import (
+    AttentionFusion,
+    CenterSlice,
+    ChannelStack,
+    ConvFusion,
+    SliceFusion,
+    SliceWeights,
+    WindowedSliceWeights,
+    build_slice_fusion,
+)
+from .slice_linking import SliceLinks, link_slice_instances
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -14,9 +14,43 @@ from torch.nn import functional as F
 from det3d.structures import Instances
 from det3d.utils.axes import array_shape_to_box_order
 
-__all__ = ["detector_postprocess", "paste_mask", "instances_to_label_volume"]
+__all__ = [
+    "detector_postprocess",
+    "paste_mask",
+    "instances_to_label_volume",
+    "mask_boxes",
+    "expand_boxes",
+]
 
 _INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def expand_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """
+    Scales boxes about their centres by ``factor`` on every axis.
+
+    Args:
+        boxes: (N, 2*ndim).
+
+    Returns:
+        (N, 2*ndim), a new tensor (``boxes`` itself when ``factor`` is 1).
+    """
+    if factor == 1.0:
+        return boxes
+    ndim = boxes.shape[-1] // 2
+    center = (boxes[:, :ndim] + boxes[:, ndim:]) / 2
+    half = (boxes[:, ndim:] - boxes[:, :ndim]) * (factor / 2)
+    return torch.cat([center - half, center + half], dim=1)
+
+
+def mask_boxes(instances: Instances) -> torch.Tensor:
+    """
+    The boxes the instances' ``pred_masks`` live in: ``pred_mask_boxes`` where the mask head
+    predicted masks on enlarged boxes (``MODEL.ROI_MASK_HEAD.BOX_EXPAND``), else ``pred_boxes``.
+    """
+    if instances.has("pred_mask_boxes"):
+        return instances.pred_mask_boxes.tensor
+    return instances.pred_boxes.tensor
 
 
 def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Instances:
@@ -24,7 +58,8 @@ def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Inst
     Rescales detections from the model's input size (``results.image_size``) to ``output_size``
     (the original spatial shape, array order), each axis by its own factor, clips the boxes to it
     and drops boxes that became empty. ``pred_masks`` stay at RoI resolution: they live in box
-    coordinates and need no rescaling.
+    coordinates and need no rescaling; their ``pred_mask_boxes``, if any, are rescaled but not
+    clipped (a mask may reach beyond the image, pasting cuts it).
 
     Args:
         results: ``pred_boxes`` (or ``proposal_boxes``) and other per-instance fields.
@@ -55,6 +90,10 @@ def detector_postprocess(results: Instances, output_size: Sequence[int]) -> Inst
     boxes.scale(*factors)
     boxes.clip(output_size)
     results.set(boxes_field, boxes)
+    if results.has("pred_mask_boxes"):
+        mboxes = results.pred_mask_boxes.clone()
+        mboxes.scale(*factors)
+        results.pred_mask_boxes = mboxes
     return results[boxes.nonempty()]
 
 
@@ -139,7 +178,8 @@ def instances_to_label_volume(
 
     Args:
         instances: ``pred_boxes``, ``scores``, optionally ``objectness`` and ``pred_masks``
-            (N, *M), boxes in the coordinates of ``image_shape``.
+            (N, *M) in ``pred_mask_boxes`` (if present) or ``pred_boxes``, boxes in the
+            coordinates of ``image_shape``.
         image_shape: spatial shape of the output; default ``instances.image_size``.
         threshold: mask probability threshold.
         score_threshold: the objectness (or score) an instance needs to be pasted.
@@ -152,7 +192,7 @@ def instances_to_label_volume(
     image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
     if not instances.has("pred_boxes"):
         return torch.zeros(image_shape, dtype=torch.int32)
-    boxes = instances.pred_boxes.tensor
+    boxes = mask_boxes(instances)
     labels = torch.zeros(image_shape, dtype=torch.int32, device=boxes.device)
     if len(boxes) == 0:
         return labels

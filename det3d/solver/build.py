@@ -11,6 +11,8 @@ from fvcore.common.param_scheduler import (
     StepWithFixedGammaParamScheduler,
 )
 
+from det3d.layers import LayerNorm
+
 from .lr_scheduler import LRMultiplier, WarmupParamScheduler
 
 __all__ = [
@@ -28,6 +30,7 @@ _NORM_MODULE_TYPES = (
     torch.nn.InstanceNorm3d,
     torch.nn.LayerNorm,
     torch.nn.LocalResponseNorm,
+    LayerNorm,  # det3d's channels-first LayerNorm (ConvNeXt, the ViTDet pyramid), as Detectron2's
 )
 
 

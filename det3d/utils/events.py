@@ -4,7 +4,9 @@ Metrics storage during training (``EventStorage``) and the writers that report i
 
 The trainer opens one ``EventStorage`` for the whole run; any code that runs inside the training
 loop can record a scalar with ``get_event_storage().put_scalar(name, value)``. Writers, run by
-the ``PeriodicWriter`` hook, read the latest values from it.
+the ``PeriodicWriter`` hook, read the latest values from it. Where detectron2 is importable, the
+storage open may be Detectron2's (its trainer running a det3d model): both have ``put_scalar``,
+``put_scalars``, ``iter`` and ``name_scope``, which is all det3d's model parts use.
 """
 
 import datetime
@@ -19,6 +21,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
+from det3d.bridge.detectron2 import event_storage_stack
+
 __all__ = [
     "get_event_storage",
     "current_event_storage",
@@ -29,7 +33,9 @@ __all__ = [
     "CommonMetricPrinter",
 ]
 
-_CURRENT_STORAGE_STACK: List["EventStorage"] = []
+# The open storages, innermost last. Shared with Detectron2 where it is importable, so statistics
+# put by det3d's model parts reach Detectron2's trainer and the other way round.
+_CURRENT_STORAGE_STACK: List["EventStorage"] = event_storage_stack()
 
 
 def get_event_storage() -> "EventStorage":

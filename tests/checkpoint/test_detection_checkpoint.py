@@ -160,3 +160,88 @@ def test_save_to_disk_false_and_no_dir(tmp_path):
     DetectionCheckpointer(_model(), str(tmp_path), save_to_disk=False).save("x")
     DetectionCheckpointer(_model(), "").save("x")
     assert os.listdir(tmp_path) == []
+
+
+def _other_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 1), nn.Linear(1, 1))
+
+
+def test_checkpoint_of_another_model_is_an_error_for_evaluation(tmp_path):
+    DetectionCheckpointer(_model(), str(tmp_path)).save("other")
+    path = str(tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other\.pth.*missing.*another shape") as e:
+        DetectionCheckpointer(_other_model(), strict=True).load(path)
+    # 2.bias (1,) and BatchNorm's num_batches_tracked happen to match; nothing else does
+    assert "2 of the model's 11 tensors loaded" in str(e.value)
+    # the same model's own checkpoint passes the strict check
+    DetectionCheckpointer(_model(seed=3), strict=True).load(path)
+
+
+def test_partial_load_for_training_logs_one_summary_line(tmp_path, caplog):
+    DetectionCheckpointer(_model(), str(tmp_path)).save("other")
+    ck = DetectionCheckpointer(_other_model())
+    with caplog.at_level("WARNING", logger="det3d.checkpoint.detection_checkpoint"):
+        ck.load(str(tmp_path / "other.pth"))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1, lines
+    assert "other.pth" in lines[0] and "of another shape" in lines[0] and "missing" in lines[0]
+    assert {k for k, _, _ in ck.incompatible_keys.incorrect_shapes} == {
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "2.weight"
+    }
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "pth"])
+def test_pickled_code_is_reported_as_untrusted_and_never_run(tmp_path, fmt):
+    import pickle
+
+    marker = tmp_path / "was_run"
+    path = str(tmp_path / f"evil.{fmt}")
+    payload = {"model": _model().state_dict(), "extra": _RunsCode(marker)}
+    if fmt == "pkl":  # a Detectron2-style pickle of numpy arrays, plus the code
+        payload["model"] = {k: v.numpy() for k, v in payload["model"].items()}
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, path)
+    pattern = r"evil\.%s.*untrusted or of another format" % fmt
+    with pytest.raises(CheckpointError, match=pattern) as e:
+        DetectionCheckpointer(_model()).load(path)
+    assert "system" in str(e.value) and "corrupt" not in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_detectron2_pkl_of_numpy_arrays_loads(tmp_path, protocol):
+    import pickle
+
+    src = _model(seed=5)
+    arrays = {k: v.numpy().copy() for k, v in src.state_dict().items()}
+    path = str(tmp_path / "model_final_abc.pkl")
+    with open(path, "wb") as f:  # the model zoo's format
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, f, protocol=protocol)
+    dst = _model(seed=6)
+    extra = DetectionCheckpointer(dst, strict=True).load(path)
+    assert _same_state(src.state_dict(), dst.state_dict())
+    assert extra["__author__"] == "Detectron2 Model Zoo"
+    # Caffe2-style blobs too (momentum entries dropped)
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {**arrays, "0.weight_momentum": arrays["0.weight"]}}, f, protocol=2)
+    DetectionCheckpointer(_model(seed=7), strict=True).load(path)
+
+
+def test_garbage_is_corrupt_not_untrusted(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(7, 250)) * 4)
+    with pytest.raises(CheckpointError, match=r"noise\.pth.*corrupt or not a checkpoint"):
+        DetectionCheckpointer(_model()).load(str(path))

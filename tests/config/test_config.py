@@ -70,6 +70,69 @@ def test_add_det3d_config_on_plain_cfgnode_keeps_existing_values():
     assert cfg.MODEL.FREEZE_MODULES == []
 
 
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _detectron2_like_cfg():
+    """A plain yacs/fvcore CfgNode holding some of Detectron2's 2D defaults and 2D-only keys."""
+    from fvcore.common.config import CfgNode as FvCfgNode
+
+    cfg = FvCfgNode()
+    cfg.VERSION = 2
+    cfg.MODEL = FvCfgNode()
+    cfg.MODEL.KEYPOINT_ON = False  # only Detectron2 has it
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+    cfg.MODEL.RPN = FvCfgNode({"HEAD_NAME": "StandardRPNHead", "BBOX_REG_WEIGHTS": (1.0,) * 4})
+    cfg.MODEL.ANCHOR_GENERATOR = FvCfgNode({"NAME": "DefaultAnchorGenerator", "SIZES": [[32, 64]]})
+    cfg.SOLVER = FvCfgNode({"BASE_LR": 0.001, "STEPS": (210000, 250000)})
+    return cfg
+
+
+def test_add_det3d_config_on_a_detectron2_like_cfg_gives_det3d_values_everywhere():
+    cfg = _detectron2_like_cfg()
+    add_det3d_config(cfg)
+    got, want = _flat(cfg), _flat(get_cfg())
+    missing = set(want) - set(got)
+    assert not missing, missing  # every det3d key, including the det3d-only ones
+    for key, value in want.items():
+        assert got[key] == value, (key, got[key], value)  # det3d's value wins where both have it
+    assert cfg.MODEL.KEYPOINT_ON is False  # keys only Detectron2 has are kept
+    assert cfg.MODEL.RPN.HEAD_NAME == "StandardRPNHead3D"
+    assert len(cfg.MODEL.RPN.BBOX_REG_WEIGHTS) == 6
+    # The keys add_det3d_config adds on its own: the ones Detectron2 has no counterpart for.
+    for key in (
+        "MODEL.SPATIAL_DIMS",
+        "MODEL.FPN.TOP_BLOCK",
+        "MODEL.RESNETS.STEM_KERNEL_SIZE",
+        "MODEL.RESNETS.STAGE_STRIDES",
+        "MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE",
+        "SOLVER.OPTIMIZER",
+        "SOLVER.BETAS",
+    ):
+        assert key in got, key
+    # A second call, or a det3d config, keeps what is set.
+    cfg.SOLVER.BASE_LR = 0.5
+    add_det3d_config(cfg)
+    assert cfg.SOLVER.BASE_LR == 0.5
+
+
+def test_config_version_2_and_old_det3d_files(tmp_path):
+    assert get_cfg().VERSION == 2  # Detectron2's config version, whose key names det3d follows
+    old = _write(tmp_path / "old.yaml", "VERSION: 1\nSOLVER:\n  BASE_LR: 0.5\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(old)  # det3d files said VERSION 1 for the same keys
+    assert cfg.VERSION == 2 and cfg.SOLVER.BASE_LR == 0.5
+    bad = _write(tmp_path / "bad.yaml", "VERSION: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml.*VERSION 3"):
+        get_cfg().merge_from_file(bad)
+
+
 class _Thing:
     @configurable
     def __init__(self, *, a, b=2):
@@ -112,6 +175,60 @@ def test_per_axis_values_accept_int_or_list(tmp_path):
         cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "'seven'"])
     with pytest.raises(ValueError, match="Type mismatch"):
         cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "[1, 2]"])
+
+
+def test_base_cycle_is_reported_as_a_cycle_naming_the_files(tmp_path):
+    from det3d.config.config import ConfigCycleError
+
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\nSOLVER:\n  MAX_ITER: 3\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: "c.yaml"\n')
+    (tmp_path / "c.yaml").write_text('_BASE_: "a.yaml"\n')
+    cfg = get_cfg()
+    with pytest.raises(ConfigCycleError, match=r"_BASE_ cycle: .*a\.yaml -> .*b\.yaml -> "
+                       r".*c\.yaml -> .*a\.yaml"):
+        cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text('_BASE_: "./self.yaml"\n')
+    with pytest.raises(ConfigCycleError, match=r"self\.yaml -> .*self\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "self.yaml"))
+    # a diamond (two files sharing one base) is no cycle, and a failed read leaves no state
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "d.yaml").write_text('_BASE_: "base.yaml"\n')
+    (tmp_path / "e.yaml").write_text('_BASE_: "d.yaml"\nSOLVER:\n  MAX_ITER: 7\n')
+    cfg = get_cfg()
+    cfg.merge_from_file(str(tmp_path / "e.yaml"))
+    assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("TEST.AUG.ENABLED", True), ("TEST.PRECISE_BN.ENABLED", True),
+     ("MODEL.LOAD_PROPOSALS", True), ("MODEL.PROPOSAL_GENERATOR.NAME", "PrecomputedProposals")],
+)
+def test_unsupported_features_are_errors_at_build_time(key, value):
+    from det3d.modeling import build_model
+    from det3d.modeling.proposal_generator import build_proposal_generator
+
+    cfg = get_cfg()
+    cfg.merge_from_list([key, str(value)])
+    with pytest.raises(NotImplementedError, match=key.replace(".", r"\.")):
+        build_model(cfg)
+    if key == "MODEL.PROPOSAL_GENERATOR.NAME":  # no None that crashes later
+        with pytest.raises(NotImplementedError, match="PrecomputedProposals"):
+            build_proposal_generator(cfg, {})
+
+
+def test_precise_bn_is_an_error_for_the_trainer_too(tmp_path):
+    from det3d.engine import DefaultTrainer
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                     "quick_schedules", "mask_rcnn_R18_FPN_3d_instant_test.yaml"))
+    cfg.OUTPUT_DIR = str(tmp_path)
+    trainer = DefaultTrainer.__new__(DefaultTrainer)
+    trainer.cfg = cfg
+    cfg.TEST.PRECISE_BN.ENABLED = True
+    with pytest.raises(NotImplementedError, match=r"TEST\.PRECISE_BN\.ENABLED"):
+        trainer.build_hooks()
 
 
 def test_one_plain_string_on_the_command_line_for_a_list_of_names():

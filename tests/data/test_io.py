@@ -150,3 +150,40 @@ def test_missing_and_unreadable(tmp_path):
         read_volume(str(p))
     with pytest.raises(FileNotFoundError, match="missing.zarr"):
         read_volume(str(tmp_path / "missing.zarr"))
+
+
+def _truncate(path, fraction=0.5):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * fraction)])
+
+
+def test_truncated_tiff_names_the_file(tmp_path):
+    # a plain tifffile TIFF (float64 is no ImageJ dtype): memmap fails, reading fails
+    path = str(tmp_path / "cut.tif")
+    tifffile.imwrite(path, np.random.rand(8, 64, 64), metadata={"axes": "ZYX"})
+    _truncate(path)
+    with pytest.raises(OSError, match=r"cut\.tif: cannot read as TIFF.*failed to read"):
+        np.asarray(read_volume(path))
+
+
+def test_truncated_imagej_hyperstack_is_not_read_as_one_slice(tmp_path):
+    path = str(tmp_path / "cut_ij.tif")
+    write_volume(path, np.random.rand(8, 64, 64).astype(np.float32))
+    _truncate(path)
+    for read in (read_volume, volume_shape, read_labels):
+        with pytest.raises(OSError, match=r"cut_ij\.tif: truncated or corrupt TIFF.*8 images"):
+            read(path)
+
+
+def test_zero_size_axis_refused_when_read(tmp_path):
+    path = str(tmp_path / "empty.tif")
+    with pytest.warns(UserWarning):  # tifffile: "writing zero-size array to nonconformant TIFF"
+        tifffile.imwrite(path, np.zeros((0, 5, 5), np.uint8))
+    for read in (read_volume, volume_shape, read_labels):
+        with pytest.raises(ValueError, match=r"empty\.tif: the volume has a zero-size axis"):
+            read(path)
+    zarr = pytest.importorskip("zarr")
+    store = str(tmp_path / "empty.zarr")
+    zarr.open(store, mode="w", shape=(4, 0, 6), dtype="uint8")
+    with pytest.raises(ValueError, match=r"empty\.zarr: the volume has a zero-size axis"):
+        read_volume(store)

@@ -137,3 +137,40 @@ def test_periodic_writer_json_and_printer(tmp_path, caplog):
     assert all("total_loss" in d and "lr" in d for d in lines)
     printed = [r.message for r in caplog.records if r.name == "det3d.utils.events"]
     assert len(printed) == 3 and "eta:" in printed[-1] and "loss_mse" in printed[-1]
+
+
+def test_failure_in_the_last_iteration_reports_the_training_error():
+    calls = []
+    trainer = _trainer()
+
+    def fail_last(t):
+        if t.iter == 9:  # the last iteration
+            raise FloatingPointError("Loss became infinite or NaN at iteration=9!")
+
+    def evaluation():
+        calls.append(1)
+        raise RuntimeError("evaluation error that would hide the training error")
+
+    trainer.register_hooks(
+        [hooks.EvalHook(0, evaluation), hooks.CallbackHook(after_step=fail_last)]
+    )
+    with pytest.raises(FloatingPointError, match="iteration=9"):
+        trainer.train(0, 10)
+    assert calls == [] and not trainer.train_completed
+
+
+def test_hook_error_after_a_failed_run_does_not_replace_the_training_error():
+    trainer = _trainer()
+
+    def fail(t):
+        if t.iter == 2:
+            raise FloatingPointError("training error")
+
+    def after_train_error(t):
+        raise RuntimeError("hook error")
+
+    trainer.register_hooks(
+        [hooks.CallbackHook(after_step=fail, after_train=after_train_error)]
+    )
+    with pytest.raises(FloatingPointError, match="training error"):
+        trainer.train(0, 10)

@@ -4,6 +4,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 import uuid
 
@@ -431,3 +432,38 @@ def test_unknown_image_and_bad_task(label_dataset):
     ev.reset()
     with pytest.raises(KeyError, match="image_id"):
         ev.process([{"image_id": 99}], [_prediction(*volumes[0])])
+
+
+def test_matching_reports_where_objects_are_lost(tmp_path):
+    # gt: objects 1 and 2 share a face (touching), object 3 (5832 voxels: medium) is alone.
+    # The prediction finds 3 exactly, finds 1 with IoU 0.4 only, and misses 2.
+    gt = np.zeros((20, 40, 40), np.int32)
+    gt[0:4, 0:4, 0:4] = 1  # 64 voxels, small
+    gt[0:4, 0:4, 4:8] = 2  # touches 1
+    gt[2:20, 20:38, 20:38] = 3  # 18^3 = 5832 voxels, medium
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:4, 0:1] = 7  # 16 voxels inside object 1: IoU 16 / 64 = 0.25
+    pred[2:20, 20:38, 20:38] = 9
+    path = str(tmp_path / "gt.tif")
+    write_volume(path, gt)
+    rec = {
+        "file_name": "x.tif",
+        "image_id": 0,
+        "depth": 20,
+        "height": 40,
+        "width": 40,
+        "spacing": (1.0, 1.0, 1.0),
+        "instance_label_file": path,
+    }
+    name = _register([rec])
+    ev = InstanceMatchingEvaluator(name, thresholds=(0.5,), output_dir=str(tmp_path / "o"))
+    ev.reset()
+    ev.process([{"image_id": 0}], [{"instance_labels": torch.from_numpy(pred)}])
+    res = ev.evaluate()["matching"]
+    assert res["recall@0.5"] == pytest.approx(1 / 3)
+    assert res["recall@0.5_touching"] == 0.0 and res["recall@0.5_isolated"] == 1.0
+    assert res["mean_best_iou_touching"] == pytest.approx((0.25 + 0.0) / 2)
+    assert res["recall@0.5_small"] == 0.0 and res["recall@0.5_medium"] == 1.0
+    assert math.isnan(res["recall@0.5_large"])
+    saved = json.load(open(tmp_path / "o" / "matching_results.json"))
+    assert saved["groups"]["touching"]["n"] == 2 and saved["groups"]["medium"]["n"] == 1

@@ -127,5 +127,6 @@ def test_get_norm():
     assert get_norm("GN", 80, ndim=3).num_groups == 20  # 80 is not a multiple of 32
     custom = get_norm(lambda c: nn.LayerNorm(c), 8, ndim=3)
     assert isinstance(custom, nn.LayerNorm)
-    with pytest.raises(ValueError, match="'LN'"):
-        get_norm("LN", 8, ndim=3)
+    assert type(get_norm("LN", 8, ndim=3)).__name__ == "LayerNorm"  # channels-first, det3d's
+    with pytest.raises(ValueError, match="'IN'"):
+        get_norm("IN", 8, ndim=3)

@@ -196,3 +196,24 @@ def test_label_volume_keeps_an_object_whose_class_probability_is_split():
     # ranked by score alone (no objectness field), nothing would enter at 0.5
     inst.remove("objectness")
     assert not instances_to_label_volume(inst, shape, 0.5, score_threshold=0.5).any()
+
+
+def test_masks_are_pasted_into_their_mask_boxes():
+    # A mask predicted on an enlarged box (pred_mask_boxes) may reach past pred_boxes; the label
+    # volume pastes it where it was predicted, and detector_postprocess rescales (not clips) it.
+    shape = (4, 8, 16)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.tensor([[4.0, 2, 0, 8, 6, 4]]))
+    inst.pred_mask_boxes = Boxes(torch.tensor([[2.0, 2, 0, 10, 6, 4]]))
+    inst.scores = torch.tensor([0.9])
+    inst.pred_masks = torch.ones(1, 4, 4, 8)
+    labels = instances_to_label_volume(inst, shape, 0.5)
+    ref = torch.zeros(shape, dtype=torch.int32)
+    ref[0:4, 2:6, 2:10] = 1
+    assert torch.equal(labels, ref)
+    big = detector_postprocess(inst, (8, 16, 32))
+    assert torch.equal(big.pred_mask_boxes.tensor, torch.tensor([[4.0, 4, 0, 20, 12, 8]]))
+    out = Instances((4, 8, 8))
+    out.pred_boxes = Boxes(torch.tensor([[4.0, 2, 0, 8, 6, 4]]))
+    out.pred_mask_boxes = Boxes(torch.tensor([[2.0, 2, 0, 10, 6, 4]]))
+    assert detector_postprocess(out, (4, 8, 8)).pred_mask_boxes.tensor[0, 3] == 10  # not clipped

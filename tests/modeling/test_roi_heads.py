@@ -222,6 +222,18 @@ def test_fast_rcnn_inference_nms_per_class_threshold_and_no_100_cap():
     assert len(res) == 7
 
 
+@pytest.mark.parametrize("boxes_per_roi", [1, 2])  # class-agnostic, or one box per class
+def test_fast_rcnn_inference_without_rois(boxes_per_roi):
+    # A volume whose RPN proposes nothing (or only non-finite boxes) gives no detections.
+    boxes = torch.zeros((0, 6 * boxes_per_roi))
+    scores = torch.zeros((0, 3))
+    (res,), (inds,) = fast_rcnn_inference([boxes], [scores], [(8, 40, 40)], 0.05, 0.5, 500)
+    assert len(res) == 0 and res.pred_boxes.tensor.shape == (0, 6) and inds.numel() == 0
+    nan_boxes = torch.full((2, 6 * boxes_per_roi), float("nan"))
+    (res,), _ = fast_rcnn_inference([nan_boxes], [torch.rand(2, 3)], [(8, 40, 40)], 0.05, 0.5, 9)
+    assert len(res) == 0
+
+
 @pytest.mark.parametrize("num_conv,num_fc", [(0, 2), (2, 0), (1, 1)])
 def test_box_head_output_shape(num_conv, num_fc):
     cfg = tiny_cfg(3)
@@ -233,3 +245,110 @@ def test_box_head_output_shape(num_conv, num_fc):
     out = head(torch.randn(5, 16, 2, 3, 3))
     assert out.shape == (5, head.output_shape.channels)
     assert head.output_shape.channels == (32 if num_fc else 4 * 18)
+
+
+def test_box_head_takes_the_pooled_size_from_its_input_shape():
+    """Shapes travel with the data: the head follows the pooler's size, not POOLER_RESOLUTION."""
+    from det3d.config import get_cfg
+    from det3d.layers import ShapeSpec
+    from det3d.modeling import build_box_head
+    from det3d.modeling.roi_heads.box_head import FastRCNNConvFCHead3D
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 3  # what a head re-reading the config would use
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 0, 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 5
+    head = build_box_head(cfg, ShapeSpec(channels=4, size=(2, 4, 6)))
+    assert head.fc1.in_features == 4 * 2 * 4 * 6
+    assert head(torch.zeros(3, 4, 2, 4, 6)).shape == (3, 5)
+    with pytest.raises(ValueError, match=r"pooler_resolution \(3, 3, 3\) disagrees .*\(2, 4, 6\)"):
+        FastRCNNConvFCHead3D(
+            ShapeSpec(channels=4, size=(2, 4, 6)), pooler_resolution=3, conv_dims=[], fc_dims=[5]
+        )
+    # a head built alone still reads the config
+    assert build_box_head(cfg, ShapeSpec(channels=4)).fc1.in_features == 4 * 27
+
+
+def test_roi_heads_hand_the_pooler_size_to_the_heads():
+    from det3d.config import get_cfg
+    from det3d.layers import ShapeSpec
+    from det3d.modeling.roi_heads import build_roi_heads
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = [2, 3, 3]
+    shapes = {
+        f"p{k}": ShapeSpec(channels=8, stride=(2 ** (k - 1), 2**k, 2**k)) for k in range(2, 6)
+    }
+    heads = build_roi_heads(cfg, shapes)
+    assert heads.box_pooler.output_size == (2, 3, 3)
+    assert heads.box_head(torch.zeros(2, 8, 2, 3, 3)).shape[0] == 2
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_branch_on_enlarged_boxes(ndim):
+    # BOX_EXPAND: the mask branch pools from boxes scaled about their centres; the mask loss
+    # crops its targets from those boxes and the detections carry them as pred_mask_boxes.
+    from det3d.modeling.postprocessing import expand_boxes
+    from det3d.modeling.roi_heads.mask_head import mask_rcnn_loss
+
+    torch.manual_seed(0)
+    shape = (16, 32, 32) if ndim == 3 else (32, 32)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND = 1.5
+    feats, shapes = _features(ndim, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    want = expand_boxes(inst.proposal_boxes.tensor, 1.5)
+    assert torch.allclose(inst.mask_boxes.tensor, want)
+    # the loss is the one of targets cropped from the enlarged boxes, not from the proposals
+    logits = heads.mask_head.layers(
+        heads.mask_pooler([feats[f] for f in heads.mask_in_features], [inst.mask_boxes])
+    )
+    assert torch.allclose(
+        losses["loss_mask"], mask_rcnn_loss(logits, [inst], loss_type="bce"), atol=1e-6
+    )
+    heads.eval()
+    heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        (p,), _ = heads(images, feats, _proposals(targets))
+    assert torch.allclose(p.pred_mask_boxes.tensor, expand_boxes(p.pred_boxes.tensor, 1.5))
+    with pytest.raises(ValueError, match="BOX_EXPAND"):
+        cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND = 0.8
+        build_roi_heads(cfg, shapes)
+
+
+def test_expand_boxes_about_their_centres():
+    from det3d.modeling.postprocessing import expand_boxes
+
+    b = torch.tensor([[0.0, 2, 4, 10, 6, 8]])
+    assert torch.equal(expand_boxes(b, 1.5), torch.tensor([[-2.5, 1, 3, 12.5, 7, 9]]))
+    assert expand_boxes(b, 1.0) is b
+
+
+def test_mask_branch_trains_on_a_capped_number_of_foreground_rois():
+    torch.manual_seed(0)
+    shape = (16, 32, 32)
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 3
+    feats, shapes = _features(3, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(x=i[0], inst=i[1]))
+    heads.mask_train_rois = 0
+    heads(images, feats, _proposals(targets), targets)
+    assert len(seen["inst"][0]) > 3  # without the cap, more foreground RoIs
+    heads.mask_train_rois = 3
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    assert len(inst) == 3 == seen["x"].shape[0]
+    assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    assert torch.isfinite(losses["loss_mask"])

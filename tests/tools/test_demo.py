@@ -60,3 +60,19 @@ def test_demo_trains_evaluates_and_draws(demo, tmp_path, capsys):
     ))  # fmt: skip
     assert (final.read_bytes(), final.stat().st_mtime_ns) == before
     assert again["seg"] == results["seg"]
+
+
+def test_demo_runs_the_2_5d_model(demo, tmp_path):
+    config = os.path.join(
+        ROOT, "configs", "quick_schedules", "slice_fusion_R18_FPN_instant_test.yaml"
+    )
+    args = default_argument_parser().parse_args(
+        ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "out"),
+         "SYNTHETIC.ROOT", str(tmp_path / "data"), "SOLVER.MAX_ITER", "2"]
+    )  # fmt: skip
+    results = demo.main(args)
+    assert {"segm", "matching", "seg"} <= set(results)
+    for record in DatasetCatalog.get("synthetic_tiny_val"):
+        name = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        labels = read_labels(str(tmp_path / "out" / "predictions" / f"{name}_labels.tif"))
+        assert labels.shape == (record["depth"], record["height"], record["width"])

@@ -222,21 +222,27 @@ def test_mask_rcnn_ddp_two_cpu_processes(synthetic_root, tmp_path):
     assert all(torch.equal(final[k], w0[k]) for k in w0)
 
 
-def test_folders_named_on_the_command_line_train_and_evaluate(tmp_path):
-    # A user's own folders of images and label volumes, no Python: the dataset specs go straight
-    # into DATASETS.TRAIN / DATASETS.TEST as plain strings on the command line.
+def _small_folder(tmp_path, n, seed):
+    """A folder of ``n`` tiny synthetic volumes (images/, labels/, classes/); returns its path."""
     from det3d.data import make_synthetic_dataset
 
     data = str(tmp_path / "data")
     make_synthetic_dataset(
         data,
-        3,
-        seed=8,
+        n,
+        seed=seed,
         shape=(16, 32, 32),
         num_objects=2,
         size_range=(1.5, 3.0),
         spacing=(1.0, 0.5, 0.5),
     )
+    return data
+
+
+def test_folders_named_on_the_command_line_train_and_evaluate(tmp_path):
+    # A user's own folders of images and label volumes, no Python: the dataset specs go straight
+    # into DATASETS.TRAIN / DATASETS.TEST as plain strings on the command line.
+    data = _small_folder(tmp_path, 3, seed=8)
     spec = (
         f"folder:images={data}/images,labels={data}/labels,classes=ellipsoid:cuboid:blob,"
         f"class_map={data}/classes"
@@ -260,3 +266,55 @@ def test_folders_named_on_the_command_line_train_and_evaluate(tmp_path):
             )
         )
     assert not os.path.exists(tmp_path / "out2")  # nothing written for a bad spec
+
+
+def test_plan_then_train_in_one_command(tmp_path):
+    # --plan: the config is planned from the training folder's fingerprint into OUTPUT_DIR,
+    # then trained and evaluated; --eval-only afterwards reuses the planned file.
+    from det3d.config import get_cfg
+
+    data = _small_folder(tmp_path, 2, seed=9)
+    spec = f"folder:images={data}/images,labels={data}/labels"
+    out = str(tmp_path / "out")
+    parser = train_net.argument_parser()
+    args = parser.parse_args(
+        [
+            "--plan",
+            "--plan-minutes",
+            "0.05",
+            "DATASETS.TRAIN",
+            spec,
+            "DATASETS.TEST",
+            spec,
+            "OUTPUT_DIR",
+            out,
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+        ]
+    )
+    results = train_net.main(args)
+    planned = os.path.join(out, "planned_config.yaml")
+    assert os.path.isfile(planned) and "seg" in results
+    cfg = get_cfg()
+    cfg.merge_from_file(planned)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1 and cfg.DATASETS.TRAIN == (spec,)
+    assert cfg.MODEL.RESNETS.STEM_STRIDE == [1, 2, 2]  # z voxels twice as deep: z kept
+    assert 0 < cfg.SOLVER.MAX_ITER <= 50  # 3 seconds of training at the measured speed
+    before = open(planned).read()
+    args = parser.parse_args(
+        [
+            "--plan",
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            os.path.join(out, "model_final.pth"),
+            "DATASETS.TRAIN",
+            spec,
+            "DATASETS.TEST",
+            spec,
+            "OUTPUT_DIR",
+            out,
+        ]
+    )
+    again = train_net.main(args)
+    assert open(planned).read() == before
+    assert again["seg"]["SEG"] == pytest.approx(results["seg"]["SEG"])

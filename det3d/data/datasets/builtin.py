@@ -4,7 +4,8 @@ Builtin datasets, registered when ``det3d.data`` is imported.
 Two synthetic families (:mod:`det3d.data.synthetic`):
 
 * ``synthetic_*``: 3 classes (ellipsoid, cuboid, blob), anisotropic spacing ``(1.0, 0.5, 0.5)``
-  µm, objects apart from each other, moderate contrast and Gaussian noise.
+  µm (``(2.0, 0.5, 0.5)`` for ``synthetic_aniso_*``), objects apart from each other, moderate
+  contrast and Gaussian noise.
 * ``toy3d_*``: the toy set of the 3D Mask R-CNN project det3d serves (3 classes: ellipsoid,
   cuboid, pyramid), isotropic 64³ (and 128³) volumes, low contrast, Poisson and Gaussian noise,
   objects 7-43 voxels wide, about one in five touching another.
@@ -39,6 +40,7 @@ __all__ = ["register_all_synthetic", "set_synthetic_root", "get_synthetic_root",
 logger = logging.getLogger(__name__)
 
 _SPACING = (1.0, 0.5, 0.5)
+_ANISO_SPACING = (2.0, 0.5, 0.5)
 _COMMON = dict(
     classes=SHAPE_CLASSES,
     size_range=(2.5, 5.0),
@@ -56,6 +58,23 @@ SYNTHETIC_SPLITS = {
     ),
     "synthetic_val": dict(
         num_volumes=8, seed=2, shape=(32, 96, 96), num_objects=(4, 10), **_COMMON
+    ),
+    # Strongly anisotropic, as a confocal stack: z voxels 4x the xy size, the same physical
+    # extent and objects as synthetic_train (so objects span 2-6 slices). For comparing 2.5D and
+    # 3D models (MODEL_ZOO.md).
+    "synthetic_aniso_train": dict(
+        num_volumes=128,
+        seed=5,
+        shape=(16, 96, 96),
+        num_objects=(4, 10),
+        **dict(_COMMON, spacing=_ANISO_SPACING),
+    ),
+    "synthetic_aniso_val": dict(
+        num_volumes=8,
+        seed=6,
+        shape=(16, 96, 96),
+        num_objects=(4, 10),
+        **dict(_COMMON, spacing=_ANISO_SPACING),
     ),
     "synthetic_tiny_train": dict(
         num_volumes=4,

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import is_sparse_record, load_record_labels
+from ..io import check_spacing
 from .label_volumes import ClassMap, label_volume_to_annotations, load_label_volume_dataset
 
 __all__ = ["load_coco3d_json", "register_coco3d_instances", "convert_to_coco3d"]
@@ -26,8 +27,8 @@ def load_coco3d_json(
     json_file: str, image_root: str, dataset_name: Optional[str] = None
 ) -> List[dict]:
     """
-    Reads a COCO-3D json file into records (DESIGN.md). ``category_id`` of the records is the
-    contiguous index into the categories sorted by id; the mapping is stored in the metadata of
+    Reads a COCO-3D json file into records (docs/conventions.md). ``category_id`` of the records is
+    the contiguous index into the categories sorted by id; the mapping is stored in the metadata of
     ``dataset_name`` (``thing_dataset_id_to_contiguous_id``) with ``thing_classes``.
 
     Raises:
@@ -61,7 +62,9 @@ def load_coco3d_json(
             "depth": d,
             "height": int(img["height"]),
             "width": int(img["width"]),
-            "spacing": tuple(float(s) for s in img.get("spacing", (1.0, 1.0, 1.0))),
+            "spacing": check_spacing(
+                img.get("spacing", (1.0, 1.0, 1.0)), f"{json_file}: image {img.get('id')!r}"
+            ),
             "annotations": [],
         }
     for ann in data["annotations"]:

@@ -6,8 +6,8 @@ Cell Tracking Challenge (CTC) folders::
     <root>/<seq>_GT/SEG/man_seg_TTT_ZZZ.tif    ground truth of z-slice ZZZ only (3D data sets)
     <root>/<seq>_ST/SEG/...                    silver truth, same names (gt="ST")
 
-Records (DESIGN.md) also carry ``sequence`` and ``frame``. A time point with a full label volume
-gets ``instance_label_file``. A time point annotated only on some z-slices gets
+Records (docs/conventions.md) also carry ``sequence`` and ``frame``. A time point with a full label
+volume gets ``instance_label_file``. A time point annotated only on some z-slices gets
 ``seg_slices`` (sorted z indices) and ``seg_slice_files`` (the matching 2D files): its label
 volume (:func:`det3d.data.detection_utils.load_record_labels`) holds those slices and zeros
 elsewhere, and the zeros mean *unknown*, not background. So:
@@ -26,7 +26,7 @@ import re
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..io import read_spacing, volume_shape
+from ..io import check_spacing, read_spacing, volume_shape
 
 __all__ = ["load_ctc_dataset", "register_ctc_dataset"]
 
@@ -96,7 +96,7 @@ def load_ctc_dataset(
             )
     if spacing is None:
         spacing = read_spacing(next(iter(images.values()))) or (1.0, 1.0, 1.0)
-    spacing = tuple(float(s) for s in spacing)
+    spacing = check_spacing(spacing, f"{image_dir} (spacing)")
     records = []
     for t, image_file in images.items():
         has_gt = t in full or t in slices
@@ -150,6 +150,8 @@ def register_ctc_dataset(
     """
     if isinstance(sequences, str):
         sequences = [sequences]
+    if spacing is not None:  # refused at registration, not at the first use
+        spacing = check_spacing(spacing, f"dataset {name!r}")
 
     def load():
         records = []

@@ -14,12 +14,11 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from scipy import ndimage
 
 from det3d.utils.file_io import read_json
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..io import read_spacing, volume_shape
+from ..io import check_spacing, read_spacing, volume_shape
 
 __all__ = [
     "load_label_volume_dataset",
@@ -63,7 +62,11 @@ def load_class_map(
     if class_map is None:
         return None
     if isinstance(class_map, (str, os.PathLike)):
-        class_map = read_json(os.fspath(class_map), "class map")
+        path = os.fspath(class_map)
+        source = path if source == "class map" else f"{source} {path}"
+        class_map = read_json(path, "class map")
+        if not isinstance(class_map, dict):
+            raise ValueError(f"{source}: a class map is a JSON object {{instance id: class}}")
     out = {}
     for k, v in class_map.items():
         try:
@@ -74,7 +77,19 @@ def load_class_map(
             if not thing_classes or v not in thing_classes:
                 raise ValueError(f"{source}: class {v!r} (instance {k}) not in {thing_classes}")
             v = list(thing_classes).index(v)
-        out[inst] = int(v)
+        try:
+            cat = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{source}: instance {k}: class {v!r} is not an index or name"
+            ) from None
+        if cat != v or cat < 0 or (thing_classes is not None and cat >= len(thing_classes)):
+            known = f" (thing_classes {list(thing_classes)})" if thing_classes is not None else ""
+            raise ValueError(
+                f"{source}: instance {k}: category {v!r} is outside thing_classes"
+                f"{known}: give an index 0..{len(thing_classes or []) - 1} or a class name"
+            )
+        out[inst] = cat
     return out
 
 
@@ -99,12 +114,15 @@ def load_label_volume_dataset(
         check_shapes: compare image and label shapes from the file headers now.
 
     Returns:
-        list[dict]: records (DESIGN.md) with ``instance_label_file`` [+ ``instance_classes``].
+        list[dict]: records (docs/conventions.md) with ``instance_label_file``
+        [+ ``instance_classes``].
 
     Raises:
         FileNotFoundError: a folder is missing, or an image has no label volume (named).
         ValueError: image and labels differ in shape (both files named).
     """
+    if spacing is not None:
+        spacing = check_spacing(spacing, f"{image_dir} (spacing given)")
     images = list_volume_files(image_dir)
     labels = list_volume_files(label_dir)
     if not images:
@@ -169,9 +187,15 @@ def register_label_volume_dataset(
     Registers ``name`` in :data:`DatasetCatalog` (loaded lazily) and sets its metadata
     (``thing_classes`` default ``["object"]``, ``evaluator_type`` "coco3d", dirs, spacing).
     """
+    if spacing is not None:  # refused at registration, not at the first use
+        spacing = check_spacing(spacing, f"dataset {name!r}")
     metadata = dict(metadata or {})
     metadata.setdefault("thing_classes", ["object"])
     thing_classes = metadata["thing_classes"]
+    if class_map is not None and not (
+        isinstance(class_map, (str, os.PathLike)) and os.path.isdir(class_map)
+    ):  # a shared map is checked at registration, naming the instance and class at fault
+        load_class_map(class_map, thing_classes, source=f"dataset {name!r} class map")
     DatasetCatalog.register(
         name,
         lambda: load_label_volume_dataset(
@@ -206,32 +230,23 @@ def label_volume_to_annotations(
         (the label id in the volume).
     """
     from det3d.structures import BoxMode
+    from det3d.structures.label_volume import label_objects
     from det3d.structures.rle import label_volume_to_rles
 
     labels = np.asarray(labels)
-    ndim = labels.ndim
-    mode = BoxMode.XYZXYZ_ABS if ndim == 3 else BoxMode.XYXY_ABS
+    mode = BoxMode.XYZXYZ_ABS if labels.ndim == 3 else BoxMode.XYXY_ABS
     class_map = class_map or {}
-    objects = ndimage.find_objects(labels)
-    rles = label_volume_to_rles(labels, [i + 1 for i, sl in enumerate(objects) if sl is not None])
-    annos = []
-    for i, sl in enumerate(objects):
-        if sl is None:
-            continue
-        inst = i + 1
-        local = labels[sl] == inst
-        rle = rles[inst]
-        lo = [s.start for s in sl][::-1]  # array order (z, y, x) -> box order (x, y, z)
-        hi = [s.stop for s in sl][::-1]
-        annos.append(
-            {
-                "id": inst,
-                "bbox": [float(v) for v in lo + hi],
-                "bbox_mode": mode,
-                "category_id": int(class_map.get(inst, 0)),
-                "segmentation": rle,
-                "area": int(local.sum()),
-                "iscrowd": 0,
-            }
-        )
-    return annos
+    objects = label_objects(labels)  # the one label -> box routine
+    rles = label_volume_to_rles(labels, objects.ids)
+    return [
+        {
+            "id": int(inst),
+            "bbox": [float(v) for v in box],
+            "bbox_mode": mode,
+            "category_id": int(class_map.get(int(inst), 0)),
+            "segmentation": rles[int(inst)],
+            "area": int(size),
+            "iscrowd": 0,
+        }
+        for inst, box, size in zip(objects.ids, objects.boxes, objects.sizes)
+    ]

@@ -2,7 +2,9 @@
 
 from .backbone import Backbone
 from .build import build_backbone
-from .fpn import FPN, LastLevelMaxPool, build_resnet3d_fpn_backbone
+from .convnext import ConvNeXt, ConvNeXtBlock, build_convnext_backbone, build_convnext_fpn_backbone
+from .fpn import FPN, LastLevelMaxPool, build_fpn_on, build_resnet3d_fpn_backbone
+from .hiera import Hiera, HieraBlock, build_hiera_backbone, build_hiera_fpn_backbone
 from .resnet import (
     BasicBlock,
     BasicStem,
@@ -12,5 +14,7 @@ from .resnet import (
     build_resnet3d_backbone,
     per_axis,
 )
+from .simple_feature_pyramid import SimpleFeaturePyramid, build_vit_backbone, build_vit_sfp_backbone
+from .vit import ViT
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

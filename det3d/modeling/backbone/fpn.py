@@ -13,7 +13,7 @@ from ..registries import BACKBONE_REGISTRY
 from .backbone import Backbone
 from .resnet import build_resnet3d_backbone
 
-__all__ = ["FPN", "LastLevelMaxPool", "build_resnet3d_fpn_backbone"]
+__all__ = ["FPN", "LastLevelMaxPool", "build_fpn_on", "build_resnet3d_fpn_backbone"]
 
 
 def c2_xavier_fill(module: nn.Module) -> None:
@@ -181,6 +181,36 @@ def build_resnet3d_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet (``cfg.MODEL.RESNETS``) + FPN (``cfg.MODEL.FPN``), with ``p6`` if ``TOP_BLOCK``."""
     bottom_up = build_resnet3d_backbone(cfg, input_shape)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    top_block = None
+    if cfg.MODEL.FPN.TOP_BLOCK:
+        coarsest = bottom_up.output_shape()[in_features[-1]].stride
+        top_block = LastLevelMaxPool(
+            cfg.MODEL.SPATIAL_DIMS, in_feature=f"p{int(math.log2(coarsest[-1]))}"
+        )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=in_features,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+def build_fpn_on(cfg, bottom_up: Backbone) -> FPN:
+    """
+    ``MODEL.FPN`` on any bottom-up backbone (ConvNeXt, Hiera, ...), with one more coarse level if
+    ``MODEL.FPN.TOP_BLOCK``; a name in ``MODEL.FPN.IN_FEATURES`` that the backbone lacks raises.
+    """
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    available = list(bottom_up.output_shape())
+    missing = [f for f in in_features if f not in available]
+    if missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES={in_features}: {missing} are not outputs of "
+            f"{type(bottom_up).__name__} (it has {available}; set its OUT_FEATURES and "
+            "MODEL.FPN.IN_FEATURES alike)"
+        )
     top_block = None
     if cfg.MODEL.FPN.TOP_BLOCK:
         coarsest = bottom_up.output_shape()[in_features[-1]].stride

@@ -3,8 +3,10 @@
 import logging
 from typing import Iterable
 
-import torch
 from torch import nn
+
+from det3d.config.unsupported import check_supported
+from det3d.utils.env import resolve_device
 
 from ..registries import META_ARCH_REGISTRY
 
@@ -63,9 +65,11 @@ def build_model(cfg) -> nn.Module:
     ``cfg.MODEL.DEVICE`` and freezes ``cfg.MODEL.FREEZE_MODULES``. Weights are not loaded
     (use a checkpointer with ``cfg.MODEL.WEIGHTS``).
     """
+    check_supported(cfg)  # a Detectron2 key det3d does not implement is an error, not ignored
     meta_arch = cfg.MODEL.META_ARCHITECTURE
+    device = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")  # before any work: name the key
     model = META_ARCH_REGISTRY.get(meta_arch)(cfg)
-    model.to(torch.device(cfg.MODEL.DEVICE))
+    model.to(device)
     freeze_modules(model, cfg.MODEL.FREEZE_MODULES)
     total, trainable = count_parameters(model)
     frozen = list(getattr(model, "frozen_modules", ()))

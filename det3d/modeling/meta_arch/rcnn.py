@@ -154,8 +154,8 @@ class GeneralizedRCNN3D(_RCNNBase):
     """
     Backbone -> RPN -> ROI heads (box and mask branches).
 
-    Input: ``list[dict]`` (DESIGN.md "Model input"). Training returns the losses
-    (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]; none
+    Input: ``list[dict]`` (docs/conventions.md, "Model input and output"). Training returns the
+    losses (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]; none
     from frozen modules). Inference returns, per input, ``{"instances", "instance_labels"}`` at the
     original size (see :meth:`inference`).
     """

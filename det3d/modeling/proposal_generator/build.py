@@ -4,6 +4,7 @@ from typing import Dict, Optional
 
 from torch import nn
 
+from det3d.config.unsupported import check_supported
 from det3d.layers import ShapeSpec
 
 from ..registries import PROPOSAL_GENERATOR_REGISTRY
@@ -14,10 +15,13 @@ __all__ = ["build_proposal_generator"]
 def build_proposal_generator(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
     """
     Returns:
-        ``PROPOSAL_GENERATOR_REGISTRY.get(name)(cfg, input_shape)``, or None when the name is
-        ``"PrecomputedProposals"`` (proposals come with the data, as in Detectron2).
+        ``PROPOSAL_GENERATOR_REGISTRY.get(name)(cfg, input_shape)``.
+
+    Raises:
+        NotImplementedError: ``"PrecomputedProposals"`` (Detectron2's proposals loaded with the
+            data) is not implemented in det3d; building ``None`` would only fail later.
     """
     name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     if name == "PrecomputedProposals":
-        return None
+        check_supported(cfg)
     return PROPOSAL_GENERATOR_REGISTRY.get(name)(cfg, input_shape)

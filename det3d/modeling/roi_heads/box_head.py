@@ -1,6 +1,6 @@
 """Box heads: pooled RoI features -> one feature vector per RoI."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import numpy as np
@@ -29,7 +29,7 @@ class FastRCNNConvFCHead3D(nn.Sequential):
         self,
         input_shape: ShapeSpec,
         *,
-        pooler_resolution: Sequence[int],
+        pooler_resolution: Optional[Sequence[int]] = None,
         conv_dims: List[int],
         fc_dims: List[int],
         conv_norm: str = "",
@@ -37,8 +37,10 @@ class FastRCNNConvFCHead3D(nn.Sequential):
     ):
         """
         Args:
-            input_shape: channels of the pooled features.
-            pooler_resolution: pooled size per axis (array order).
+            input_shape: channels of the pooled features, and their size per axis (``size``,
+                array order) as the pooler gives them.
+            pooler_resolution: the pooled size, for a head built without ``input_shape.size``;
+                given with it, it must agree.
             conv_dims: output channels of each conv layer.
             fc_dims: output size of each fc layer.
             conv_norm: normalisation after each conv (see ``get_norm``).
@@ -47,7 +49,7 @@ class FastRCNNConvFCHead3D(nn.Sequential):
         super().__init__()
         if len(conv_dims) + len(fc_dims) == 0:
             raise ValueError("FastRCNNConvFCHead3D needs at least one conv or fc layer")
-        resolution = as_tuple(pooler_resolution, ndim)
+        resolution = _pooled_size(input_shape, pooler_resolution, ndim)
         channels = input_shape.channels
         for k, conv in enumerate(conv_norm_relu_stack(ndim, channels, conv_dims, conv_norm)):
             self.add_module(f"conv{k + 1}", conv)
@@ -70,7 +72,10 @@ class FastRCNNConvFCHead3D(nn.Sequential):
         num_fc = cfg.MODEL.ROI_BOX_HEAD.NUM_FC
         return {
             "input_shape": input_shape,
-            "pooler_resolution": per_axis(
+            # the pooler's size travels in input_shape.size; the config only for a head built alone
+            "pooler_resolution": None
+            if input_shape.size is not None
+            else per_axis(
                 cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
                 cfg.MODEL.SPATIAL_DIMS,
                 "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
@@ -96,6 +101,22 @@ class FastRCNNConvFCHead3D(nn.Sequential):
     @property
     def output_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=self._output_size)
+
+
+def _pooled_size(input_shape: ShapeSpec, pooler_resolution, ndim: int) -> Tuple[int, ...]:
+    """The pooled size a box head sees: ``input_shape.size``, else ``pooler_resolution``."""
+    given = as_tuple(pooler_resolution, ndim) if pooler_resolution is not None else None
+    if input_shape.size is None:
+        if given is None:
+            raise ValueError("FastRCNNConvFCHead3D: give input_shape.size or pooler_resolution")
+        return given
+    size = as_tuple(input_shape.size, ndim)
+    if given is not None and given != size:
+        raise ValueError(
+            f"FastRCNNConvFCHead3D: pooler_resolution {given} disagrees with the pooled size "
+            f"{size} of input_shape"
+        )
+    return size
 
 
 def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:

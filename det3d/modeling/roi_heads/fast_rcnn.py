@@ -94,9 +94,10 @@ def fast_rcnn_inference_single_image(
     objectness = 1.0 - scores[:, -1]
     scores = scores[:, :-1]
     num_rois = boxes.shape[0]
+    boxes_per_roi = boxes.shape[1] // box_dim  # K, or 1 when class-agnostic; also for R = 0
     boxes = Boxes(boxes.reshape(-1, box_dim))
     boxes.clip(image_shape)
-    boxes = boxes.tensor.view(num_rois, -1, box_dim)  # (R, K or 1, 2*ndim)
+    boxes = boxes.tensor.view(num_rois, boxes_per_roi, box_dim)  # (R, K or 1, 2*ndim)
 
     filter_mask = scores > score_thresh  # (R, K)
     filter_inds = filter_mask.nonzero()  # (n, 2): roi index, class

@@ -51,7 +51,8 @@ def mask_rcnn_loss(
 
     Args:
         pred_mask_logits: (R, C, *M) with C = K classes or 1 (class-agnostic).
-        instances: per image, foreground proposals with ``proposal_boxes``, ``gt_classes``,
+        instances: per image, foreground proposals with ``proposal_boxes`` (or ``mask_boxes``,
+            the boxes the masks were pooled from, when those differ), ``gt_classes``,
             ``gt_masks``; their total length is R.
         loss_type: "bce" (mean binary cross-entropy over voxels) or "bce_dice"
             (``bce_weight * BCE + dice_weight * Dice``, Dice averaged over RoIs).
@@ -69,7 +70,8 @@ def mask_rcnn_loss(
             continue
         if not cls_agnostic:
             gt_classes.append(inst.gt_classes.to(torch.int64))
-        crops = inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, mask_size)
+        boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
+        crops = inst.gt_masks.crop_and_resize(boxes.tensor, mask_size)
         gt_masks.append(crops.to(device=pred_mask_logits.device))
     if len(gt_masks) == 0:
         return pred_mask_logits.sum() * 0.0

@@ -16,6 +16,7 @@ from det3d.utils.axes import per_axis
 from det3d.utils.events import current_event_storage
 
 from ..matcher import Matcher
+from ..postprocessing import expand_boxes
 from ..poolers import ROIPooler
 from ..proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from ..registries import ROI_HEADS_REGISTRY
@@ -237,6 +238,8 @@ class StandardROIHeads3D(ROIHeads3D):
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
+        mask_box_expand: float = 1.0,
+        mask_train_rois: int = 0,
         train_on_pred_boxes: bool = False,
         **kwargs,
     ):
@@ -245,6 +248,12 @@ class StandardROIHeads3D(ROIHeads3D):
             box_in_features / mask_in_features: feature names the branches pool from.
             box_pooler, box_head, box_predictor: the box branch.
             mask_pooler, mask_head: the mask branch (None = no masks).
+            mask_box_expand: the mask branch pools and predicts masks in boxes scaled by this
+                factor about their centres (in training the proposals', at inference the
+                detections'), so a mask can reach past a box that cut its object short; the
+                detections then carry ``pred_mask_boxes``.
+            mask_train_rois: in training, the mask branch runs on at most this many foreground
+                RoIs per image, drawn at random (0 = all, as Detectron2).
             train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
             kwargs: see :class:`ROIHeads3D`.
         """
@@ -258,6 +267,12 @@ class StandardROIHeads3D(ROIHeads3D):
             self.mask_in_features = mask_in_features
             self.mask_pooler = mask_pooler
             self.mask_head = mask_head
+        if mask_box_expand < 1.0:
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.BOX_EXPAND must be >= 1.0, got {mask_box_expand}"
+            )
+        self.mask_box_expand = float(mask_box_expand)
+        self.mask_train_rois = int(mask_train_rois)
         self.train_on_pred_boxes = train_on_pred_boxes
 
     @classmethod
@@ -287,7 +302,8 @@ class StandardROIHeads3D(ROIHeads3D):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         box_pooler = cls._pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
         channels = _input_channels(input_shape, in_features)
-        box_head = build_box_head(cfg, ShapeSpec(channels=channels))
+        # the pooled size travels with the shape, so the head cannot disagree with its pooler
+        box_head = build_box_head(cfg, ShapeSpec(channels=channels, size=box_pooler.output_size))
         box_predictor = FastRCNNOutputLayers3D(cfg, box_head.output_shape)
         return {
             "box_in_features": in_features,
@@ -303,8 +319,12 @@ class StandardROIHeads3D(ROIHeads3D):
         channels = _input_channels(input_shape, in_features)
         return {
             "mask_in_features": in_features,
+            "mask_box_expand": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND,
+            "mask_train_rois": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
             "mask_pooler": mask_pooler,
-            "mask_head": build_mask_head(cfg, ShapeSpec(channels=channels)),
+            "mask_head": build_mask_head(
+                cfg, ShapeSpec(channels=channels, size=mask_pooler.output_size)
+            ),
         }
 
     def forward(
@@ -370,9 +390,28 @@ class StandardROIHeads3D(ROIHeads3D):
             return {} if self.training else instances
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
+            if self.mask_train_rois > 0:
+                # a random subset: the mask branch is the dearest part of a 3D training step
+                instances = [
+                    (
+                        x[
+                            torch.randperm(len(x), device=x.proposal_boxes.device)[
+                                : self.mask_train_rois
+                            ]
+                        ]
+                        if len(x) > self.mask_train_rois
+                        else x
+                    )
+                    for x in instances
+                ]
             boxes = [x.proposal_boxes for x in instances]
         else:
             boxes = [x.pred_boxes for x in instances]
+        if self.mask_box_expand != 1.0:
+            # masks on enlarged boxes can reach past a box that cut the object short
+            boxes = [Boxes(expand_boxes(b.tensor, self.mask_box_expand)) for b in boxes]
+            for inst, b in zip(instances, boxes):
+                inst.set("mask_boxes" if self.training else "pred_mask_boxes", b)
         feats = [features[f] for f in self.mask_in_features]
         mask_features = self.mask_pooler(feats, boxes)
         return self.mask_head(mask_features, instances)

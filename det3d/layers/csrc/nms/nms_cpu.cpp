@@ -18,6 +18,7 @@
 #include <limits>
 #include <vector>
 
+#include "box_iou.h"
 #include "nms.h"
 
 namespace det3d {
@@ -37,18 +38,19 @@ struct BoxND {
   double volume;
 };
 
+// IoU with the rule of box_iou.h (shared with the CUDA kernel), from precomputed volumes and
+// with an early exit for boxes that do not overlap.
 template <int NDIM>
 inline double box_iou(const BoxND<NDIM>& a, const BoxND<NDIM>& b) {
   double inter = 1.0;
   for (int d = 0; d < NDIM; ++d) {
-    const double w = std::min(a.hi[d], b.hi[d]) - std::max(a.lo[d], b.lo[d]);
+    const double w = overlap_1d(a.lo[d], a.hi[d], b.lo[d], b.hi[d]);
     if (!(w > 0)) {
       return 0.0;
     }
     inter *= w;
   }
-  const double uni = a.volume + b.volume - inter;
-  return uni > 0 ? inter / uni : 0.0;
+  return iou_from_volumes(inter, a.volume, b.volume);
 }
 
 // Compacts ids[begin, end) in place to those not suppressed by `a`; returns how many remain.
@@ -221,7 +223,7 @@ std::vector<int64_t> greedy_nms(const scalar_t* sorted, int64_t n, double thresh
     for (int d = 0; d < NDIM; ++d) {
       boxes[i].lo[d] = static_cast<double>(b[d]);
       boxes[i].hi[d] = static_cast<double>(b[NDIM + d]);
-      volume *= std::max(boxes[i].hi[d] - boxes[i].lo[d], 0.0);
+      volume *= side_1d(boxes[i].lo[d], boxes[i].hi[d]);
       finite = finite && std::isfinite(boxes[i].lo[d]) && std::isfinite(boxes[i].hi[d]);
     }
     boxes[i].volume = volume;

@@ -12,6 +12,8 @@
 
 #include <vector>
 
+#include "box_iou.h"
+#include "common/dispatch_ndim.h"
 #include "nms.h"
 
 namespace det3d {
@@ -21,18 +23,7 @@ constexpr int kBlock = sizeof(unsigned long long) * 8;
 
 template <typename T, int NDIM>
 __device__ inline bool iou_above(const T* a, const T* b, at::acc_type<T, true> threshold) {
-  using acc_t = at::acc_type<T, true>;
-  acc_t inter = 1, vol_a = 1, vol_b = 1;
-  for (int d = 0; d < NDIM; ++d) {
-    const acc_t a_lo = static_cast<acc_t>(a[d]), a_hi = static_cast<acc_t>(a[NDIM + d]);
-    const acc_t b_lo = static_cast<acc_t>(b[d]), b_hi = static_cast<acc_t>(b[NDIM + d]);
-    const acc_t side = (a_hi < b_hi ? a_hi : b_hi) - (a_lo > b_lo ? a_lo : b_lo);
-    inter *= side > 0 ? side : acc_t(0);
-    vol_a *= a_hi > a_lo ? a_hi - a_lo : acc_t(0);
-    vol_b *= b_hi > b_lo ? b_hi - b_lo : acc_t(0);
-  }
-  const acc_t uni = vol_a + vol_b - inter;
-  return uni > 0 && inter / uni > threshold;
+  return box_iou_nd<at::acc_type<T, true>, NDIM>(a, b) > threshold;  // box_iou.h, as on the CPU
 }
 
 template <typename T, int NDIM>
@@ -90,13 +81,11 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(boxes.scalar_type(), "nms_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     auto* out = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
-    if (ndim == 2) {
-      nms_mask_kernel<scalar_t, 2><<<blocks, threads, 0, stream>>>(
+    dispatch_ndim(ndim, "nms", [&](auto nd) {
+      constexpr int NDIM = decltype(nd)::value;
+      nms_mask_kernel<scalar_t, NDIM><<<blocks, threads, 0, stream>>>(
           n, static_cast<acc_t>(iou_threshold), sorted.data_ptr<scalar_t>(), out);
-    } else {
-      nms_mask_kernel<scalar_t, 3><<<blocks, threads, 0, stream>>>(
-          n, static_cast<acc_t>(iou_threshold), sorted.data_ptr<scalar_t>(), out);
-    }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 

@@ -1,4 +1,6 @@
 // RoIAlign on the CPU, one code path for 2D and 3D (template on the number of spatial dims).
+// The sampling rule (sample points, border interpolation) is roi_align_sampling.h, shared with
+// the CUDA kernels.
 //
 // Sample coordinates along one axis depend only on the bin and sample index along that axis, so
 // the interpolation is first tabulated per axis, then combined into, for every sample of a RoI,
@@ -12,36 +14,10 @@
 #include <vector>
 
 #include "roi_align.h"
+#include "roi_align_sampling.h"
 
 namespace det3d {
 namespace {
-
-// Linear interpolation along one axis at coordinate `c`, with Detectron2's boundary rule.
-template <typename T>
-struct AxisSample {
-  int64_t lo, hi;
-  T w_lo, w_hi;  // both 0 when the sample lies outside [-1, size]
-};
-
-template <typename T>
-inline AxisSample<T> axis_sample(T c, int64_t size) {
-  if (c < T(-1) || c > static_cast<T>(size)) {
-    return {0, 0, T(0), T(0)};
-  }
-  if (c <= 0) {
-    c = 0;
-  }
-  int64_t lo = static_cast<int64_t>(c);
-  int64_t hi;
-  if (lo >= size - 1) {
-    lo = hi = size - 1;
-    c = static_cast<T>(lo);
-  } else {
-    hi = lo + 1;
-  }
-  const T l = c - static_cast<T>(lo);
-  return {lo, hi, T(1) - l, l};
-}
 
 template <typename T, int NDIM>
 struct Corners {
@@ -61,29 +37,19 @@ struct RoiTable {
 template <typename T, int NDIM>
 void build_roi_table(const T* roi, const int64_t* size, const int64_t* out, T spatial_scale,
                      int64_t sampling_ratio, bool aligned, RoiTable<T, NDIM>& table) {
-  const T offset = aligned ? T(0.5) : T(0);
   int64_t grid[NDIM];
   std::vector<AxisSample<T>> axis[NDIM];  // (out[a] * grid[a]) samples per axis
   int64_t per_bin = 1;
   for (int a = 0; a < NDIM; ++a) {
     const int k = NDIM - 1 - a;  // box coordinate along array axis a
-    const T start = roi[1 + k] * spatial_scale - offset;
-    const T end = roi[1 + NDIM + k] * spatial_scale - offset;
-    T len = end - start;
-    if (!aligned) {
-      len = std::max(len, T(1));  // legacy behaviour: force malformed RoIs to be 1 voxel
-    }
-    const T bin = len / static_cast<T>(out[a]);
-    grid[a] = sampling_ratio > 0 ? sampling_ratio
-                                 : static_cast<int64_t>(std::ceil(len / static_cast<T>(out[a])));
-    grid[a] = std::max<int64_t>(grid[a], 0);
+    const AxisBins<T> bins =
+        axis_bins<T>(roi[1 + k], roi[1 + NDIM + k], spatial_scale, out[a], sampling_ratio, aligned);
+    grid[a] = bins.grid;
     per_bin *= grid[a];
     axis[a].resize(out[a] * grid[a]);
     for (int64_t p = 0; p < out[a]; ++p) {
       for (int64_t s = 0; s < grid[a]; ++s) {
-        const T c = start + static_cast<T>(p) * bin +
-                    (static_cast<T>(s) + T(0.5)) * bin / static_cast<T>(grid[a]);
-        axis[a][p * grid[a] + s] = axis_sample<T>(c, size[a]);
+        axis[a][p * grid[a] + s] = axis_sample<T>(sample_coord(bins, p, s), size[a]);
       }
     }
   }

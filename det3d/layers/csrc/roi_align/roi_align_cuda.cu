@@ -1,6 +1,7 @@
 // RoIAlign on the GPU for 2D and 3D inputs: one thread per output element (forward) or per
-// output gradient element (backward, scattering with atomicAdd). Same sample points and border
-// rule as roi_align_cpu.cpp; arithmetic in float for half inputs.
+// output gradient element (backward, scattering with atomicAdd). The sample points and border
+// rule are roi_align_sampling.h, shared with roi_align_cpu.cpp; arithmetic in float for half
+// inputs. The 2D and 3D launches go through one helper, dispatch_ndim.
 #include <ATen/AccumulateType.h>
 #include <ATen/ceil_div.h>
 #include <ATen/cuda/Atomic.cuh>
@@ -9,7 +10,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/dispatch_ndim.h"
 #include "roi_align.h"
+#include "roi_align_sampling.h"
 
 namespace det3d {
 namespace {
@@ -27,54 +30,33 @@ struct Geometry {
   bool aligned;
 };
 
-// Start, bin size and samples per bin along every array axis for one RoI.
+// Bins along every array axis for one RoI (roi_align_sampling.h); returns samples per bin.
 template <typename T, int NDIM>
-__device__ inline int roi_bins(const T* roi, const Geometry<NDIM>& geo,
-                               at::acc_type<T, true> spatial_scale,
-                               at::acc_type<T, true>* start, at::acc_type<T, true>* bin,
-                               int* grid) {
+__device__ inline int64_t roi_bins(const T* roi, const Geometry<NDIM>& geo,
+                                   at::acc_type<T, true> spatial_scale,
+                                   AxisBins<at::acc_type<T, true>>* bins) {
   using acc_t = at::acc_type<T, true>;
-  const acc_t offset = geo.aligned ? acc_t(0.5) : acc_t(0);
-  int per_bin = 1;
+  int64_t per_bin = 1;
   for (int a = 0; a < NDIM; ++a) {
-    const int k = NDIM - 1 - a;
-    start[a] = static_cast<acc_t>(roi[1 + k]) * spatial_scale - offset;
-    acc_t len = static_cast<acc_t>(roi[1 + NDIM + k]) * spatial_scale - offset - start[a];
-    if (!geo.aligned) {
-      len = len > acc_t(1) ? len : acc_t(1);
-    }
-    bin[a] = len / static_cast<acc_t>(geo.out[a]);
-    grid[a] = geo.sampling_ratio > 0 ? geo.sampling_ratio
-                                     : static_cast<int>(ceil(len / static_cast<acc_t>(geo.out[a])));
-    grid[a] = grid[a] > 0 ? grid[a] : 0;
-    per_bin *= grid[a];
+    const int k = NDIM - 1 - a;  // box coordinate along array axis a
+    bins[a] = axis_bins<acc_t>(static_cast<acc_t>(roi[1 + k]),
+                               static_cast<acc_t>(roi[1 + NDIM + k]), spatial_scale, geo.out[a],
+                               geo.sampling_ratio, geo.aligned);
+    per_bin *= bins[a].grid;
   }
   return per_bin;
 }
 
-// Corner offsets and weights of the sample at `coords`; false when it lies outside the border.
+// Corner offsets and weights of sample `s` of bin `p`; false when it lies outside the border.
 template <typename acc_t, int NDIM>
-__device__ inline bool corners(const acc_t* coords, const int64_t* size, int64_t* offset,
-                               acc_t* weight) {
-  int64_t lo[NDIM], hi[NDIM];
-  acc_t w_lo[NDIM], w_hi[NDIM];
+__device__ inline bool corners(const AxisBins<acc_t>* bins, const int64_t* p, const int64_t* s,
+                               const int64_t* size, int64_t* offset, acc_t* weight) {
+  AxisSample<acc_t> samp[NDIM];
   for (int a = 0; a < NDIM; ++a) {
-    acc_t c = coords[a];
-    if (c < acc_t(-1) || c > static_cast<acc_t>(size[a])) {
-      return false;
+    samp[a] = axis_sample<acc_t>(sample_coord(bins[a], p[a], s[a]), size[a]);
+    if (samp[a].w_lo == acc_t(0) && samp[a].w_hi == acc_t(0)) {
+      return false;  // outside [-1, size]: contributes nothing
     }
-    if (c <= 0) {
-      c = 0;
-    }
-    lo[a] = static_cast<int64_t>(c);
-    if (lo[a] >= size[a] - 1) {
-      lo[a] = hi[a] = size[a] - 1;
-      c = static_cast<acc_t>(lo[a]);
-    } else {
-      hi[a] = lo[a] + 1;
-    }
-    w_hi[a] = c - static_cast<acc_t>(lo[a]);
-    w_lo[a] = acc_t(1) - w_hi[a];
   }
   for (int m = 0; m < (1 << NDIM); ++m) {
     int64_t off = 0;
@@ -82,8 +64,8 @@ __device__ inline bool corners(const acc_t* coords, const int64_t* size, int64_t
     int64_t stride = 1;
     for (int a = NDIM - 1; a >= 0; --a) {
       const bool high = (m >> a) & 1;
-      off += (high ? hi[a] : lo[a]) * stride;
-      w *= high ? w_hi[a] : w_lo[a];
+      off += (high ? samp[a].hi : samp[a].lo) * stride;
+      w *= high ? samp[a].w_hi : samp[a].w_lo;
       stride *= size[a];
     }
     offset[m] = off;
@@ -117,25 +99,19 @@ __global__ void roi_align_forward_kernel(int64_t total, const T* input, const T*
     const T* roi = rois + k * (1 + 2 * NDIM);
     const T* data = input + (static_cast<int64_t>(roi[0]) * geo.channels + c) * volume;
 
-    acc_t start[NDIM], bin[NDIM];
-    int grid[NDIM];
-    const int per_bin = roi_bins<T, NDIM>(roi, geo, spatial_scale, start, bin, grid);
+    AxisBins<acc_t> bins[NDIM];
+    const int64_t per_bin = roi_bins<T, NDIM>(roi, geo, spatial_scale, bins);
     int64_t p[NDIM], g[NDIM], s[NDIM];
     unravel<NDIM>(bin_index, geo.out, p);
     for (int a = 0; a < NDIM; ++a) {
-      g[a] = grid[a];
+      g[a] = bins[a].grid;
     }
     acc_t sum = 0;
-    for (int sample = 0; sample < per_bin; ++sample) {
+    for (int64_t sample = 0; sample < per_bin; ++sample) {
       unravel<NDIM>(sample, g, s);
-      acc_t coords[NDIM];
-      for (int a = 0; a < NDIM; ++a) {
-        coords[a] = start[a] + static_cast<acc_t>(p[a]) * bin[a] +
-                    (static_cast<acc_t>(s[a]) + acc_t(0.5)) * bin[a] / static_cast<acc_t>(grid[a]);
-      }
       int64_t offset[1 << NDIM];
       acc_t weight[1 << NDIM];
-      if (corners<acc_t, NDIM>(coords, geo.size, offset, weight)) {
+      if (corners<acc_t, NDIM>(bins, p, s, geo.size, offset, weight)) {
         for (int m = 0; m < (1 << NDIM); ++m) {
           sum += weight[m] * static_cast<acc_t>(data[offset[m]]);
         }
@@ -162,9 +138,8 @@ __global__ void roi_align_backward_kernel(int64_t total, const T* grad, const T*
     const T* roi = rois + k * (1 + 2 * NDIM);
     T* dst = grad_input + (static_cast<int64_t>(roi[0]) * geo.channels + c) * volume;
 
-    acc_t start[NDIM], bin[NDIM];
-    int grid[NDIM];
-    const int per_bin = roi_bins<T, NDIM>(roi, geo, spatial_scale, start, bin, grid);
+    AxisBins<acc_t> bins[NDIM];
+    const int64_t per_bin = roi_bins<T, NDIM>(roi, geo, spatial_scale, bins);
     if (per_bin == 0) {
       continue;
     }
@@ -172,18 +147,13 @@ __global__ void roi_align_backward_kernel(int64_t total, const T* grad, const T*
     int64_t p[NDIM], g[NDIM], s[NDIM];
     unravel<NDIM>(bin_index, geo.out, p);
     for (int a = 0; a < NDIM; ++a) {
-      g[a] = grid[a];
+      g[a] = bins[a].grid;
     }
-    for (int sample = 0; sample < per_bin; ++sample) {
+    for (int64_t sample = 0; sample < per_bin; ++sample) {
       unravel<NDIM>(sample, g, s);
-      acc_t coords[NDIM];
-      for (int a = 0; a < NDIM; ++a) {
-        coords[a] = start[a] + static_cast<acc_t>(p[a]) * bin[a] +
-                    (static_cast<acc_t>(s[a]) + acc_t(0.5)) * bin[a] / static_cast<acc_t>(grid[a]);
-      }
       int64_t offset[1 << NDIM];
       acc_t weight[1 << NDIM];
-      if (corners<acc_t, NDIM>(coords, geo.size, offset, weight)) {
+      if (corners<acc_t, NDIM>(bins, p, s, geo.size, offset, weight)) {
         for (int m = 0; m < (1 << NDIM); ++m) {
           gpuAtomicAdd(dst + offset[m], static_cast<T>(weight[m] * g_bin));
         }
@@ -244,21 +214,15 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const int64_t total = output.numel();
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(input.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    if (ndim == 2) {
-      roi_align_forward_kernel<scalar_t, 2><<<num_blocks(total), kThreads, 0, stream>>>(
+    dispatch_ndim(ndim, "roi_align", [&](auto nd) {
+      constexpr int NDIM = decltype(nd)::value;
+      roi_align_forward_kernel<scalar_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
           total, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(),
           output.data_ptr<scalar_t>(),
-          make_geometry<2>(input.sizes().slice(2), output_size, input.size(1), sampling_ratio,
-                           aligned),
+          make_geometry<NDIM>(input.sizes().slice(2), output_size, input.size(1),
+                              sampling_ratio, aligned),
           static_cast<acc_t>(spatial_scale));
-    } else {
-      roi_align_forward_kernel<scalar_t, 3><<<num_blocks(total), kThreads, 0, stream>>>(
-          total, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(),
-          output.data_ptr<scalar_t>(),
-          make_geometry<3>(input.sizes().slice(2), output_size, input.size(1), sampling_ratio,
-                           aligned),
-          static_cast<acc_t>(spatial_scale));
-    }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return output;
@@ -283,21 +247,15 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   const int64_t total = grad.numel();
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    if (ndim == 2) {
-      roi_align_backward_kernel<scalar_t, 2><<<num_blocks(total), kThreads, 0, stream>>>(
+    dispatch_ndim(ndim, "roi_align", [&](auto nd) {
+      constexpr int NDIM = decltype(nd)::value;
+      roi_align_backward_kernel<scalar_t, NDIM><<<num_blocks(total), kThreads, 0, stream>>>(
           total, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(),
           grad_input.data_ptr<scalar_t>(),
-          make_geometry<2>(input_shape.slice(2), output_size, input_shape[1], sampling_ratio,
-                           aligned),
+          make_geometry<NDIM>(input_shape.slice(2), output_size, input_shape[1],
+                              sampling_ratio, aligned),
           static_cast<acc_t>(spatial_scale));
-    } else {
-      roi_align_backward_kernel<scalar_t, 3><<<num_blocks(total), kThreads, 0, stream>>>(
-          total, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(),
-          grad_input.data_ptr<scalar_t>(),
-          make_geometry<3>(input_shape.slice(2), output_size, input_shape[1], sampling_ratio,
-                           aligned),
-          static_cast<acc_t>(spatial_scale));
-    }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_input;

@@ -1,0 +1,131 @@
+"""Planner choices (det3d.planning.planner) for an isotropic and a strongly anisotropic dataset."""
+
+import math
+
+import numpy as np
+import pytest
+
+from det3d.config import get_cfg
+from det3d.data.datasets import load_label_volume_dataset
+from det3d.data.synthetic import make_synthetic_dataset
+from det3d.planning import anchor_coverage, dataset_fingerprint, plan_config, planned_config_text
+
+
+def _fingerprint(tmp_path, spacing, shape):
+    make_synthetic_dataset(
+        str(tmp_path),
+        4,
+        seed=3,
+        shape=shape,
+        num_objects=(3, 5),
+        size_range=(3.0, 6.0),
+        spacing=spacing,
+        classes=("ellipsoid", "cuboid"),
+    )
+    recs = load_label_volume_dataset(str(tmp_path / "images"), str(tmp_path / "labels"))
+    return dataset_fingerprint(recs)
+
+
+@pytest.fixture(scope="module")
+def iso(tmp_path_factory):
+    return _fingerprint(tmp_path_factory.mktemp("iso"), (1.0, 1.0, 1.0), (40, 40, 40))
+
+
+@pytest.fixture(scope="module")
+def aniso(tmp_path_factory):
+    return _fingerprint(tmp_path_factory.mktemp("aniso"), (4.0, 1.0, 1.0), (12, 48, 48))
+
+
+def _z_strides(plan):
+    v = plan.values
+    cum = v["MODEL.RESNETS.STEM_STRIDE"][0] * v["MODEL.RESNETS.STEM_POOL_STRIDE"][0]
+    out = []
+    for s in v["MODEL.RESNETS.STAGE_STRIDES"]:
+        cum *= s[0]
+        out.append(cum)
+    return out
+
+
+def test_isotropic_plan(iso):
+    plan = plan_config(iso, num_classes=2)
+    v = plan.values
+    assert _z_strides(plan) == [4, 8, 16, 32] or _z_strides(plan)[:2] == [4, 8]
+    assert v["MODEL.RESNETS.STEM_STRIDE"] == [2, 2, 2]
+    assert v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"] == [[1.0]]
+    assert v["INPUT.ROTATE90_XY"] is True and v["INPUT.TARGET_SPACING"] == []
+    assert v["MODEL.ROI_HEADS.NUM_CLASSES"] == 2
+    assert v["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 5
+
+
+def test_anisotropic_plan_keeps_z_resolution(aniso):
+    plan = plan_config(aniso, num_classes=2)
+    v = plan.values
+    # z voxels 4x deeper: z is not downsampled until its physical step reaches the x/y step,
+    # and never below 2 voxels of the thinnest volume (12 deep: at most 4... then capped)
+    assert _z_strides(plan)[:3] == [1, 2, 4]
+    assert max(_z_strides(plan)) <= 6
+    assert v["MODEL.RESNETS.STEM_STRIDE"][0] == 1 and v["MODEL.RESNETS.STEM_POOL_STRIDE"][0] == 1
+    z = v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"][0][0]
+    assert 0.2 <= z <= 0.4  # objects span about a quarter as many voxels in z as in x/y
+    # one resolution on every axis (Detectron2's config type), from the x/y size
+    assert v["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 5
+    assert isinstance(v["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"], int)
+
+
+@pytest.mark.parametrize("which", ["iso", "aniso"])
+def test_anchors_cover_the_objects(which, iso, aniso):
+    fp = iso if which == "iso" else aniso
+    v = plan_config(fp, num_classes=2).values
+    sizes = np.asarray(fp["objects"]["sizes_voxels_sample"], dtype=float)
+    flat = [s for lvl in v["MODEL.ANCHOR_GENERATOR.SIZES"] for s in lvl]
+    cov = anchor_coverage(
+        sizes,
+        flat,
+        v["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"][0],
+        v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"][0],
+    )
+    assert v["MODEL.RPN.IOU_THRESHOLDS"] == [0.3, 0.7]
+    # every object has an anchor of its scale (a factor sqrt(2) off per x/y side at most, and
+    # its z ratio to a quarter): centred IoU 0.25 or more
+    assert cov.min() >= 0.25
+    xy = np.sqrt(sizes[:, 1] * sizes[:, 2])
+    assert min(flat) <= np.percentile(xy, 5) * math.sqrt(2)  # the smallest objects have anchors
+    assert max(flat) >= xy.max() / math.sqrt(2)
+
+
+def test_anchor_coverage_matches_explicit_iou():
+    # one object 4x8x8 (D, H, W), anchors of xy side 8 and z ratio 0.5 -> 4x8x8: IoU 1;
+    # side 16 -> 8x16x16: IoU 256 / 2048
+    cov = anchor_coverage(np.array([[4.0, 8.0, 8.0]]), [16.0], [1.0], [0.5])
+    assert cov[0] == pytest.approx(256 / 2048)
+    cov = anchor_coverage(np.array([[4.0, 8.0, 8.0]]), [8.0, 16.0], [1.0], [0.5])
+    assert cov[0] == pytest.approx(1.0)
+    # aspect ratio 2: h = s*sqrt(2), w = s/sqrt(2) for an object 4 x 8 x 4 -> s = 4*sqrt(2)
+    cov = anchor_coverage(
+        np.array([[4.0, 8.0, 4.0]]), [4 * math.sqrt(2)], [2.0], [1 / math.sqrt(2)]
+    )
+    assert cov[0] == pytest.approx(1.0)
+
+
+def test_planned_config_loads_and_says_why(iso, tmp_path):
+    plan = plan_config(iso, num_classes=2, seconds_per_iter=0.5, budget_minutes=10)
+    assert plan.values["SOLVER.MAX_ITER"] == 950  # 10 min * 0.8 / 0.5 s, whole 50s
+    assert plan.values["SOLVER.STEPS"] == [int(950 * 0.85)]
+    import os
+
+    base = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-RCNN-3D-FPN.yaml")
+    text = planned_config_text(
+        plan, os.path.abspath(base), "a test plan", {"DATASETS.TRAIN": ["a"], "OUTPUT_DIR": "o"}
+    )
+    assert "# 10 minutes at 0.50 s per iteration" in text
+    path = tmp_path / "planned.yaml"
+    path.write_text(text)
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    for key, value in plan.values.items():
+        node = cfg
+        for k in key.split("."):
+            node = node[k]
+        want = tuple(value) if isinstance(node, tuple) else value
+        assert node == want or list(node) == list(value), key
+    assert cfg.DATASETS.TRAIN == ("a",) and cfg.OUTPUT_DIR == "o"
