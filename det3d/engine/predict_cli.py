@@ -28,6 +28,7 @@ from det3d.data.io import read_spacing
 from det3d.data.label_output import LABEL_FORMATS
 from det3d.data.volume_source import ForegroundMask, VolumeSource
 from det3d.utils.logger import setup_logger
+from det3d.utils.memory import fix_mmap_threshold
 
 from .predictor import (
     DaskExecutor,
@@ -68,32 +69,45 @@ Examples:
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
     parser.add_argument(
-        "--input", required=True, nargs="+", metavar="PATH",
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
         help="TIFF files, zarr arrays / OME-Zarr images (level 0), or folders of them",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
     parser.add_argument(
-        "--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
+        "--spacing",
+        nargs=3,
+        type=float,
+        metavar=("Z", "Y", "X"),
         help="voxel spacing in micrometres (default: from each file's metadata)",
     )
     parser.add_argument("--axes", help="the inputs' axes, e.g. ZCYX (default: from the files)")
     parser.add_argument(
-        "--format", default="auto", choices=("auto",) + LABEL_FORMATS,
+        "--format",
+        default="auto",
+        choices=("auto",) + LABEL_FORMATS,
         help="label volume format; auto: TIFF up to --tiff-max-voxels voxels, else zarr",
     )
     parser.add_argument("--tiff-max-voxels", type=int, default=DEFAULT_TIFF_MAX_VOXELS)
     parser.add_argument(
-        "--foreground-threshold", type=float, metavar="VALUE",
+        "--foreground-threshold",
+        type=float,
+        metavar="VALUE",
         help="skip tiles whose raw intensity stays below VALUE everywhere",
     )
     parser.add_argument(
-        "--mask", nargs="+", metavar="PATH",
+        "--mask",
+        nargs="+",
+        metavar="PATH",
         help="foreground mask volumes (any resolution), one per input: tiles where the mask is 0 "
         "are skipped",
     )
     parser.add_argument("--montage", action="store_true", help="also write an outline PNG")
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace results already in --output (by default they are refused, unless they are "
         "an interrupted or finished run of the same command, which is continued)",
     )
@@ -101,7 +115,9 @@ Examples:
     cluster.add_argument("--workers", type=int, default=0, help="start a local Dask cluster")
     cluster.add_argument("--dask-scheduler", metavar="ADDRESS", help="use this Dask cluster")
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=None,
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=None,
         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS m.pth",
     )
     return parser
@@ -193,8 +209,10 @@ def _tasks(cfg, args, inputs: List[str]) -> List[VolumeTask]:
         names[name] = path
         spacing = tuple(args.spacing) if args.spacing else read_spacing(path)
         voxels = source.shape[1] * source.shape[2] * source.shape[3]
-        fmt = args.format if args.format != "auto" else (
-            "tiff" if voxels <= args.tiff_max_voxels else "zarr"
+        fmt = (
+            args.format
+            if args.format != "auto"
+            else ("tiff" if voxels <= args.tiff_max_voxels else "zarr")
         )
         mask = ForegroundMask(masks[i], source.shape[1:]) if masks else None
         tasks.append(VolumeTask(source, name, spacing, fmt, mask))
@@ -280,9 +298,15 @@ def run(args) -> list:
                 shutil.rmtree(work_dir(args.output, task.name))
             reports.append(
                 predict_volume(
-                    cfg, task, executor, args.output,
-                    tile_size=size, tile_overlap=overlap, class_names=_class_names(cfg),
-                    foreground_threshold=args.foreground_threshold, montage=args.montage,
+                    cfg,
+                    task,
+                    executor,
+                    args.output,
+                    tile_size=size,
+                    tile_overlap=overlap,
+                    class_names=_class_names(cfg),
+                    foreground_threshold=args.foreground_threshold,
+                    montage=args.montage,
                     progress=bar,
                 )
             )
@@ -296,9 +320,13 @@ def run(args) -> list:
 def summary(reports) -> str:
     lines = ["det3d-predict wrote:"]
     for r in reports:
-        done = "already done" if r.already_done else (
-            f"{r.tiles_run} tiles run, {r.tiles_skipped} skipped as background"
-            + (f", continued at tile {r.resumed_at}" if r.resumed_at else "")
+        done = (
+            "already done"
+            if r.already_done
+            else (
+                f"{r.tiles_run} tiles run, {r.tiles_skipped} skipped as background"
+                + (f", continued at tile {r.resumed_at}" if r.resumed_at else "")
+            )
         )
         lines.append(
             f"  {r.input} {tuple(r.shape[1:])}: {r.objects} objects; {r.tiles} tiles ({done}); "
@@ -312,6 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The ``det3d-predict`` console script; returns the exit status."""
     args = predict_argument_parser().parse_args(argv)
     setup_logger(None, name="det3d")
+    fix_mmap_threshold()  # resident memory bounded by the tile, not the number of tiles
     try:
         reports = run(args)
     except (ValueError, KeyError, OSError, CutObjectError, CheckpointError) as e:

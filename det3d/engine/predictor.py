@@ -48,6 +48,7 @@ from det3d.data.transforms import ResampleTransform
 from det3d.data.volume_source import ForegroundMask, VolumeSource, intensity_bounds
 from det3d.utils.axes import per_axis
 from det3d.utils.file_io import write_json_atomic
+from det3d.utils.memory import fix_mmap_threshold
 
 from .tiling import (
     CUT_OBJECT_POLICIES,
@@ -229,6 +230,7 @@ def _run_on_worker(cfg, job: TileJob, tiles: List[Tile]) -> List[TileResult]:
     runner = _WORKER_RUNNERS.get(key)
     if runner is None:
         _WORKER_RUNNERS.clear()  # one model per worker process
+        fix_mmap_threshold()  # as det3d-predict's own process
         runner = _WORKER_RUNNERS[key] = TileRunner(build_predict_model(cfg), cfg.MODEL.DEVICE)
     return runner.run(job, tiles)
 
@@ -467,9 +469,7 @@ def _batches(cfg, grid: TileGrid, first: int) -> List[List[Tile]]:
 
 
 def _run_tiles(cfg, grid, job, task, executor, store, table, state, folder, progress, report):
-    stitcher = TileStitcher(
-        store, state["next_id"], cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
-    )
+    stitcher = TileStitcher(store, state["next_id"], cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST)
     first = state["tiles_done"]
     batches = _batches(cfg, grid, first)
     masked = {}
@@ -520,9 +520,9 @@ class _Writer:
             try:
                 tile, result = item
                 records = self.stitcher.paint(tile, result)
-                self.state["table_bytes"] = self.table.append(records) if records else self.state[
-                    "table_bytes"
-                ]
+                self.state["table_bytes"] = (
+                    self.table.append(records) if records else self.state["table_bytes"]
+                )
                 self.state["tiles_done"] = tile.index + 1
                 self.state["tiles_skipped"] += int(result.skipped)
                 self.state["next_id"] = self.stitcher.next_id
