@@ -24,7 +24,7 @@ from typing import List, Optional
 
 from det3d.checkpoint.detection_checkpoint import CheckpointError
 from det3d.config import get_cfg
-from det3d.data.io import read_spacing
+from det3d.data.io import check_spacing, read_spacing
 from det3d.data.label_output import LABEL_FORMATS
 from det3d.data.volume_source import ForegroundMask, VolumeSource
 from det3d.utils.logger import setup_logger
@@ -195,6 +195,9 @@ def _tasks(cfg, args, inputs: List[str]) -> List[VolumeTask]:
         raise ValueError(
             f"--mask gives {len(masks)} masks for {len(inputs)} input volumes; give one per input"
         )
+    given = check_spacing(args.spacing, "--spacing") if args.spacing else None
+    if cfg.INPUT.TARGET_SPACING:
+        check_spacing(cfg.INPUT.TARGET_SPACING, "INPUT.TARGET_SPACING")
     for i, path in enumerate(inputs):
         source = VolumeSource(path, args.axes)
         if source.shape[0] != cfg.INPUT.IN_CHANNELS:
@@ -207,7 +210,7 @@ def _tasks(cfg, args, inputs: List[str]) -> List[VolumeTask]:
         if name in names:
             raise ValueError(f"--input {names[name]} and {path} would both write outputs {name}_*")
         names[name] = path
-        spacing = tuple(args.spacing) if args.spacing else read_spacing(path)
+        spacing = given or read_spacing(path)
         voxels = source.shape[1] * source.shape[2] * source.shape[3]
         fmt = (
             args.format

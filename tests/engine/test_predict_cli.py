@@ -155,6 +155,12 @@ def test_bad_inputs_are_refused_naming_file_or_key(tmp_path, volume, capsys):
     err = _error(capsys, "--config-file", cfg, "--input", vol, "MODEL.WEIGHTS", weights,
                  "--output", out)
     assert "looks like a config key" in err
+    err = _error(capsys, "--config-file", cfg, "--input", vol, "--output", out,
+                 "--spacing", "0", "0.5", "0.5")
+    assert "--spacing" in err and "0.0" in err
+    err = _error(capsys, "--config-file", cfg, "--input", vol, "--output", out,
+                 "INPUT.TARGET_SPACING", "[1.0, -0.5, 0.5]")
+    assert "INPUT.TARGET_SPACING" in err and "-0.5" in err
     assert not os.path.exists(out)  # nothing was written for any of these
 
 
@@ -178,3 +184,20 @@ def test_output_names():
     assert predict_cli.output_name("a/vol.ome.tif") == "vol"
     assert predict_cli.output_name("b/big.zarr/") == "big"
     assert predict_cli.output_name("c/x.zarr/0") == "x_0"
+
+
+def test_weights_of_another_model_are_refused_naming_the_file(tmp_path, capsys):
+    # the instant Mask R-CNN config given weights of some other network: nothing it needs is there
+    instant = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "configs", "quick_schedules", "mask_rcnn_R18_FPN_3d_instant_test.yaml",
+    )
+    other = tmp_path / "other_net.pth"
+    torch.save({"model": torch.nn.Linear(3, 2).state_dict()}, str(other))
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(str(vol), np.zeros((16, 32, 32), np.uint16))
+    out = tmp_path / "out"
+    err = _error(capsys, "--config-file", instant, "--input", str(vol), "--output", str(out),
+                 "--spacing", "1", "1", "1", "MODEL.WEIGHTS", str(other))
+    assert "other_net.pth" in err and "does not fit" in err
+    assert not out.exists()
