@@ -183,22 +183,7 @@ class FPN(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_resnet3d_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet (``cfg.MODEL.RESNETS``) + FPN (``cfg.MODEL.FPN``), with ``p6`` if ``TOP_BLOCK``."""
-    bottom_up = build_resnet3d_backbone(cfg, input_shape)
-    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
-    top_block = None
-    if cfg.MODEL.FPN.TOP_BLOCK:
-        coarsest = bottom_up.output_shape()[in_features[-1]].stride
-        top_block = LastLevelMaxPool(
-            cfg.MODEL.SPATIAL_DIMS, in_feature=f"p{int(math.log2(coarsest[-1]))}"
-        )
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return build_fpn_on(cfg, build_resnet3d_backbone(cfg, input_shape))
 
 
 def build_fpn_on(cfg, bottom_up: Backbone) -> FPN:
