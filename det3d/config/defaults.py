@@ -299,6 +299,10 @@ def add_det3d_config(cfg: CN) -> None:
 
     def _add(node: CN, key: str, value) -> None:
         if key not in node:
+            if isinstance(value, CN) and type(value) is not type(_C):
+                # a new sub-node in the config's own class (Detectron2's CfgNode when cfg is
+                # Detectron2's), or merging a yaml into it fails yacs' type check
+                value = type(_C)(value)
             node[key] = value
 
     # Keys Detectron2 has no counterpart for (the ones below too), added to any config.
