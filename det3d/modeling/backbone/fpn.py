@@ -1,7 +1,7 @@
 """Feature Pyramid Network (Lin et al. 2017) over any bottom-up backbone, in 2D or 3D."""
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,20 @@ class LastLevelMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         pool = F.max_pool3d if self.ndim == 3 else F.max_pool2d
         return [pool(x, kernel_size=1, stride=2, padding=0)]
+
+
+def pyramid_strides(strides, top_block=None) -> Dict[str, Tuple[int, ...]]:
+    """
+    ``p{k}`` -> per-axis stride of a pyramid's levels, named by their in-plane stride ``2**k``,
+    finest first: one per level in ``strides``, then the top block's coarser levels (each twice
+    the stride of the one before).
+    """
+    out = {f"p{int(math.log2(s[-1]))}": tuple(s) for s in strides}
+    last = tuple(strides[-1])
+    for _ in range(top_block.num_levels if top_block is not None else 0):
+        last = tuple(2 * s for s in last)
+        out[f"p{int(math.log2(last[-1]))}"] = last
+    return out
 
 
 class FPN(Backbone):
@@ -126,12 +140,7 @@ class FPN(Backbone):
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
 
-        self._out_feature_strides = {f"p{int(math.log2(s[-1]))}": s for s in strides}
-        if top_block is not None:
-            last = strides[-1]
-            for _ in range(top_block.num_levels):
-                last = tuple(2 * s for s in last)
-                self._out_feature_strides[f"p{int(math.log2(last[-1]))}"] = last
+        self._out_feature_strides = pyramid_strides(strides, top_block)
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         # As in Detectron2: the coarsest bottom-up level; extra top-block levels subsample it.

@@ -20,7 +20,7 @@ from det3d.utils.axes import per_axis
 
 from ..registries import BACKBONE_REGISTRY
 from .backbone import Backbone
-from .fpn import LastLevelMaxPool
+from .fpn import LastLevelMaxPool, pyramid_strides
 from .transformer_utils import crop_to_stride, pad_to_multiple
 from .vit import ViT
 
@@ -127,12 +127,7 @@ class SimpleFeaturePyramid(Backbone):
             )  # fmt: skip
             strides.append(stride)
         self.stages = [getattr(self, f"simfp_{int(math.log2(s[-1]))}") for s in strides]
-        self._out_feature_strides = {f"p{int(math.log2(s[-1]))}": s for s in strides}
-        if top_block is not None:
-            last = strides[-1]
-            for _ in range(top_block.num_levels):
-                last = tuple(2 * s for s in last)
-                self._out_feature_strides[f"p{int(math.log2(last[-1]))}"] = last
+        self._out_feature_strides = pyramid_strides(strides, top_block)
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         # The coarsest pooled level needs an input that is a multiple of its stride.
