@@ -4,15 +4,12 @@ of ``test_overfit.py`` and overfits its synthetic volume: every object found, wi
 mask, within a bounded number of CPU iterations.
 """
 
-import time
-
 import pytest
 import torch
 from _rcnn_test_utils import single_thread, synthetic_input
-from test_overfit import _ellipsoid_volume, _overfit_cfg
+from test_overfit import _overfit_cfg, overfit_and_score
 
 from det3d.modeling import build_model
-from det3d.structures import pairwise_iou
 
 STAGES = ["stage2", "stage3"]
 
@@ -60,35 +57,10 @@ def _backbone_cfg(family: str):
 
 @pytest.mark.parametrize("family, max_iters", [("convnext", 150), ("vitdet", 150), ("hiera", 150)])
 def test_backbone_family_overfits_one_volume(family, max_iters):
-    with single_thread():
-        torch.manual_seed(0)
-        inputs, gt_masks = _ellipsoid_volume()
-        model = build_model(_backbone_cfg(family))
-        model.train()
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        start = time.perf_counter()
-        for _ in range(max_iters):
-            losses = model([inputs])
-            assert all(torch.isfinite(v) for v in losses.values()), losses
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-        train_seconds = time.perf_counter() - start
-
-        model.eval()
-        with torch.no_grad():
-            output = model([{"image": inputs["image"], "depth": 24, "height": 48, "width": 48}])[0]
-
+    output, report, train_seconds = overfit_and_score(_backbone_cfg(family), max_iters)
     pred, labels = output["instances"], output["instance_labels"]
     assert labels.shape == (24, 48, 48)
     assert len(pred) >= 4, (family, len(pred), train_seconds)
-    box_iou = pairwise_iou(inputs["instances"].gt_boxes, pred.pred_boxes)
-    report = []
-    for j in range(len(gt_masks)):
-        i = int(box_iou[j].argmax())
-        predicted = labels == i + 1
-        mask_iou = float((predicted & gt_masks[j]).sum()) / float((predicted | gt_masks[j]).sum())
-        report.append((round(float(box_iou[j, i]), 2), round(mask_iou, 2)))
     assert all(b > 0.5 and m > 0.5 for b, m in report), (family, report, train_seconds)
 
 
