@@ -45,13 +45,6 @@ def _load_train_net():
 train_net = _load_train_net()
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from det3d.data import set_synthetic_root
-
-    yield str(tmp_path_factory.mktemp("synthetic"))
-    set_synthetic_root(None)  # leave the process as other tests expect it
-
 
 def _args(*opts, flags=()):
     return default_argument_parser().parse_args([*flags, "--config-file", INSTANT, *opts])
