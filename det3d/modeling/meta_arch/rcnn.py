@@ -168,6 +168,15 @@ class _RCNNBase(nn.Module):
             return proposals, {}
         return self.proposal_generator(images, features, gt_instances)
 
+    def _training_losses(self, images, features, gt_instances) -> Dict[str, torch.Tensor]:
+        """The RPN's and the ROI heads' training losses (none from a frozen module)."""
+        proposals, proposal_losses = self._proposals(images, features, gt_instances)
+        losses = dict(proposal_losses)
+        if not self.is_frozen("roi_heads"):
+            _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+            losses.update(detector_losses)
+        return losses
+
 
 @META_ARCH_REGISTRY.register()
 class GeneralizedRCNN3D(_RCNNBase):
@@ -247,12 +256,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         images = self.preprocess_image(batched_inputs)
         gt_instances = self._gt_instances(batched_inputs)
         features = self._features(images)
-        proposals, proposal_losses = self._proposals(images, features, gt_instances)
-        losses = dict(proposal_losses)
-        if not self.is_frozen("roi_heads"):
-            _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
-            losses.update(detector_losses)
-        return losses
+        return self._training_losses(images, features, gt_instances)
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True) -> List[Dict]:
         """

@@ -286,12 +286,7 @@ class SliceFusionRCNN(_RCNNBase):
         images = self._batch(windows)
         features = self._window_features(images.tensor)
         images2d = ImageList(images.tensor[:, 0], images.image_sizes)
-        proposals, proposal_losses = self._proposals(images2d, features, targets)
-        losses = dict(proposal_losses)
-        if not self.is_frozen("roi_heads"):
-            _, detector_losses = self.roi_heads(images2d, features, proposals, targets)
-            losses.update(detector_losses)
-        return losses
+        return self._training_losses(images2d, features, targets)
 
     def _training_samples(self, batched_inputs: List[Dict]):
         """The batch's normalised windows (each ``(S, C, H, W)``) and their 2D targets."""
