@@ -67,16 +67,15 @@ def roi_align(
     if spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be > 0, got {spatial_scale}")
     output_size = _output_size_tuple(output_size, ndim)
-    if torch.is_autocast_enabled(input.device.type):
-        rois = rois.float()  # autocast runs the op in float32: keep the boxes exact
-    else:
-        rois = rois.to(dtype=input.dtype)
     dtype = input.dtype
     reduced = dtype == torch.bfloat16 or (dtype == torch.float16 and input.device.type == "cpu")
     if reduced:
         # the kernels have no bfloat16 (and on CPU no float16) path: interpolate in float32, as
         # under autocast, and hand back the caller's dtype (the casts are differentiable)
-        input, rois = input.float(), rois.float()
+        input = input.float()
+    # boxes in the dtype the op runs in: float32 under autocast (keeps them exact), else input's
+    autocast = torch.is_autocast_enabled(input.device.type)
+    rois = rois.float() if autocast else rois.to(dtype=input.dtype)
     # autograd, fake (tracing) and autocast kernels are registered with the op (op_registrations)
     out = _ops().roi_align(
         input, rois, float(spatial_scale), list(output_size), int(sampling_ratio), bool(aligned)
