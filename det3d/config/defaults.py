@@ -371,6 +371,10 @@ def add_det3d_config(cfg: CN) -> None:
     # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
     # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.
     _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_PER_IMAGE", 0)
+    # Channels of the mask head's image refinement: the RoI's input voxels, resampled at the mask
+    # resolution, join the upsampled features for two last convs, so mask boundaries follow the
+    # image and not only features of stride 4 and up. 0 = none (Detectron2's head).
+    _add(_C.MODEL.ROI_MASK_HEAD, "IMAGE_REFINE_DIM", 0)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)

@@ -89,3 +89,38 @@ def test_mask_inference_takes_predicted_class():
     c = Instances((8, 8), pred_classes=torch.zeros(0, dtype=torch.int64))
     mask_rcnn_inference(logits[:0], [c])
     assert c.pred_masks.shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_image_refinement_sees_the_roi_image(ndim):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 4
+    pooled = (2, 3, 4)[-ndim:]
+    head = build_mask_head(cfg, ShapeSpec(channels=16, size=pooled))
+    out = tuple(2 * p for p in pooled)
+    assert head.image_input_size == out
+    x = torch.randn((3, 16) + pooled)
+    image = torch.randn((3, 1) + out)
+    logits = head.layers(x, image)
+    assert logits.shape == (3, 2) + out
+    # the logits follow the image: a changed voxel changes the logits around it, not far away
+    changed = image.clone()
+    changed[(0, 0) + (0,) * ndim] += 5.0
+    diff = (head.layers(x, changed) - logits).abs()
+    assert diff[0].amax() > 1e-6 and diff[1:].amax() == 0
+    # two 3-wide convs reach 2 voxels from the changed one
+    assert diff[(0, slice(None)) + (slice(3, None),) * ndim].amax() == 0
+    with pytest.raises(ValueError, match="no RoI image"):
+        head.layers(x)
+    with pytest.raises(ValueError, match="channels"):
+        head.layers(x, torch.randn((3, 2) + out))
+    with pytest.raises(ValueError, match="does not match"):
+        head.layers(x, torch.randn((3, 1) + pooled))
+    # without refinement the head is Detectron2's and needs no image
+    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 0
+    plain = build_mask_head(cfg, ShapeSpec(channels=16, size=pooled))
+    assert plain.image_input_size is None and not hasattr(plain, "image_reduce")
+    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = -1
+    with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
+        build_mask_head(cfg, ShapeSpec(channels=16, size=pooled))

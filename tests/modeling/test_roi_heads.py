@@ -352,3 +352,43 @@ def test_mask_branch_trains_on_a_capped_number_of_foreground_rois():
     assert len(inst) == 3 == seen["x"].shape[0]
     assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
     assert torch.isfinite(losses["loss_mask"])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_head_with_image_refinement_gets_each_rois_image(ndim):
+    # IMAGE_REFINE_DIM: the ROI heads resample the input image into every mask RoI at the mask
+    # resolution (RoIAlign at stride 1), in training and at inference, chunked or not.
+    from det3d.layers import roi_align
+
+    torch.manual_seed(0)
+    shape = (16, 32, 32) if ndim == 3 else (32, 32)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 4
+    feats, shapes = _features(ndim, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    image = torch.randn((1, 1) + shape)
+    images = ImageList(image, [shape])
+    seen = {}
+    heads.mask_head.register_forward_hook(
+        lambda m, i, kw, o: seen.update(inst=i[1], image=kw["image"]), with_kwargs=True
+    )
+    heads.train()
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    assert torch.isfinite(losses["loss_mask"])
+    (inst,) = seen["inst"]
+    boxes = inst.proposal_boxes.tensor
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+    want = roi_align(image, rois, heads.mask_head.image_input_size, 1.0, 0, True)
+    torch.testing.assert_close(seen["image"], want)
+
+    heads.eval()
+    heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        (whole,), _ = heads(images, feats, _proposals(targets))
+        heads.roi_chunk_size = 2
+        (chunked,), _ = heads(images, feats, _proposals(targets))
+        with pytest.raises(ValueError, match="without it"):
+            heads.forward_with_given_boxes(feats, [whole])
+    assert len(whole) > 2
+    torch.testing.assert_close(chunked.pred_masks, whole.pred_masks)

@@ -1,6 +1,6 @@
 """Mask heads: pooled RoI features -> per-class mask logits at twice the pooled resolution."""
 
-from typing import List
+from typing import List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -8,8 +8,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from det3d.config import configurable
-from det3d.layers import ShapeSpec, cat, conv_nd, conv_norm_relu_stack, conv_transpose_nd, dice_loss
+from det3d.layers import (
+    ShapeSpec,
+    cat,
+    conv_nd,
+    conv_norm_relu_stack,
+    conv_transpose_nd,
+    dice_loss,
+)
 from det3d.structures import Instances
+from det3d.utils.axes import as_tuple
 from det3d.utils.events import current_event_storage
 
 from ..registries import ROI_MASK_HEAD_REGISTRY
@@ -116,6 +124,13 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
     ``NUM_CONV`` 3x3(x3) convs with ReLU, a stride-2 transposed conv (doubling every axis) with
     ReLU, then a 1x1(x1) predictor to K mask logits (1 if ``CLS_AGNOSTIC_MASK``).
     Loss ``loss_mask`` = ``LOSS_WEIGHT * mask_rcnn_loss(...)``.
+
+    With ``image_refine_dim > 0`` (``IMAGE_REFINE_DIM``) the head also sees the RoI's own image
+    voxels: the upsampled features are reduced to ``image_refine_dim`` channels (1x1), the input
+    image resampled into the RoI at the mask resolution is concatenated, and two 3x3(x3) convs
+    with ReLU refine them before the predictor. Pooled features come from strides of 4 and up, so
+    on small, low-contrast objects they place a boundary to a few voxels only; the image places it
+    to one. The ROI heads pool the image for the head (``image_input_size`` says at which size).
     """
 
     @configurable
@@ -131,16 +146,21 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         loss_weight: float = 1.0,
+        image_refine_dim: int = 0,
+        image_channels: int = 1,
     ):
         """
         Args:
-            input_shape: channels of the pooled features.
+            input_shape: channels and size of the pooled features.
             num_classes: number of mask classes (1 when class-agnostic).
             conv_dims: output channels of each conv, then of the transposed conv (last entry);
                 at least one entry.
             conv_norm: normalisation after each conv (see ``get_norm``).
             loss_type, bce_weight, dice_weight: see :func:`mask_rcnn_loss`.
             loss_weight: multiplies the mask loss.
+            image_refine_dim: channels of the image refinement (0 = none, the head sees
+                features only).
+            image_channels: channels of the input image (with ``image_refine_dim``).
         """
         super().__init__()
         if len(conv_dims) < 1:
@@ -164,9 +184,39 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         self.deconv = conv_transpose_nd(ndim)(
             channels, conv_dims[-1], kernel_size=2, stride=2, padding=0
         )
-        self.predictor = conv_nd(ndim)(conv_dims[-1], num_classes, kernel_size=1)
+        channels = conv_dims[-1]
+        self.image_refine_dim = int(image_refine_dim)
+        self.image_channels = int(image_channels)
+        refine = []
+        if self.image_refine_dim < 0:
+            raise ValueError(f"ROI_MASK_HEAD.IMAGE_REFINE_DIM must be >= 0, got {image_refine_dim}")
+        if self.image_refine_dim:
+            if input_shape.size is None:
+                raise ValueError(
+                    "ROI_MASK_HEAD.IMAGE_REFINE_DIM needs the pooled size in ShapeSpec"
+                )
+            self.image_reduce = conv_nd(ndim)(channels, self.image_refine_dim, kernel_size=1)
+            refine = list(
+                conv_norm_relu_stack(
+                    ndim,
+                    self.image_refine_dim + self.image_channels,
+                    [self.image_refine_dim] * 2,
+                )
+            )
+            for k, conv in enumerate(refine):
+                self.add_module(f"image_refine{k + 1}", conv)
+            self.image_refine = refine
+            channels = self.image_refine_dim
+        self.predictor = conv_nd(ndim)(channels, num_classes, kernel_size=1)
+        # the output size of the masks (2x the pooled size), at which the image is wanted
+        self.image_input_size = (
+            tuple(2 * s for s in as_tuple(input_shape.size, ndim))
+            if self.image_refine_dim
+            else None
+        )
 
-        for layer in self.conv_norm_relus + [self.deconv]:
+        extra = [self.image_reduce, *refine] if self.image_refine_dim else []
+        for layer in self.conv_norm_relus + [self.deconv] + extra:
             weight_init.c2_msra_fill(layer)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.constant_(self.predictor.bias, 0)
@@ -184,26 +234,55 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             "bce_weight": head.BCE_WEIGHT,
             "dice_weight": head.DICE_WEIGHT,
             "loss_weight": head.LOSS_WEIGHT,
+            "image_refine_dim": head.IMAGE_REFINE_DIM,
+            "image_channels": cfg.INPUT.IN_CHANNELS,
         }
 
-    def layers(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, C, *P) pooled features -> (R, num_classes, *2P) mask logits."""
+    def layers(self, x: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        (R, C, *P) pooled features [and (R, image_channels, *2P) RoI image voxels]
+        -> (R, num_classes, *2P) mask logits.
+        """
         for layer in self.conv_norm_relus:
             x = layer(x)
         x = F.relu(self.deconv(x))
+        if self.image_refine_dim:
+            if image is None:
+                raise ValueError(
+                    "ROI_MASK_HEAD.IMAGE_REFINE_DIM is set but the mask head got no RoI image"
+                )
+            if image.shape[0] != x.shape[0] or tuple(image.shape[2:]) != tuple(x.shape[2:]):
+                raise ValueError(
+                    f"mask head: RoI image {tuple(image.shape)} does not match the mask features "
+                    f"{tuple(x.shape)} (same RoIs and spatial size expected)"
+                )
+            if image.shape[1] != self.image_channels:
+                raise ValueError(
+                    f"mask head: RoI image has {image.shape[1]} channels, INPUT.IN_CHANNELS is "
+                    f"{self.image_channels}"
+                )
+            x = cat([self.image_reduce(x), image.to(x.dtype)], dim=1)
+            for layer in self.image_refine:
+                x = layer(x)
         return self.predictor(x)
 
-    def forward(self, x: torch.Tensor, instances: List[Instances]):
+    def forward(
+        self, x: torch.Tensor, instances: List[Instances], image: Optional[torch.Tensor] = None
+    ):
         """
         Args:
             x: (R, C, *P) pooled features of the RoIs in ``instances`` (in order).
             instances: training: foreground proposals with ``gt_*`` fields;
                 inference: detections with ``pred_classes``.
+            image: (R, image_channels, *2P) the input image resampled into each RoI; needed
+                when ``image_refine_dim`` is set (see ``image_input_size``), else ignored.
 
         Returns:
             training: ``{"loss_mask": Tensor}``; inference: ``instances`` with ``pred_masks``.
         """
-        x = self.layers(x).float()  # loss and probabilities in float32 (no-op without autocast)
+        x = self.layers(
+            x, image
+        ).float()  # loss and probabilities in float32 (no-op without autocast)
         if self.training:
             loss = mask_rcnn_loss(x, instances, self.loss_type, self.bce_weight, self.dice_weight)
             return {"loss_mask": loss * self.loss_weight}

@@ -300,6 +300,19 @@ class StandardROIHeads3D(ROIHeads3D):
             self.mask_in_features = mask_in_features
             self.mask_pooler = mask_pooler
             self.mask_head = mask_head
+            # a head that refines masks with the image gets the RoI's input voxels at its size
+            image_size = getattr(mask_head, "image_input_size", None)
+            self.mask_image_pooler = (
+                ROIPooler(
+                    output_size=image_size,
+                    scales=[1.0],
+                    sampling_ratio=mask_pooler.sampling_ratio,
+                    pooler_type="ROIAlignV2" if mask_pooler.aligned else "ROIAlign",
+                    ndim=len(image_size),
+                )
+                if image_size
+                else None
+            )
         if mask_box_expand < 1.0:
             raise ValueError(
                 f"MODEL.ROI_MASK_HEAD.BOX_EXPAND must be >= 1.0, got {mask_box_expand}"
@@ -371,7 +384,7 @@ class StandardROIHeads3D(ROIHeads3D):
     ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         """
         Args:
-            images: the batch (only its length and sizes matter here).
+            images: the batch (its tensor feeds a mask head that refines with the image).
             features: backbone features by name, each (N, C, *spatial).
             proposals: per image, ``proposal_boxes`` and ``objectness_logits``.
             targets: per image gt ``Instances`` (training only).
@@ -381,25 +394,30 @@ class StandardROIHeads3D(ROIHeads3D):
             inference: (detections with ``pred_boxes``, ``scores``, ``pred_classes``
             [, ``pred_masks``], {}).
         """
-        del images
         if self.training:
             if targets is None:
                 raise ValueError("StandardROIHeads3D needs targets (gt instances) in training")
             proposals = self.label_and_sample_proposals(proposals, targets)
             del targets
             losses = self._forward_box(features, proposals)
-            losses.update(self._forward_mask(features, proposals))
+            losses.update(self._forward_mask(features, proposals, images))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
-        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances, images)
         return pred_instances, {}
 
     def forward_with_given_boxes(
-        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+        self,
+        features: Dict[str, torch.Tensor],
+        instances: List[Instances],
+        images: Optional[ImageList] = None,
     ) -> List[Instances]:
-        """Runs the mask branch on given detections (``pred_boxes``, ``pred_classes``)."""
+        """
+        Runs the mask branch on given detections (``pred_boxes``, ``pred_classes``); ``images``
+        (the batch the features came from) is needed by a mask head that refines with the image.
+        """
         assert not self.training
-        return self._forward_mask(features, instances)
+        return self._forward_mask(features, instances, images)
 
     def _chunks(self, instances: List[Instances]) -> List[List[Tuple[int, int]]]:
         """Inference chunks of the RoIs (see :func:`roi_chunks`); one chunk in training."""
@@ -430,7 +448,24 @@ class StandardROIHeads3D(ROIHeads3D):
         pred_instances, _ = self.box_predictor.inference(predictions, proposals)
         return pred_instances
 
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+    def _mask_head(self, feats, boxes, instances, images: Optional[ImageList]):
+        """The mask head on one set of RoIs, with their image voxels if the head wants them."""
+        if self.mask_image_pooler is None:
+            return self.mask_head(self.mask_pooler(feats, boxes), instances)
+        if images is None:
+            raise ValueError(
+                "ROI_MASK_HEAD.IMAGE_REFINE_DIM: the mask head refines with the image, but the "
+                "ROI heads were called without it"
+            )
+        image = self.mask_image_pooler([images.tensor], boxes)
+        return self.mask_head(self.mask_pooler(feats, boxes), instances, image=image)
+
+    def _forward_mask(
+        self,
+        features: Dict[str, torch.Tensor],
+        instances: List[Instances],
+        images: Optional[ImageList] = None,
+    ):
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:
@@ -460,17 +495,15 @@ class StandardROIHeads3D(ROIHeads3D):
         feats = [features[f] for f in self.mask_in_features]
         chunks = self._chunks(instances)
         if len(chunks) == 1:
-            return self.mask_head(self.mask_pooler(feats, boxes), instances)
+            return self._mask_head(feats, boxes, instances, images)
         # One mask-head call per chunk on slices of the detections; the fields the head adds
         # (pred_masks) are concatenated back onto the full detections.
         pieces = [[] for _ in instances]
         for chunk in chunks:
             sliced = [x[a:b] for x, (a, b) in zip(instances, chunk)]
             chunk_boxes = [b[lo:hi] for b, (lo, hi) in zip(boxes, chunk)]
-            mask_features = self.mask_pooler(feats, chunk_boxes)
-            for i, x in enumerate(self.mask_head(mask_features, sliced)):
+            for i, x in enumerate(self._mask_head(feats, chunk_boxes, sliced, images)):
                 pieces[i].append(x)
-            del mask_features
         for x, parts in zip(instances, pieces):
             merged = Instances.cat(parts)
             for name, value in merged.get_fields().items():
