@@ -353,6 +353,10 @@ def add_det3d_config(cfg: CN) -> None:
     # A detection whose mask is already claimed by earlier-pasted ones for more than this fraction
     # of its voxels stays out of the label volume (one label per object, whatever its class).
     _add(_C.MODEL.ROI_HEADS, "LABELS_OVERLAP_THRESH_TEST", 0.5)
+    # Who owns a voxel that two pasted instances claim: "mask_prob", the one whose mask
+    # probability is higher there (touching objects split where their masks cross), or "first",
+    # the earlier-pasted (more confident) one, as Detectron2's panoptic merge.
+    _add(_C.MODEL.ROI_HEADS, "LABELS_VOXEL_OWNER", "mask_prob")
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_DELTA", 1.0)
 
@@ -429,6 +433,11 @@ def add_det3d_config(cfg: CN) -> None:
     # once): peak memory is bounded by the chunk, not by POST_NMS_TOPK_TEST or
     # DETECTIONS_PER_IMAGE. 256 leaves the CPU demo config (at most 200) unchunked.
     _add(_C.TEST, "ROI_CHUNK_SIZE", 256)
+    # Mask test-time augmentation: the masks of the final detections are averaged over the input
+    # flipped along every combination of these array axes (0 = z), 2**k backbone passes; boxes
+    # and scores stay those of the unflipped input. [] = one pass. Models trained with flips
+    # (INPUT.RANDOM_FLIP_AXES) see flipped volumes as their own.
+    _add(_C.TEST, "MASK_FLIP_AXES", [])
     # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
     # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
     _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))

@@ -17,12 +17,25 @@ from det3d.utils.axes import array_shape_to_box_order
 __all__ = [
     "detector_postprocess",
     "paste_mask",
+    "paste_mask_probs",
     "instances_to_label_volume",
+    "VOXEL_OWNERS",
     "mask_boxes",
     "expand_boxes",
 ]
 
 _INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+# who gets a voxel two pasted instances claim (see instances_to_label_volume)
+VOXEL_OWNERS = ("mask_prob", "first")
+
+
+def check_voxel_owner(voxel_owner: str) -> str:
+    """``voxel_owner`` if it is one of :data:`VOXEL_OWNERS`, else a ValueError naming the key."""
+    if voxel_owner not in VOXEL_OWNERS:
+        raise ValueError(
+            f"MODEL.ROI_HEADS.LABELS_VOXEL_OWNER {voxel_owner!r} is not one of {VOXEL_OWNERS}"
+        )
+    return voxel_owner
 
 
 def expand_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
@@ -136,6 +149,17 @@ def paste_mask(
         tuple[slice]: the region of the image (array order) the mask covers.
         Tensor: bool, the shape of that region.
     """
+    slices, probs = paste_mask_probs(mask, box, image_shape)
+    return slices, probs >= threshold
+
+
+def paste_mask_probs(
+    mask: torch.Tensor, box: torch.Tensor, image_shape: Sequence[int]
+) -> Tuple[Tuple[slice, ...], torch.Tensor]:
+    """
+    :func:`paste_mask` before the threshold: the region of the image the mask covers and the
+    float32 probabilities resampled into it.
+    """
     ndim = len(image_shape)
     if mask.dim() != ndim or box.numel() != 2 * ndim:
         raise ValueError(
@@ -145,13 +169,13 @@ def paste_mask(
     full, clipped = _box_region(box, image_shape)
     slices = tuple(slice(lo, hi) for lo, hi in clipped)
     if any(hi <= lo for lo, hi in clipped):
-        return slices, torch.zeros([hi - lo for lo, hi in clipped], dtype=torch.bool)
+        return slices, torch.zeros([max(hi - lo, 0) for lo, hi in clipped])
     size = [hi - lo for lo, hi in full]
     resized = F.interpolate(
         mask[None, None].float(), size=size, mode=_INTERP_MODE[ndim], align_corners=False
     )[0, 0]
     crop = tuple(slice(c_lo - f_lo, c_hi - f_lo) for (f_lo, _), (c_lo, c_hi) in zip(full, clipped))
-    return slices, resized[crop] >= threshold
+    return slices, resized[crop]
 
 
 def instances_to_label_volume(
@@ -160,6 +184,7 @@ def instances_to_label_volume(
     threshold: float = 0.5,
     score_threshold: float = 0.0,
     overlap_threshold: float = 0.5,
+    voxel_owner: str = "mask_prob",
 ) -> torch.Tensor:
     """
     Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``.
@@ -169,8 +194,11 @@ def instances_to_label_volume(
     that field, else by ``scores``: a detection whose class probability is split between two
     classes (0.45 each) is still a confident object and must not vanish from the label volume.
     Instances are pasted in decreasing objectness (ties: decreasing score, so of two detections
-    of one RoI the one of its most likely class is pasted) and a voxel keeps the first instance
-    that claims it. Without ``pred_masks`` every voxel of the box is claimed. Instances below
+    of one RoI the one of its most likely class is pasted). A voxel that two pasted instances
+    claim goes, with ``voxel_owner="mask_prob"``, to the one whose mask probability is higher
+    there (ties: the earlier), so touching objects split along the line where their masks
+    cross; with ``"first"`` it stays with the earlier instance (Detectron2's panoptic rule).
+    Without ``pred_masks`` every voxel of the box is claimed. Instances below
     ``score_threshold`` are left out (their label does not occur), and so is an instance whose
     mask is claimed by earlier ones for more than ``overlap_threshold`` of its voxels (as
     Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
@@ -185,10 +213,12 @@ def instances_to_label_volume(
         score_threshold: the objectness (or score) an instance needs to be pasted.
         overlap_threshold: the largest fraction of an instance's voxels that may already be
             claimed for it to be pasted; 1.0 pastes every instance that has a free voxel.
+        voxel_owner: "mask_prob" or "first" (``MODEL.ROI_HEADS.LABELS_VOXEL_OWNER``).
 
     Returns:
         Tensor: int32 ``image_shape`` volume, on the instances' device.
     """
+    check_voxel_owner(voxel_owner)
     image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
     if not instances.has("pred_boxes"):
         return torch.zeros(image_shape, dtype=torch.int32)
@@ -205,9 +235,17 @@ def instances_to_label_volume(
     else:
         order = range(len(instances))
     masks = instances.pred_masks if instances.has("pred_masks") else None
+    # the mask probability of each voxel's owner (one float volume, whatever the instance count)
+    owner_prob = (
+        torch.zeros(image_shape, device=boxes.device)
+        if voxel_owner == "mask_prob" and masks is not None
+        else None
+    )
     for i in order:
         if masks is not None:
-            slices, local = paste_mask(masks[i], boxes[i], image_shape, threshold)
+            slices, probs = paste_mask_probs(masks[i], boxes[i], image_shape)
+            probs = probs.to(labels.device)
+            local = probs >= threshold
         else:
             _, clipped = _box_region(boxes[i], image_shape)
             slices = tuple(slice(lo, hi) for lo, hi in clipped)
@@ -218,5 +256,9 @@ def instances_to_label_volume(
         free = local & (region == 0)
         if size == 0 or int(free.sum()) < (1.0 - overlap_threshold) * size:
             continue
+        if owner_prob is not None:
+            held = owner_prob[slices]
+            free = local & ((region == 0) | (probs > held))
+            held[free] = probs[free]
         region[free] = i + 1
     return labels

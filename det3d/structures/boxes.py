@@ -260,6 +260,26 @@ class Boxes:
             self.tensor[:, k].clamp_(min=0, max=hi)
             self.tensor[:, d + k].clamp_(min=0, max=hi)
 
+    def flipped(self, axes: Sequence[int], box_size: Sequence[int]) -> "Boxes":
+        """
+        The boxes of a volume of spatial array shape ``box_size`` flipped along the array axes
+        ``axes`` (0 = D in 3D, as ``FlipTransform``): on each, ``[a, b)`` becomes
+        ``[size - b, size - a)``. Flipping twice gives the boxes back.
+        """
+        if len(box_size) != self.ndim:
+            raise ValueError(
+                f"Boxes.flipped: box_size={tuple(box_size)} must have {self.ndim} entries"
+            )
+        d = self.ndim
+        t = self.tensor.clone()
+        for axis in axes:
+            if not 0 <= axis < d:
+                raise ValueError(f"Boxes.flipped: axis {axis} is not a spatial axis of {d}")
+            k = d - 1 - axis  # the box coordinate running along this array axis
+            size = float(box_size[axis])
+            t[:, k], t[:, d + k] = size - self.tensor[:, d + k], size - self.tensor[:, k]
+        return Boxes(t)
+
     def nonempty(self, threshold: float = 0.0) -> torch.Tensor:
         """(N,) bool: True where every side is larger than ``threshold``."""
         return (self.sizes() > threshold).all(dim=1)

@@ -6,6 +6,7 @@ from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 import det3d.modeling as modeling
 from det3d.modeling import META_ARCH_REGISTRY, build_model
+from det3d.structures import Instances
 
 ALL_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
 SHAPES = {3: (16, 32, 32), 2: (64, 64)}
@@ -104,6 +105,51 @@ def test_inference_rescales_to_original_size_and_labels(ndim):
         hi = box[ndim:].flip(0)
         assert (coords + 0.5 >= lo.floor()).all() and (coords + 0.5 <= hi.ceil()).all()
 
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
+    # TEST.MASK_FLIP_AXES: boxes, scores and classes are the plain pass's; each mask is the mean
+    # of the plain mask and, for every combination of the axes, the mask the branch gives on the
+    # flipped input in the flipped box, flipped back. Reference: those passes made by hand.
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = build_model(cfg)
+    model.eval()
+    shape = SHAPES[ndim]
+    inputs = [{"image": synthetic_input(shape)["image"]}]
+    axes = (0, ndim - 1)
+    cfg.TEST.MASK_FLIP_AXES = list(axes)
+    flipping = build_model(cfg)
+    flipping.load_state_dict(model.state_dict())
+    flipping.eval()
+    with torch.no_grad():
+        (plain,) = model.inference(inputs, do_postprocess=False)
+        (got,) = flipping.inference(inputs, do_postprocess=False)
+        want = plain.pred_masks.clone()
+        for flip in [(axes[0],), (axes[1],), axes]:
+            dims = [1 + a for a in flip]
+            images = model.preprocess_image([{"image": inputs[0]["image"].flip(dims)}])
+            given = Instances(
+                plain.image_size,
+                pred_boxes=plain.pred_boxes.flipped(flip, shape),
+                pred_classes=plain.pred_classes,
+            )
+            features = model.backbone(images.tensor)
+            (m,) = model.roi_heads.forward_with_given_boxes(features, [given], images)
+            want += m.pred_masks.flip(dims)
+    assert len(plain) > 0
+    torch.testing.assert_close(got.pred_boxes.tensor, plain.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, plain.scores)
+    torch.testing.assert_close(got.pred_masks, want / 4)
+    assert not torch.allclose(got.pred_masks, plain.pred_masks)
+    cfg.TEST.MASK_FLIP_AXES = [0, 0]
+    with pytest.raises(ValueError, match="MASK_FLIP_AXES"):
+        build_model(cfg)
+    cfg.TEST.MASK_FLIP_AXES = [ndim]
+    with pytest.raises(ValueError, match="MASK_FLIP_AXES"):
+        build_model(cfg)
 
 def test_multichannel_input_and_pixel_buffers():
     cfg = tiny_cfg(3)

@@ -217,3 +217,27 @@ def test_masks_are_pasted_into_their_mask_boxes():
     out.pred_boxes = Boxes(torch.tensor([[4.0, 2, 0, 8, 6, 4]]))
     out.pred_mask_boxes = Boxes(torch.tensor([[2.0, 2, 0, 10, 6, 4]]))
     assert detector_postprocess(out, (4, 8, 8)).pred_mask_boxes.tensor[0, 3] == 10  # not clipped
+
+
+def test_contested_voxels_go_to_the_more_confident_mask():
+    # Two touching objects along x; the more confident detection (row 0) bleeds its mask two
+    # voxels into its neighbour at a low probability. "mask_prob" gives those voxels to the
+    # neighbour, whose own mask is sure of them; "first" leaves them with row 0.
+    shape = (4, 4, 12)
+    inst = Instances(shape)
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 0, 8, 4, 4], [6.0, 0, 0, 12, 4, 4]]))
+    inst.scores = torch.tensor([0.9, 0.8])
+    inst.objectness = torch.tensor([0.95, 0.9])
+    m0 = torch.full((4, 4, 8), 0.9)
+    m0[..., 6:] = 0.6  # x in [6, 8): claimed, but barely
+    m1 = torch.full((4, 4, 8), 0.95)  # RoI resolution; resampled to its 6-voxel box
+    inst.pred_masks = torch.stack([m0, m1])
+    for owner, split in (("mask_prob", 6), ("first", 8)):
+        labels = instances_to_label_volume(inst, shape, 0.5, voxel_owner=owner)
+        assert (labels[..., :split] == 1).all() and (labels[..., split:] == 2).all(), owner
+    # equal probabilities keep the earlier instance, as "first" does
+    inst.pred_masks = torch.ones(2, 4, 4, 8)
+    labels = instances_to_label_volume(inst, shape, 0.5)
+    assert (labels[..., :8] == 1).all() and (labels[..., 8:] == 2).all()
+    with pytest.raises(ValueError, match="LABELS_VOXEL_OWNER"):
+        instances_to_label_volume(inst, shape, 0.5, voxel_owner="biggest")

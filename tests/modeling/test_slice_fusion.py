@@ -167,6 +167,10 @@ def test_bad_config_combinations_name_the_key():
     cfg.MODEL.SPATIAL_DIMS = 2
     with pytest.raises(ValueError, match="MODEL.SPATIAL_DIMS must be 3"):
         build_model(cfg)
+    cfg = _cfg()
+    cfg.TEST.MASK_FLIP_AXES = [2]
+    with pytest.raises(ValueError, match="TEST.MASK_FLIP_AXES"):
+        build_model(cfg)
 
 
 def test_thin_volume_and_2d_image_name_the_key_and_file():

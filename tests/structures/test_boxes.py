@@ -164,3 +164,26 @@ def test_indexing_and_cat():
 def test_integer_input_becomes_float():
     b = Boxes(torch.tensor([[0, 0, 2, 2]]))
     assert b.tensor.dtype == torch.float32 and b.ndim == 2
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_flipped_boxes_are_the_boxes_of_flipped_masks(ndim):
+    from det3d.structures.masks import BitMasks
+
+    shape = (6, 10, 14)[-ndim:]
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros((3,) + shape, dtype=torch.bool)
+    for i in range(3):
+        lo = [int(torch.randint(0, s - 3, (1,), generator=g)) for s in shape]
+        masks[(i,) + tuple(slice(a, a + 2 + i) for a in lo)] = True
+    boxes = BitMasks(masks).get_bounding_boxes()
+    for k in range(1, ndim + 1):
+        for axes in itertools.combinations(range(ndim), k):
+            want = BitMasks(masks.flip([1 + a for a in axes])).get_bounding_boxes().tensor
+            got = boxes.flipped(axes, shape)
+            torch.testing.assert_close(got.tensor, want)
+            torch.testing.assert_close(got.flipped(axes, shape).tensor, boxes.tensor)
+    with pytest.raises(ValueError, match="axis"):
+        boxes.flipped([ndim], shape)
+    with pytest.raises(ValueError, match="box_size"):
+        boxes.flipped([0], shape[1:])

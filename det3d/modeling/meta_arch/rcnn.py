@@ -10,6 +10,7 @@ live proposals of the frozen RPN, exactly those it gives at inference; (c) train
 """
 
 import contextlib
+import itertools
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -21,7 +22,7 @@ from det3d.structures import ImageList, Instances
 from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
-from ..postprocessing import detector_postprocess, instances_to_label_volume
+from ..postprocessing import check_voxel_owner, detector_postprocess, instances_to_label_volume
 from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
@@ -202,6 +203,8 @@ class GeneralizedRCNN3D(_RCNNBase):
         mask_threshold: float = 0.5,
         label_score_threshold: float = 0.0,
         label_overlap_threshold: float = 0.5,
+        label_voxel_owner: str = "mask_prob",
+        mask_flip_axes: Sequence[int] = (),
         freeze: Sequence[str] = (),
         inference_amp: Optional[str] = None,
     ):
@@ -216,6 +219,11 @@ class GeneralizedRCNN3D(_RCNNBase):
                 ``instance_labels`` (all detections stay in ``instances``).
             label_overlap_threshold: a detection whose mask is claimed by higher-scoring ones
                 for more than this fraction stays out of ``instance_labels``.
+            label_voxel_owner: who gets a voxel two pasted detections claim (see
+                :func:`instances_to_label_volume`).
+            mask_flip_axes: at inference, the masks of the final detections are averaged over
+                the input flipped along every combination of these array axes (``2**k`` backbone
+                passes; ``TEST.MASK_FLIP_AXES``); () = one pass.
             freeze: names of children to freeze (see :func:`freeze_modules`).
             inference_amp: see :class:`_RCNNBase`.
         """
@@ -231,6 +239,15 @@ class GeneralizedRCNN3D(_RCNNBase):
         self.mask_threshold = mask_threshold
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
+        self.label_voxel_owner = check_voxel_owner(label_voxel_owner)
+        self.mask_flip_axes = tuple(int(a) for a in mask_flip_axes)
+        if sorted(set(self.mask_flip_axes)) != sorted(self.mask_flip_axes) or not all(
+            0 <= a < ndim for a in self.mask_flip_axes
+        ):
+            raise ValueError(
+                f"TEST.MASK_FLIP_AXES {list(mask_flip_axes)} must name distinct spatial axes "
+                f"0..{ndim - 1} (array order)"
+            )
         freeze_modules(self, freeze)
 
     @classmethod
@@ -240,6 +257,8 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["mask_threshold"] = cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD
         ret["label_score_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST
         ret["label_overlap_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
+        ret["label_voxel_owner"] = cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER
+        ret["mask_flip_axes"] = cfg.TEST.MASK_FLIP_AXES
         return ret
 
     def forward(self, batched_inputs: List[Dict]):
@@ -275,9 +294,41 @@ class GeneralizedRCNN3D(_RCNNBase):
             proposals, _ = self.proposal_generator(images, features, None)
             results, _ = self.roi_heads(images, features, proposals, None)
             del features
+            if self.mask_flip_axes and getattr(self.roi_heads, "mask_on", False):
+                self._flip_averaged_masks(batched_inputs, images.image_sizes, results)
         if not do_postprocess:
             return results
         return self._postprocess(results, batched_inputs, images.image_sizes)
+
+    def _flip_averaged_masks(self, batched_inputs, image_sizes, results: List[Instances]) -> None:
+        """
+        Replaces each detection's ``pred_masks`` by their mean over the flips of
+        ``mask_flip_axes`` (every combination, the unflipped pass included): the mask branch
+        runs on the flipped input's features with the flipped boxes, and its masks are flipped
+        back. Boxes, scores and classes stay those of the unflipped pass.
+        """
+        axes = self.mask_flip_axes
+        combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+        total = [r.pred_masks.clone() for r in results]
+        for flip in combos:
+            dims = [1 + a for a in flip]  # (C, *spatial) images, (N, *M) masks
+            flipped = [dict(x, image=x["image"].flip(dims)) for x in batched_inputs]
+            images = self.preprocess_image(flipped)
+            features = self.backbone(images.tensor)
+            given = [
+                Instances(
+                    r.image_size,
+                    pred_boxes=r.pred_boxes.flipped(flip, size),
+                    pred_classes=r.pred_classes,
+                )
+                for r, size in zip(results, image_sizes)
+            ]
+            given = self.roi_heads.forward_with_given_boxes(features, given, images)
+            del features
+            for t, g in zip(total, given):
+                t += g.pred_masks.flip(dims)
+        for r, t in zip(results, total):
+            r.pred_masks = t / (len(combos) + 1)
 
     def _postprocess(self, instances, batched_inputs, image_sizes) -> List[Dict]:
         processed = []
@@ -290,6 +341,7 @@ class GeneralizedRCNN3D(_RCNNBase):
                 self.mask_threshold,
                 score_threshold=self.label_score_threshold,
                 overlap_threshold=self.label_overlap_threshold,
+                voxel_owner=self.label_voxel_owner,
             )
             processed.append({"instances": r, "instance_labels": labels})
         return processed

@@ -19,7 +19,7 @@ from det3d.structures import ImageList, Instances
 from det3d.structures.masks import BitMasks
 
 from ..backbone import Backbone, build_backbone
-from ..postprocessing import detector_postprocess, instances_to_label_volume
+from ..postprocessing import check_voxel_owner, detector_postprocess, instances_to_label_volume
 from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
@@ -102,6 +102,7 @@ class SliceFusionRCNN(_RCNNBase):
         mask_threshold: float = 0.5,
         label_score_threshold: float = 0.0,
         label_overlap_threshold: float = 0.5,
+        label_voxel_owner: str = "mask_prob",
         link_iou: float = 0.1,
         link_max_gap: int = 1,
         link_min_depth: int = 1,
@@ -119,8 +120,8 @@ class SliceFusionRCNN(_RCNNBase):
             slice_batch_size: target slices per inference batch (``TEST.SLICE_BATCH_SIZE``).
             train_slices_per_volume, empty_slice_weight: target slices drawn from a whole
                 training volume, and the weight of a slice without objects.
-            mask_threshold, label_score_threshold, label_overlap_threshold: as for
-                ``GeneralizedRCNN3D``, applied to each slice's label image.
+            mask_threshold, label_score_threshold, label_overlap_threshold,
+            label_voxel_owner: as for ``GeneralizedRCNN3D``, applied to each slice's label image.
             link_iou, link_max_gap, link_min_depth: see :func:`link_slice_instances`.
             mask_resolution: ``(D, H, W)`` of each 3D object's ``pred_masks`` entry.
             freeze: names of children to freeze.
@@ -155,6 +156,7 @@ class SliceFusionRCNN(_RCNNBase):
         self.mask_threshold = mask_threshold
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
+        self.label_voxel_owner = check_voxel_owner(label_voxel_owner)
         self.link_iou = link_iou
         self.link_max_gap = link_max_gap
         self.link_min_depth = link_min_depth
@@ -182,6 +184,11 @@ class SliceFusionRCNN(_RCNNBase):
         else:
             backbone = build_backbone(cfg2d, ShapeSpec(channels=channels))
             fusion = build_slice_fusion(cfg2d, backbone.output_shape())
+        if cfg.TEST.MASK_FLIP_AXES:
+            raise ValueError(
+                "TEST.MASK_FLIP_AXES (mask test-time flips) is implemented for GeneralizedRCNN3D "
+                f"only; SliceFusionRCNN got {list(cfg.TEST.MASK_FLIP_AXES)}"
+            )
         return {
             "fusion": fusion,
             "backbone": backbone,
@@ -197,6 +204,7 @@ class SliceFusionRCNN(_RCNNBase):
             "mask_threshold": cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
             "label_score_threshold": cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST,
             "label_overlap_threshold": cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST,
+            "label_voxel_owner": cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER,
             "link_iou": sf.LINK_IOU,
             "link_max_gap": sf.LINK_MAX_GAP,
             "link_min_depth": sf.LINK_MIN_DEPTH,
@@ -390,18 +398,21 @@ class SliceFusionRCNN(_RCNNBase):
             zs = list(range(z0, min(depth, z0 + self.slice_batch_size)))
             for z, r in zip(zs, self.detect_slices(image, zs)):
                 r = detector_postprocess(r, (height, width))  # clips boxes to the slice
-                lab = instances_to_label_volume(
-                    r,
-                    (height, width),
-                    self.mask_threshold,
-                    score_threshold=self.label_score_threshold,
-                    overlap_threshold=self.label_overlap_threshold,
-                ).cpu().numpy()
+                lab = (
+                    instances_to_label_volume(
+                        r,
+                        (height, width),
+                        self.mask_threshold,
+                        score_threshold=self.label_score_threshold,
+                        overlap_threshold=self.label_overlap_threshold,
+                        voxel_owner=self.label_voxel_owner,
+                    )
+                    .cpu()
+                    .numpy()
+                )
                 slice_labels[z] = lab
                 objectness = r.objectness.cpu().numpy() if r.has("objectness") else None
-                dets.set(
-                    z, r.scores.cpu().numpy(), r.pred_classes.cpu().numpy(), lab, objectness
-                )
+                dets.set(z, r.scores.cpu().numpy(), r.pred_classes.cpu().numpy(), lab, objectness)
         labels, links = link_slice_instances(
             slice_labels,
             iou_threshold=self.link_iou,
