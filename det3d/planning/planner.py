@@ -208,6 +208,22 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
         f"median object is {med.round(1).tolist()} voxels (D, H, W): masks (2x the pooled "
         "size) about as fine as the objects' x/y voxels",
     )
+    # p2, the finest level the mask branch pools from, has the stem's and its pool's x/y stride
+    v = plan.values
+    p2_xy = int(v["MODEL.RESNETS.STEM_STRIDE"][2]) * int(v["MODEL.RESNETS.STEM_POOL_STRIDE"][2])
+    cells = float(med[2]) / p2_xy
+    refine = 16 if cells < 8 else 0
+    plan.set(
+        "MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM",
+        refine,
+        f"the median object ({med[2]:.0f} voxels in x) spans {cells:.1f} cells of p2 (x/y stride "
+        f"{p2_xy}): "
+        + (
+            "too coarse to place its boundary, so the mask head also reads the image voxels"
+            if refine
+            else "fine enough; the mask head reads features only"
+        ),
+    )
     gmean = float(np.median(np.prod(sizes, axis=1) ** (1 / 3)))
     canonical = max(int(round(anchors["base"] * 2 * z_ratio ** (1 / 3))), 1)
     plan.set(
@@ -250,7 +266,14 @@ def _plan_input(fp: dict, plan: Plan, sizes: np.ndarray, z_cum: List[int]) -> No
             crop.tolist(),
             "crops of 2.5x the 95th-percentile object, multiples of the coarsest stride",
         )
-    plan.set("INPUT.RANDOM_FLIP_AXES", [0, 1, 2], "flips on every axis")
+    flips = [0, 1, 2]
+    plan.set("INPUT.RANDOM_FLIP_AXES", flips, "flips on every axis")
+    plan.set(
+        "TEST.MASK_FLIP_AXES",
+        flips,
+        "masks averaged over the 8 flips the model trained on (8 backbone passes at inference; "
+        "measured on toy3d: SEG 0.679 -> 0.700, synthetic 0.876 -> 0.883)",
+    )
     plan.set(
         "INPUT.ROTATE90_XY",
         bool(abs(sp[1] - sp[2]) < 1e-6),

@@ -55,6 +55,10 @@ def test_isotropic_plan(iso):
     assert v["INPUT.ROTATE90_XY"] is True and v["INPUT.TARGET_SPACING"] == []
     assert v["MODEL.ROI_HEADS.NUM_CLASSES"] == 2
     assert v["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] == 5
+    # objects a few p2 cells wide: the mask head reads the image voxels too
+    assert v["MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM"] == 16
+    # masks are averaged at test time over the flips the model trained with
+    assert v["TEST.MASK_FLIP_AXES"] == v["INPUT.RANDOM_FLIP_AXES"] == [0, 1, 2]
 
 
 def test_anisotropic_plan_keeps_z_resolution(aniso):

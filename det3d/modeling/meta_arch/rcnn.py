@@ -283,8 +283,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             With ``do_postprocess`` (default): per input, ``{"instances": Instances,
             "instance_labels": int32 Tensor}`` at the original size: boxes rescaled per axis to
             the input's "depth"/"height"/"width" and clipped, ``pred_masks`` (N, *M) at RoI
-            resolution, and the label volume in which row ``i`` has label ``i + 1`` (pasted in
-            decreasing score; a voxel keeps the highest-score instance).
+            resolution, and the label volume in which row ``i`` has label ``i + 1`` (see
+            :func:`instances_to_label_volume`).
             Without: ``list[Instances]`` at the network's input size.
         """
         assert not self.training
