@@ -76,13 +76,19 @@ def test_training_losses(ndim, cls_loss, box_loss, mask_loss):
     assert all(p.grad is not None for p in predictor.parameters())
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_inference_rescales_to_original_size_and_labels(ndim):
+def _eval_model(ndim):
+    """A seeded tiny model in eval mode that keeps every detection: (cfg, model)."""
     torch.manual_seed(0)
     cfg = tiny_cfg(ndim)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     model = build_model(cfg)
     model.eval()
+    return cfg, model
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inference_rescales_to_original_size_and_labels(ndim):
+    cfg, model = _eval_model(ndim)
     shape = SHAPES[ndim]
     original = tuple(2 * s for s in shape)  # as if the mapper had halved the volume
     keys = ("depth", "height", "width")[-ndim:]
@@ -112,11 +118,7 @@ def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
     # TEST.MASK_FLIP_AXES: boxes, scores and classes are the plain pass's; each mask is the mean
     # of the plain mask and, for every combination of the axes, the mask the branch gives on the
     # flipped input in the flipped box, flipped back. Reference: those passes made by hand.
-    torch.manual_seed(0)
-    cfg = tiny_cfg(ndim)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    model = build_model(cfg)
-    model.eval()
+    cfg, model = _eval_model(ndim)
     shape = SHAPES[ndim]
     inputs = [{"image": synthetic_input(shape)["image"]}]
     axes = (0, ndim - 1)

@@ -284,6 +284,22 @@ def test_roi_heads_hand_the_pooler_size_to_the_heads():
     assert heads.box_head(torch.zeros(2, 8, 2, 3, 3)).shape[0] == 2
 
 
+def _mask_branch_setup(ndim, **mask_head_keys):
+    """
+    Seeded ROI heads of ``tiny_cfg`` with ``ROI_MASK_HEAD`` keys set, random features of one
+    image and its gt: (shape, cfg, feats, shapes, heads, targets).
+    """
+    torch.manual_seed(0)
+    shape = (16, 32, 32) if ndim == 3 else (32, 32)
+    cfg = tiny_cfg(ndim)
+    for key, value in mask_head_keys.items():
+        cfg.MODEL.ROI_MASK_HEAD[key] = value
+    feats, shapes = _features(ndim, shape)
+    heads = build_roi_heads(cfg, shapes)
+    targets = [synthetic_input(shape, seed=0)["instances"]]
+    return shape, cfg, feats, shapes, heads, targets
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_mask_branch_on_enlarged_boxes(ndim):
     # BOX_EXPAND: the mask branch pools from boxes scaled about their centres; the mask loss
@@ -291,13 +307,7 @@ def test_mask_branch_on_enlarged_boxes(ndim):
     from det3d.modeling.postprocessing import expand_boxes
     from det3d.modeling.roi_heads.mask_head import mask_rcnn_loss
 
-    torch.manual_seed(0)
-    shape = (16, 32, 32) if ndim == 3 else (32, 32)
-    cfg = tiny_cfg(ndim)
-    cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND = 1.5
-    feats, shapes = _features(ndim, shape)
-    heads = build_roi_heads(cfg, shapes)
-    targets = [synthetic_input(shape, seed=0)["instances"]]
+    shape, cfg, feats, shapes, heads, targets = _mask_branch_setup(ndim, BOX_EXPAND=1.5)
     images = ImageList(torch.zeros((1, 1) + shape), [shape])
     heads.train()
     seen = {}
@@ -360,13 +370,7 @@ def test_mask_head_with_image_refinement_gets_each_rois_image(ndim):
     # resolution (RoIAlign at stride 1), in training and at inference, chunked or not.
     from det3d.layers import roi_align
 
-    torch.manual_seed(0)
-    shape = (16, 32, 32) if ndim == 3 else (32, 32)
-    cfg = tiny_cfg(ndim)
-    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 4
-    feats, shapes = _features(ndim, shape)
-    heads = build_roi_heads(cfg, shapes)
-    targets = [synthetic_input(shape, seed=0)["instances"]]
+    shape, _, feats, _, heads, targets = _mask_branch_setup(ndim, IMAGE_REFINE_DIM=4)
     image = torch.randn((1, 1) + shape)
     images = ImageList(image, [shape])
     seen = {}
