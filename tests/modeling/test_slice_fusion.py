@@ -171,6 +171,10 @@ def test_bad_config_combinations_name_the_key():
     cfg.TEST.MASK_FLIP_AXES = [2]
     with pytest.raises(ValueError, match="TEST.MASK_FLIP_AXES"):
         build_model(cfg)
+    cfg = _cfg()
+    cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 8
+    with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
+        build_model(cfg)
 
 
 def test_thin_volume_and_2d_image_name_the_key_and_file():

@@ -184,6 +184,12 @@ class SliceFusionRCNN(_RCNNBase):
         else:
             backbone = build_backbone(cfg2d, ShapeSpec(channels=channels))
             fusion = build_slice_fusion(cfg2d, backbone.output_shape())
+        if cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM:
+            raise ValueError(
+                "MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM (masks refined with the image) is "
+                "implemented for GeneralizedRCNN3D only; SliceFusionRCNN's ROI heads are not "
+                "handed the target slices' images"
+            )
         if cfg.TEST.MASK_FLIP_AXES:
             raise ValueError(
                 "TEST.MASK_FLIP_AXES (mask test-time flips) is implemented for GeneralizedRCNN3D "
