@@ -13,7 +13,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from det3d.utils.axes import array_shape_to_box_order
+from det3d.utils.axes import array_axis_to_box_axis, array_shape_to_box_order
 
 __all__ = [
     "Boxes",
@@ -273,9 +273,7 @@ class Boxes:
         d = self.ndim
         t = self.tensor.clone()
         for axis in axes:
-            if not 0 <= axis < d:
-                raise ValueError(f"Boxes.flipped: axis {axis} is not a spatial axis of {d}")
-            k = d - 1 - axis  # the box coordinate running along this array axis
+            k = array_axis_to_box_axis(axis, d)
             size = float(box_size[axis])
             t[:, k], t[:, d + k] = size - self.tensor[:, d + k], size - self.tensor[:, k]
         return Boxes(t)

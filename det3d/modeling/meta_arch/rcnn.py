@@ -140,6 +140,10 @@ class _RCNNBase(nn.Module):
                     "contains NaN or Inf voxels"
                 )
             images.append((image - self.pixel_mean) / self.pixel_std)
+        return self._pad_batch(images)
+
+    def _pad_batch(self, images: List[torch.Tensor]) -> ImageList:
+        """Normalised ``(C, *spatial)`` images padded into one batch the backbone can take."""
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
@@ -241,9 +245,8 @@ class GeneralizedRCNN3D(_RCNNBase):
         self.label_overlap_threshold = label_overlap_threshold
         self.label_voxel_owner = check_voxel_owner(label_voxel_owner)
         self.mask_flip_axes = tuple(int(a) for a in mask_flip_axes)
-        if sorted(set(self.mask_flip_axes)) != sorted(self.mask_flip_axes) or not all(
-            0 <= a < ndim for a in self.mask_flip_axes
-        ):
+        axes = set(self.mask_flip_axes)
+        if len(axes) != len(self.mask_flip_axes) or not axes <= set(range(ndim)):
             raise ValueError(
                 f"TEST.MASK_FLIP_AXES {list(mask_flip_axes)} must name distinct spatial axes "
                 f"0..{ndim - 1} (array order)"
@@ -295,35 +298,35 @@ class GeneralizedRCNN3D(_RCNNBase):
             results, _ = self.roi_heads(images, features, proposals, None)
             del features
             if self.mask_flip_axes and getattr(self.roi_heads, "mask_on", False):
-                self._flip_averaged_masks(batched_inputs, images.image_sizes, results)
+                self._flip_averaged_masks(images, results)
         if not do_postprocess:
             return results
         return self._postprocess(results, batched_inputs, images.image_sizes)
 
-    def _flip_averaged_masks(self, batched_inputs, image_sizes, results: List[Instances]) -> None:
+    def _flip_averaged_masks(self, images: ImageList, results: List[Instances]) -> None:
         """
         Replaces each detection's ``pred_masks`` by their mean over the flips of
         ``mask_flip_axes`` (every combination, the unflipped pass included): the mask branch
-        runs on the flipped input's features with the flipped boxes, and its masks are flipped
-        back. Boxes, scores and classes stay those of the unflipped pass.
+        runs on the flipped batch's features with the flipped boxes, and its masks are flipped
+        back. Boxes, scores and classes stay those of the unflipped pass. ``images`` is the
+        normalised batch; each image is flipped within its own size, then padded again.
         """
         axes = self.mask_flip_axes
         combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
         total = [r.pred_masks.clone() for r in results]
         for flip in combos:
             dims = [1 + a for a in flip]  # (C, *spatial) images, (N, *M) masks
-            flipped = [dict(x, image=x["image"].flip(dims)) for x in batched_inputs]
-            images = self.preprocess_image(flipped)
-            features = self.backbone(images.tensor)
+            flipped = self._pad_batch([images[i].flip(dims) for i in range(len(results))])
+            features = self.backbone(flipped.tensor)
             given = [
                 Instances(
                     r.image_size,
                     pred_boxes=r.pred_boxes.flipped(flip, size),
                     pred_classes=r.pred_classes,
                 )
-                for r, size in zip(results, image_sizes)
+                for r, size in zip(results, images.image_sizes)
             ]
-            given = self.roi_heads.forward_with_given_boxes(features, given, images)
+            given = self.roi_heads.forward_with_given_boxes(features, given, flipped)
             del features
             for t, g in zip(total, given):
                 t += g.pred_masks.flip(dims)

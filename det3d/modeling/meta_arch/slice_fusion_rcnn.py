@@ -257,11 +257,7 @@ class SliceFusionRCNN(_RCNNBase):
         """Pads ``(..., C, H, W)`` slice stacks to one batch whose H, W suit the backbone."""
         lead = slices[0].shape[:-3]
         flat = [t.reshape(-1, *t.shape[-2:]) for t in slices]
-        images = ImageList.from_tensors(
-            flat,
-            self.backbone.size_divisibility,
-            padding_constraints=getattr(self.backbone, "padding_constraints", None),
-        )
+        images = self._pad_batch(flat)
         tensor = images.tensor.view(len(slices), *lead, -1, *images.tensor.shape[-2:])
         return ImageList(tensor, images.image_sizes)
 
@@ -404,19 +400,15 @@ class SliceFusionRCNN(_RCNNBase):
             zs = list(range(z0, min(depth, z0 + self.slice_batch_size)))
             for z, r in zip(zs, self.detect_slices(image, zs)):
                 r = detector_postprocess(r, (height, width))  # clips boxes to the slice
-                lab = (
-                    instances_to_label_volume(
-                        r,
-                        (height, width),
-                        self.mask_threshold,
-                        score_threshold=self.label_score_threshold,
-                        overlap_threshold=self.label_overlap_threshold,
-                        voxel_owner=self.label_voxel_owner,
-                    )
-                    .cpu()
-                    .numpy()
+                lab = instances_to_label_volume(
+                    r,
+                    (height, width),
+                    self.mask_threshold,
+                    score_threshold=self.label_score_threshold,
+                    overlap_threshold=self.label_overlap_threshold,
+                    voxel_owner=self.label_voxel_owner,
                 )
-                slice_labels[z] = lab
+                slice_labels[z] = lab = lab.cpu().numpy()
                 objectness = r.objectness.cpu().numpy() if r.has("objectness") else None
                 dets.set(z, r.scores.cpu().numpy(), r.pred_classes.cpu().numpy(), lab, objectness)
         labels, links = link_slice_instances(

@@ -280,9 +280,8 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         Returns:
             training: ``{"loss_mask": Tensor}``; inference: ``instances`` with ``pred_masks``.
         """
-        x = self.layers(
-            x, image
-        ).float()  # loss and probabilities in float32 (no-op without autocast)
+        # loss and probabilities in float32 (no-op without autocast)
+        x = self.layers(x, image).float()
         if self.training:
             loss = mask_rcnn_loss(x, instances, self.loss_type, self.bce_weight, self.dice_weight)
             return {"loss_mask": loss * self.loss_weight}
