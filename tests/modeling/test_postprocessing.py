@@ -224,10 +224,12 @@ def test_contested_voxels_go_to_the_more_confident_mask():
     # voxels into its neighbour at a low probability. "mask_prob" gives those voxels to the
     # neighbour, whose own mask is sure of them; "first" leaves them with row 0.
     shape = (4, 4, 12)
-    inst = Instances(shape)
-    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 0, 8, 4, 4], [6.0, 0, 0, 12, 4, 4]]))
-    inst.scores = torch.tensor([0.9, 0.8])
-    inst.objectness = torch.tensor([0.95, 0.9])
+    inst = Instances(
+        shape,
+        pred_boxes=Boxes(torch.tensor([[0.0, 0, 0, 8, 4, 4], [6.0, 0, 0, 12, 4, 4]])),
+        scores=torch.tensor([0.9, 0.8]),
+        objectness=torch.tensor([0.95, 0.9]),
+    )
     m0 = torch.full((4, 4, 8), 0.9)
     m0[..., 6:] = 0.6  # x in [6, 8): claimed, but barely
     m1 = torch.full((4, 4, 8), 0.95)  # RoI resolution; resampled to its 6-voxel box
