@@ -380,6 +380,22 @@ def add_det3d_config(cfg: CN) -> None:
     # image and not only features of stride 4 and up. 0 = none (Detectron2's head).
     _add(_C.MODEL.ROI_MASK_HEAD, "IMAGE_REFINE_DIM", 0)
 
+    # Foreground head (det3d/modeling/foreground_head.py): a foreground probability for every
+    # input voxel, from one feature level and the image. With it, an instance's voxels in
+    # "instance_labels" are those where its mask probability reaches MASK_THRESHOLD and the
+    # foreground probability reaches THRESHOLD: the masks say which object, the head where objects
+    # end, at the input's resolution rather than the mask grid's. "" = no head.
+    _add(_C.MODEL, "FOREGROUND_HEAD", CN())
+    _add(_C.MODEL.FOREGROUND_HEAD, "NAME", "")
+    _add(_C.MODEL.FOREGROUND_HEAD, "IN_FEATURE", "p2")
+    _add(_C.MODEL.FOREGROUND_HEAD, "CONV_DIM", 8)
+    _add(_C.MODEL.FOREGROUND_HEAD, "NUM_CONV", 0)
+    _add(_C.MODEL.FOREGROUND_HEAD, "NORM", "")
+    _add(_C.MODEL.FOREGROUND_HEAD, "LOSS_WEIGHT", 1.0)
+    _add(_C.MODEL.FOREGROUND_HEAD, "THRESHOLD", 0.5)
+    # replaces ROI_MASK_HEAD.MASK_THRESHOLD in the label volume where the head is on
+    _add(_C.MODEL.FOREGROUND_HEAD, "MASK_THRESHOLD", 0.2)
+
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)
     # Percentile intensity normalisation: (x - p_low) / (p_high - p_low), per channel.

@@ -1,6 +1,6 @@
 """
 det3d's model parts. Importing this package registers every part (backbones, anchor generators,
-RPN, ROI heads, box and mask heads, slice fusions, meta-architectures) in the registries of
+RPN, ROI heads, box and mask heads, foreground heads, slice fusions, meta-architectures) in the registries of
 :mod:`det3d.modeling.registries`.
 """
 
@@ -16,6 +16,7 @@ from .backbone import (
     build_resnet3d_fpn_backbone,
 )
 from .box_regression import Box2BoxTransform
+from .foreground_head import FPNForegroundHead, build_foreground_head
 from .matcher import Matcher
 from .meta_arch import (
     GeneralizedRCNN3D,
@@ -30,6 +31,7 @@ from .proposal_generator import RPN3D, build_proposal_generator
 from .registries import (
     ANCHOR_GENERATOR_REGISTRY,
     BACKBONE_REGISTRY,
+    FOREGROUND_HEAD_REGISTRY,
     META_ARCH_REGISTRY,
     PROPOSAL_GENERATOR_REGISTRY,
     ROI_BOX_HEAD_REGISTRY,

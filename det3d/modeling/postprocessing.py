@@ -185,6 +185,9 @@ def instances_to_label_volume(
     score_threshold: float = 0.0,
     overlap_threshold: float = 0.5,
     voxel_owner: str = "mask_prob",
+    foreground: Optional[torch.Tensor] = None,
+    foreground_threshold: float = 0.5,
+    claim_threshold: Optional[float] = None,
 ) -> torch.Tensor:
     """
     Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``.
@@ -204,16 +207,28 @@ def instances_to_label_volume(
     Detectron2 merges panoptic outputs): a second detection of the same object, e.g. under
     another class, would otherwise leave its rim behind as a spurious object.
 
+    With ``foreground`` (a foreground head's probabilities, see
+    det3d/modeling/foreground_head.py), an instance claims only voxels the head calls foreground
+    (``>= foreground_threshold``), and with ``claim_threshold`` it claims them down to that mask
+    probability (usually lower than ``threshold``): the mask says which object a voxel may
+    belong to, the head where the object ends. The overlap rule still looks at the instance's
+    own mask (``>= threshold``, foreground only): with the lower threshold, the outskirts of a
+    mask reach into its neighbours' and would make every touching object look like a duplicate.
+
     Args:
         instances: ``pred_boxes``, ``scores``, optionally ``objectness`` and ``pred_masks``
             (N, *M) in ``pred_mask_boxes`` (if present) or ``pred_boxes``, boxes in the
             coordinates of ``image_shape``.
         image_shape: spatial shape of the output; default ``instances.image_size``.
-        threshold: mask probability threshold.
+        threshold: mask probability threshold: the instance's mask.
         score_threshold: the objectness (or score) an instance needs to be pasted.
         overlap_threshold: the largest fraction of an instance's voxels that may already be
             claimed for it to be pasted; 1.0 pastes every instance that has a free voxel.
         voxel_owner: "mask_prob" or "first" (``MODEL.ROI_HEADS.LABELS_VOXEL_OWNER``).
+        foreground: None, or float ``image_shape`` foreground probabilities.
+        foreground_threshold: foreground probability a voxel needs to be claimed.
+        claim_threshold: None (= ``threshold``), or the mask probability down to which an
+            instance claims voxels.
 
     Returns:
         Tensor: int32 ``image_shape`` volume, on the instances' device.
@@ -224,6 +239,13 @@ def instances_to_label_volume(
         return torch.zeros(image_shape, dtype=torch.int32)
     boxes = mask_boxes(instances)
     labels = torch.zeros(image_shape, dtype=torch.int32, device=boxes.device)
+    if foreground is not None:
+        if tuple(foreground.shape) != image_shape:
+            raise ValueError(
+                f"instances_to_label_volume: foreground {tuple(foreground.shape)} does not match "
+                f"the label volume {image_shape}"
+            )
+        foreground = foreground.to(boxes.device) >= foreground_threshold
     if len(boxes) == 0:
         return labels
     if instances.has("scores"):
@@ -246,16 +268,20 @@ def instances_to_label_volume(
             slices, probs = paste_mask_probs(masks[i], boxes[i], image_shape)
             probs = probs.to(labels.device)
             local = probs >= threshold
+            claim = local if claim_threshold is None else probs >= claim_threshold
         else:
             _, clipped = _box_region(boxes[i], image_shape)
             slices = tuple(slice(lo, hi) for lo, hi in clipped)
-            local = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
+            local = claim = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
         region = labels[slices]  # a view: writing into it writes into labels
-        local = local.to(region.device)
+        local, claim = local.to(region.device), claim.to(region.device)
+        if foreground is not None:
+            local, claim = local & foreground[slices], claim & foreground[slices]
         size = int(local.sum())
         free = local & (region == 0)
         if size == 0 or int(free.sum()) < (1.0 - overlap_threshold) * size:
             continue
+        local = claim
         if owner_prob is not None:
             held = owner_prob[slices]
             free = local & ((region == 0) | (probs > held))

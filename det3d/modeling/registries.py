@@ -23,6 +23,7 @@ __all__ = [
     "ROI_BOX_HEAD_REGISTRY",
     "ROI_MASK_HEAD_REGISTRY",
     "SLICE_FUSION_REGISTRY",
+    "FOREGROUND_HEAD_REGISTRY",
 ]
 
 _SHARED = shared_registries()
@@ -97,4 +98,10 @@ SLICE_FUSION_REGISTRY = Registry("SLICE_FUSION")
 SLICE_FUSION_REGISTRY.__doc__ = """
 Registry for 2.5D slice-fusion modules: they merge the features of a slice with those of its
 neighbour slices. Called with ``obj(cfg, input_shape)``.
+"""
+FOREGROUND_HEAD_REGISTRY = Registry("FOREGROUND_HEAD")
+FOREGROUND_HEAD_REGISTRY.__doc__ = """
+Registry for foreground heads: backbone features and the input -> a foreground probability per
+input voxel, which sets where objects end in the label volume. Called with
+``obj(cfg, input_shape: dict[str, ShapeSpec])`` (see det3d/modeling/foreground_head.py).
 """

@@ -101,8 +101,7 @@ def test_detector_postprocess_rescales_per_axis():
     torch.testing.assert_close(out.proposal_boxes.tensor, torch.tensor([[4.0, 2, 20, 10]]))
 
 
-_MEMORY_SCRIPT = textwrap.dedent(
-    """
+_MEMORY_SCRIPT = textwrap.dedent("""
     import resource, torch
     from det3d.modeling.postprocessing import instances_to_label_volume
     from det3d.structures import Boxes, Instances
@@ -119,8 +118,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert labels.shape == shape and int(labels.max()) > 0
     print((after - before) // 1024)
-    """
-)
+    """)
 
 
 def test_label_volume_memory_does_not_grow_with_instances_times_volume():
@@ -243,3 +241,38 @@ def test_contested_voxels_go_to_the_more_confident_mask():
     assert (labels[..., :8] == 1).all() and (labels[..., 8:] == 2).all()
     with pytest.raises(ValueError, match="LABELS_VOXEL_OWNER"):
         instances_to_label_volume(inst, shape, 0.5, voxel_owner="biggest")
+
+
+def test_foreground_sets_where_objects_end():
+    # One row of 12 voxels: row 0 (surer) has box x in [0, 8), row 1 x in [4, 12), masks at the
+    # boxes' size (pasted as they are). The foreground says no at x = 3 and x = 11. With it, each
+    # instance claims foreground voxels down to mask probability 0.2, a voxel two claim goes to
+    # the higher probability, and the overlap rule looks at the masks' own voxels (>= 0.5).
+    shape = (1, 12)
+    inst = Instances(
+        shape,
+        pred_boxes=Boxes(torch.tensor([[0.0, 0, 8, 1], [4.0, 0, 12, 1]])),
+        scores=torch.tensor([0.9, 0.8]),
+        objectness=torch.tensor([0.95, 0.9]),
+    )
+    inst.pred_masks = torch.tensor(
+        [
+            [[0.9, 0.9, 0.9, 0.6, 0.3, 0.1, 0.0, 0.0]],  # x = 0..7
+            [[0.25, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.3]],  # x = 4..11
+        ]
+    )
+    fg = torch.ones(shape)
+    fg[0, 3] = fg[0, 11] = 0.1
+    plain = instances_to_label_volume(inst, shape, 0.5)
+    assert plain.tolist() == [[1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 2, 0]]
+    low = instances_to_label_volume(inst, shape, 0.5, claim_threshold=0.2)
+    assert low.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]]  # x = 4: 0.3 beats 0.25
+    got = instances_to_label_volume(inst, shape, 0.5, foreground=fg, claim_threshold=0.2)
+    assert got.tolist() == [[1, 1, 1, 0, 1, 2, 2, 2, 2, 2, 2, 0]]
+    # a second detection of row 1 (same mask, less sure) is a duplicate by its own voxels
+    dup = Instances.cat([inst, inst[[1]]])
+    dup.objectness = torch.tensor([0.95, 0.9, 0.8])
+    got = instances_to_label_volume(dup, shape, 0.5, foreground=fg, claim_threshold=0.2)
+    assert got.tolist() == [[1, 1, 1, 0, 1, 2, 2, 2, 2, 2, 2, 0]]
+    with pytest.raises(ValueError, match="foreground"):
+        instances_to_label_volume(inst, shape, foreground=fg[:, :-1])

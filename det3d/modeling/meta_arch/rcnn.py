@@ -16,12 +16,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from det3d.config import configurable
 from det3d.structures import ImageList, Instances
 from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
+from ..foreground_head import build_foreground_head
 from ..postprocessing import check_voxel_owner, detector_postprocess, instances_to_label_volume
 from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
@@ -186,12 +188,12 @@ class _RCNNBase(nn.Module):
 @META_ARCH_REGISTRY.register()
 class GeneralizedRCNN3D(_RCNNBase):
     """
-    Backbone -> RPN -> ROI heads (box and mask branches).
+    Backbone -> RPN -> ROI heads (box and mask branches), and optionally a foreground head.
 
     Input: ``list[dict]`` (docs/conventions.md, "Model input and output"). Training returns the
-    losses (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]; none
-    from frozen modules). Inference returns, per input, ``{"instances", "instance_labels"}`` at the
-    original size (see :meth:`inference`).
+    losses (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``[, ``loss_mask``][,
+    ``loss_foreground``]; none from frozen modules). Inference returns, per input,
+    ``{"instances", "instance_labels"}`` at the original size (see :meth:`inference`).
     """
 
     @configurable
@@ -209,6 +211,9 @@ class GeneralizedRCNN3D(_RCNNBase):
         label_overlap_threshold: float = 0.5,
         label_voxel_owner: str = "mask_prob",
         mask_flip_axes: Sequence[int] = (),
+        foreground_head: Optional[nn.Module] = None,
+        foreground_threshold: float = 0.5,
+        foreground_mask_threshold: float = 0.2,
         freeze: Sequence[str] = (),
         inference_amp: Optional[str] = None,
     ):
@@ -227,7 +232,14 @@ class GeneralizedRCNN3D(_RCNNBase):
                 :func:`instances_to_label_volume`).
             mask_flip_axes: at inference, the masks of the final detections are averaged over
                 the input flipped along every combination of these array axes (``2**k`` backbone
-                passes; ``TEST.MASK_FLIP_AXES``); () = one pass.
+                passes; ``TEST.MASK_FLIP_AXES``); () = one pass. A foreground head's output is
+                averaged over the same flips.
+            foreground_head: None, or a module of ``FOREGROUND_HEAD_REGISTRY``: it adds
+                ``loss_foreground`` in training, and at inference an instance's voxels in
+                ``instance_labels`` are those where its mask probability reaches
+                ``foreground_mask_threshold`` (lower than ``mask_threshold``, which still sets
+                the mask the overlap rule looks at) and the head's foreground probability
+                reaches ``foreground_threshold``.
             freeze: names of children to freeze (see :func:`freeze_modules`).
             inference_amp: see :class:`_RCNNBase`.
         """
@@ -240,6 +252,9 @@ class GeneralizedRCNN3D(_RCNNBase):
             inference_amp=inference_amp,
         )
         self.roi_heads = roi_heads
+        self.foreground_head = foreground_head
+        self.foreground_threshold = float(foreground_threshold)
+        self.foreground_mask_threshold = float(foreground_mask_threshold)
         self.mask_threshold = mask_threshold
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
@@ -262,6 +277,9 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["label_overlap_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
         ret["label_voxel_owner"] = cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER
         ret["mask_flip_axes"] = cfg.TEST.MASK_FLIP_AXES
+        ret["foreground_head"] = build_foreground_head(cfg, ret["backbone"].output_shape())
+        ret["foreground_threshold"] = cfg.MODEL.FOREGROUND_HEAD.THRESHOLD
+        ret["foreground_mask_threshold"] = cfg.MODEL.FOREGROUND_HEAD.MASK_THRESHOLD
         return ret
 
     def forward(self, batched_inputs: List[Dict]):
@@ -278,7 +296,10 @@ class GeneralizedRCNN3D(_RCNNBase):
         images = self.preprocess_image(batched_inputs)
         gt_instances = self._gt_instances(batched_inputs)
         features = self._features(images)
-        return self._training_losses(images, features, gt_instances)
+        losses = self._training_losses(images, features, gt_instances)
+        if self.foreground_head is not None and not self.is_frozen("foreground_head"):
+            losses.update(self.foreground_head(features, images, gt_instances))
+        return losses
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True) -> List[Dict]:
         """
@@ -288,7 +309,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             the input's "depth"/"height"/"width" and clipped, ``pred_masks`` (N, *M) at RoI
             resolution, and the label volume in which row ``i`` has label ``i + 1`` (see
             :func:`instances_to_label_volume`).
-            Without: ``list[Instances]`` at the network's input size.
+            Without: ``list[Instances]`` at the network's input size (a foreground head's
+            output is then not used).
         """
         assert not self.training
         images = self.preprocess_image(batched_inputs)
@@ -296,28 +318,50 @@ class GeneralizedRCNN3D(_RCNNBase):
             features = self.backbone(images.tensor)
             proposals, _ = self.proposal_generator(images, features, None)
             results, _ = self.roi_heads(images, features, proposals, None)
+            foreground = None
+            if self.foreground_head is not None and do_postprocess:
+                foreground = self.foreground_head(features, images)
             del features
-            if self.mask_flip_axes and getattr(self.roi_heads, "mask_on", False):
-                self._flip_averaged_masks(images, results)
+            masks_on = getattr(self.roi_heads, "mask_on", False)
+            if self.mask_flip_axes and (masks_on or foreground is not None):
+                foreground = self._flip_averaged(images, results, foreground, masks_on)
         if not do_postprocess:
             return results
-        return self._postprocess(results, batched_inputs, images.image_sizes)
+        return self._postprocess(results, batched_inputs, images.image_sizes, foreground)
 
-    def _flip_averaged_masks(self, images: ImageList, results: List[Instances]) -> None:
+    def _flip_averaged(
+        self,
+        images: ImageList,
+        results: List[Instances],
+        foreground: Optional[torch.Tensor],
+        masks_on: bool,
+    ) -> Optional[torch.Tensor]:
         """
-        Replaces each detection's ``pred_masks`` by their mean over the flips of
-        ``mask_flip_axes`` (every combination, the unflipped pass included): the mask branch
-        runs on the flipped batch's features with the flipped boxes, and its masks are flipped
-        back. Boxes, scores and classes stay those of the unflipped pass. ``images`` is the
-        normalised batch; each image is flipped within its own size, then padded again.
+        Averages the masks (``masks_on``) and the foreground probabilities (if not None) over
+        the flips of ``mask_flip_axes`` (every combination, the unflipped pass included): each
+        detection's ``pred_masks`` is replaced by the mean of the mask branch's masks on the
+        flipped batch's features in the flipped boxes, flipped back; boxes, scores and classes
+        stay those of the unflipped pass. ``images`` is the normalised batch; each image is
+        flipped within its own size, then padded again.
+
+        Returns:
+            the averaged foreground probabilities, or None.
         """
         axes = self.mask_flip_axes
         combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
-        total = [r.pred_masks.clone() for r in results]
+        total = [r.pred_masks.clone() for r in results] if masks_on else []
+        fg_total = foreground.clone() if foreground is not None else None
         for flip in combos:
             dims = [1 + a for a in flip]  # (C, *spatial) images, (N, *M) masks
             flipped = self._pad_batch([images[i].flip(dims) for i in range(len(results))])
             features = self.backbone(flipped.tensor)
+            if fg_total is not None:
+                fg = self.foreground_head(features, flipped)
+                for i, size in enumerate(images.image_sizes):
+                    region = tuple(slice(0, int(s)) for s in size)
+                    fg_total[i][region] += fg[i][region].flip(list(flip))
+            if not masks_on:
+                continue
             given = [
                 Instances(
                     r.image_size,
@@ -332,12 +376,24 @@ class GeneralizedRCNN3D(_RCNNBase):
                 t += g.pred_masks.flip(dims)
         for r, t in zip(results, total):
             r.pred_masks = t / (len(combos) + 1)
+        return None if fg_total is None else fg_total / (len(combos) + 1)
 
-    def _postprocess(self, instances, batched_inputs, image_sizes) -> List[Dict]:
+    def _postprocess(
+        self, instances, batched_inputs, image_sizes, foreground: Optional[torch.Tensor] = None
+    ) -> List[Dict]:
         processed = []
-        for results, input_dict, image_size in zip(instances, batched_inputs, image_sizes):
+        for i, (results, input_dict, image_size) in enumerate(
+            zip(instances, batched_inputs, image_sizes)
+        ):
             out_size = _original_size(input_dict, image_size)
             r = detector_postprocess(results, out_size)
+            fg, claim = None, None
+            if foreground is not None:
+                fg = foreground[i][tuple(slice(0, int(s)) for s in image_size)]
+                if tuple(fg.shape) != out_size:  # the input was resampled: back to its grid
+                    mode = "trilinear" if self.ndim == 3 else "bilinear"
+                    fg = F.interpolate(fg[None, None], size=out_size, mode=mode)[0, 0]
+                claim = self.foreground_mask_threshold
             labels = instances_to_label_volume(
                 r,
                 out_size,
@@ -345,6 +401,9 @@ class GeneralizedRCNN3D(_RCNNBase):
                 score_threshold=self.label_score_threshold,
                 overlap_threshold=self.label_overlap_threshold,
                 voxel_owner=self.label_voxel_owner,
+                foreground=fg,
+                foreground_threshold=self.foreground_threshold,
+                claim_threshold=claim,
             )
             processed.append({"instances": r, "instance_labels": labels})
         return processed

@@ -190,6 +190,12 @@ class SliceFusionRCNN(_RCNNBase):
                 "implemented for GeneralizedRCNN3D only; SliceFusionRCNN's ROI heads are not "
                 "handed the target slices' images"
             )
+        if cfg.MODEL.FOREGROUND_HEAD.NAME:
+            raise ValueError(
+                "MODEL.FOREGROUND_HEAD.NAME (a full-resolution foreground head) is implemented "
+                f"for GeneralizedRCNN3D only; SliceFusionRCNN got "
+                f"{cfg.MODEL.FOREGROUND_HEAD.NAME!r}"
+            )
         if cfg.TEST.MASK_FLIP_AXES:
             raise ValueError(
                 "TEST.MASK_FLIP_AXES (mask test-time flips) is implemented for GeneralizedRCNN3D "

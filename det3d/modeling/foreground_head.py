@@ -1,0 +1,186 @@
+"""
+Foreground heads: backbone features and the input image -> a full-resolution foreground probability.
+
+A Mask R-CNN mask lives on a grid of ``2P`` cells per axis laid over its box, so its outline is
+placed to within a cell, a voxel or more for all but the smallest objects. A foreground head
+predicts, for every voxel of the input, whether it belongs to some object. The label volume then
+takes each instance's voxels where its mask is at least moderately likely *and* the foreground
+head says foreground (:func:`det3d.modeling.postprocessing.instances_to_label_volume`): the
+instance masks decide which object a voxel belongs to, the foreground head where objects end.
+
+Call contract (``FOREGROUND_HEAD_REGISTRY``): ``obj(cfg, input_shape: dict[str, ShapeSpec])``;
+the module's ``forward(features, images, targets=None)`` returns ``{"loss_foreground": scalar}``
+with ``targets`` (training) and the ``(N, *spatial)`` foreground probabilities of the padded batch
+without.
+"""
+
+from typing import Dict, List, Optional
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from det3d.config import configurable
+from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss
+from det3d.structures import ImageList, Instances
+
+from .registries import FOREGROUND_HEAD_REGISTRY
+
+__all__ = ["FPNForegroundHead", "build_foreground_head", "foreground_targets"]
+
+_INTERP_MODE = {2: "bilinear", 3: "trilinear"}
+
+
+def foreground_targets(targets: List[Instances], shape) -> torch.Tensor:
+    """
+    The union of each volume's gt masks, zero-padded to the batch's padded ``shape``.
+
+    Args:
+        targets: per volume, ``gt_masks`` (BitMasks of the volume before padding).
+        shape: the padded spatial shape.
+
+    Returns:
+        Tensor: float (N, *shape), 1 inside any object.
+    """
+    out = []
+    for i, t in enumerate(targets):
+        if not t.has("gt_masks"):
+            raise KeyError(f"targets[{i}] has no gt_masks: the foreground head trains on masks")
+        masks = t.gt_masks.tensor
+        fg = masks.any(0) if len(masks) else torch.zeros(masks.shape[1:], dtype=torch.bool)
+        pad = []
+        for have, want in zip(reversed(fg.shape), reversed(tuple(shape))):
+            pad += [0, int(want) - int(have)]
+        out.append(F.pad(fg.float(), pad))
+    return torch.stack(out)
+
+
+@FOREGROUND_HEAD_REGISTRY.register()
+class FPNForegroundHead(nn.Module):
+    """
+    One feature level (by default the finest, ``p2``) reduced to ``conv_dim`` channels by a 1x1
+    conv and resampled (bi/trilinear) to the input's voxels, plus a kernel-3 conv of the
+    normalised input to ``conv_dim`` channels; ReLU, then ``num_conv`` kernel-3 convs with ReLU and
+    a 1x1 conv to one logit. The features bring context (how bright this object is, where its
+    neighbours are), the image conv the voxel detail. Every full-resolution layer is dear on a
+    CPU (a kernel-3 conv of 8 channels over a 64^3 volume costs more to train than the whole mask
+    head of 16 RoIs), hence one image conv and none after it by default.
+    Loss: binary cross-entropy plus soft Dice over each volume's unpadded voxels, against the
+    union of its gt masks.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: ShapeSpec,
+        in_feature: str,
+        image_channels: int,
+        conv_dim: int = 8,
+        num_conv: int = 0,
+        norm: str = "",
+        loss_weight: float = 1.0,
+        ndim: int = 3,
+    ):
+        """
+        Args:
+            input_shape: shape of the feature level ``in_feature``.
+            in_feature: name of the backbone output the head reads.
+            image_channels: channels of the model's input.
+            conv_dim: channels of the full-resolution layers.
+            num_conv: number of kernel-3 convs after the image conv, at full resolution.
+            norm: norm of those convs (see :func:`det3d.layers.get_norm`).
+            loss_weight: weight of ``loss_foreground``.
+            ndim: number of spatial dims.
+        """
+        super().__init__()
+        if conv_dim < 1 or num_conv < 0:
+            raise ValueError(
+                f"MODEL.FOREGROUND_HEAD.CONV_DIM must be >= 1 and NUM_CONV >= 0, got {conv_dim} "
+                f"and {num_conv}"
+            )
+        self.in_feature = in_feature
+        self.ndim = ndim
+        self.loss_weight = float(loss_weight)
+        conv = conv_nd(ndim)
+        self.reduce = conv(input_shape.channels, conv_dim, kernel_size=1)
+        self.image_conv = conv(image_channels, conv_dim, kernel_size=3, padding=1)
+        self.convs = []
+        stack = conv_norm_relu_stack(ndim, conv_dim, [conv_dim] * num_conv, norm)
+        for k, layer in enumerate(stack):
+            weight_init.c2_msra_fill(layer)
+            self.add_module(f"fg_conv{k + 1}", layer)
+            self.convs.append(layer)
+        self.predictor = conv(conv_dim, 1, kernel_size=1)
+        weight_init.c2_msra_fill(self.reduce)
+        weight_init.c2_msra_fill(self.image_conv)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0.0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        name = cfg.MODEL.FOREGROUND_HEAD.IN_FEATURE
+        if name not in input_shape:
+            raise KeyError(
+                f"MODEL.FOREGROUND_HEAD.IN_FEATURE {name!r} is not a backbone output; "
+                f"the backbone gives {sorted(input_shape)}"
+            )
+        return {
+            "input_shape": input_shape[name],
+            "in_feature": name,
+            "image_channels": len(cfg.MODEL.PIXEL_MEAN),
+            "conv_dim": cfg.MODEL.FOREGROUND_HEAD.CONV_DIM,
+            "num_conv": cfg.MODEL.FOREGROUND_HEAD.NUM_CONV,
+            "norm": cfg.MODEL.FOREGROUND_HEAD.NORM,
+            "loss_weight": cfg.MODEL.FOREGROUND_HEAD.LOSS_WEIGHT,
+            "ndim": cfg.MODEL.SPATIAL_DIMS,
+        }
+
+    def layers(self, features: Dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features: backbone outputs of the batch.
+            images: (N, C, *spatial) the normalised, padded batch.
+
+        Returns:
+            Tensor: (N, *spatial) foreground logits.
+        """
+        x = self.reduce(features[self.in_feature])
+        size = images.shape[2:]
+        x = F.interpolate(x, size=size, mode=_INTERP_MODE[self.ndim], align_corners=False)
+        x = F.relu(x + self.image_conv(images.to(x.dtype)))
+        for layer in self.convs:
+            x = layer(x)
+        return self.predictor(x)[:, 0]
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        images: ImageList,
+        targets: Optional[List[Instances]] = None,
+    ):
+        """
+        Returns:
+            ``{"loss_foreground": scalar}`` with ``targets``; else (N, *spatial) float32
+            probabilities of the padded batch.
+        """
+        logits = self.layers(features, images.tensor)
+        if targets is None:
+            return torch.sigmoid(logits.float())
+        gt = foreground_targets(targets, logits.shape[1:]).to(logits.device)
+        losses = []
+        for i, size in enumerate(images.image_sizes):
+            region = (i,) + tuple(slice(0, int(s)) for s in size)
+            x, t = logits[region].float()[None], gt[region][None]
+            bce = F.binary_cross_entropy_with_logits(x, t)
+            losses.append(bce + dice_loss(x, t, reduction="mean"))
+        return {"loss_foreground": self.loss_weight * torch.stack(losses).mean()}
+
+
+def build_foreground_head(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
+    """``FOREGROUND_HEAD_REGISTRY.get(cfg.MODEL.FOREGROUND_HEAD.NAME)``; None where NAME is ""."""
+    name = cfg.MODEL.FOREGROUND_HEAD.NAME
+    if not name:
+        return None
+    return FOREGROUND_HEAD_REGISTRY.get(name)(cfg, input_shape)

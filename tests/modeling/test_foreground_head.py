@@ -1,0 +1,201 @@
+"""The foreground head, and GeneralizedRCNN3D's label volume with it, in 2D and 3D."""
+
+import pytest
+import torch
+from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+from torch.nn import functional as F
+
+from det3d.layers import ShapeSpec
+from det3d.modeling import FOREGROUND_HEAD_REGISTRY, FPNForegroundHead, build_model
+from det3d.modeling.foreground_head import build_foreground_head, foreground_targets
+from det3d.structures import ImageList, Instances
+from det3d.structures.masks import BitMasks
+
+SHAPES = {3: (16, 32, 32), 2: (64, 64)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _fg_cfg(ndim):
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.FOREGROUND_HEAD.NAME = "FPNForegroundHead"
+    return cfg
+
+
+def test_targets_are_the_union_of_the_masks_padded_with_background():
+    masks = torch.zeros(3, 4, 5, 6, dtype=torch.bool)
+    masks[0, 0, 0, 0] = masks[1, 3, 4, 5] = masks[2, 1:3, 1:3, 1:3] = True
+    with_objects = Instances((4, 5, 6), gt_masks=BitMasks(masks))
+    empty = Instances((2, 5, 6), gt_masks=BitMasks(torch.zeros(0, 2, 5, 6, dtype=torch.bool)))
+    got = foreground_targets([with_objects, empty], (4, 8, 8))
+    want = torch.zeros(2, 4, 8, 8)
+    for m in masks:  # the reference: one object at a time
+        want[0, :4, :5, :6] = torch.maximum(want[0, :4, :5, :6], m.float())
+    assert torch.equal(got, want) and want[0].sum() == 2 + 8
+    with pytest.raises(KeyError, match="gt_masks"):
+        foreground_targets([Instances((4, 5, 6))], (4, 8, 8))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
+    torch.manual_seed(0)
+    head = FPNForegroundHead(
+        input_shape=ShapeSpec(channels=4, stride=(4,) * ndim),
+        in_feature="p2",
+        image_channels=1,
+        conv_dim=3,
+        num_conv=1,
+        ndim=ndim,
+    )
+    sizes = [(8,) * ndim, (6,) + (8,) * (ndim - 1)]
+    padded = (8,) * ndim
+    images = ImageList(torch.randn((2, 1) + padded), sizes)
+    features = {"p2": torch.randn((2, 4) + (2,) * ndim)}
+    targets = []
+    for s in sizes:
+        m = torch.zeros((1,) + s, dtype=torch.bool)
+        m[(0,) + (slice(1, 5),) * ndim] = True
+        targets.append(Instances(s, gt_masks=BitMasks(m)))
+    loss = head(features, images, targets)["loss_foreground"]
+    logits = head.layers(features, images.tensor)
+    want = []
+    for i, s in enumerate(sizes):
+        x = logits[(i,) + tuple(slice(0, k) for k in s)].flatten()
+        t = targets[i].gt_masks.tensor[0].flatten().float()
+        p = torch.sigmoid(x)
+        dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+        want.append(F.binary_cross_entropy(p, t) + dice)
+    torch.testing.assert_close(loss, torch.stack(want).mean(), rtol=1e-5, atol=1e-6)
+    # the padded voxels of the second volume take no part in the loss
+    loss.backward()
+    probs = head(features, images)
+    assert probs.shape == (2,) + padded and 0 <= probs.min() and probs.max() <= 1
+    assert head.image_conv.weight.grad.abs().sum() > 0
+
+
+def test_bad_config_is_named():
+    cfg = _fg_cfg(3)
+    cfg.MODEL.FOREGROUND_HEAD.IN_FEATURE = "p9"
+    with pytest.raises(KeyError, match="IN_FEATURE 'p9'.*p2"):
+        build_model(cfg)
+    cfg = _fg_cfg(3)
+    cfg.MODEL.FOREGROUND_HEAD.CONV_DIM = 0
+    with pytest.raises(ValueError, match="CONV_DIM"):
+        build_model(cfg)
+    cfg.MODEL.FOREGROUND_HEAD.NAME = ""
+    assert build_foreground_head(cfg, {}) is None
+    assert "FPNForegroundHead" in FOREGROUND_HEAD_REGISTRY
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_training_adds_the_foreground_loss_unless_frozen(ndim):
+    torch.manual_seed(0)
+    cfg = _fg_cfg(ndim)
+    model = build_model(cfg)
+    model.train()
+    batch = [synthetic_input(SHAPES[ndim], seed=s) for s in range(2)]
+    losses = model(batch)
+    assert torch.isfinite(losses["loss_foreground"]) and len(losses) == 6
+    sum(losses.values()).backward()
+    assert model.foreground_head.reduce.weight.grad.abs().sum() > 0
+    cfg.MODEL.FREEZE_MODULES = ["foreground_head"]
+    frozen = build_model(cfg)
+    frozen.train()
+    assert "loss_foreground" not in frozen(batch) and not frozen.foreground_head.training
+
+
+class _Given(torch.nn.Module):
+    """A stand-in head that returns a fixed foreground for every batch it is given."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.probs = probs
+        self.seen = []
+
+    def forward(self, features, images, targets=None):
+        self.seen.append(images.tensor.clone())
+        return self.probs(images.tensor) if callable(self.probs) else self.probs
+
+
+def _eval(ndim, **keys):
+    torch.manual_seed(0)
+    cfg = _fg_cfg(ndim)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST = 0.0
+    for k, v in keys.items():
+        cfg.merge_from_list([k, v])
+    model = build_model(cfg)
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_label_volume_keeps_mask_voxels_the_head_calls_foreground(ndim):
+    # The model pastes with its keys: masks at ROI_MASK_HEAD.MASK_THRESHOLD for the overlap rule,
+    # claims down to FOREGROUND_HEAD.MASK_THRESHOLD, and the head's foreground (here a stand-in
+    # that says foreground on the left half of x only). The rule itself: test_postprocessing.py.
+    from det3d.modeling import instances_to_label_volume
+
+    model = _eval(ndim)
+    shape = SHAPES[ndim]
+    inputs = [{"image": synthetic_input(shape)["image"]}]
+    half = torch.zeros((1,) + shape)
+    half[..., : shape[-1] // 2] = 0.9
+    model.foreground_head = _Given(half)
+    with torch.no_grad():
+        (out,) = model(inputs)
+    inst, labels = out["instances"], out["instance_labels"]
+    assert len(inst) > 0 and (labels > 0).any()
+    assert (labels[..., shape[-1] // 2 :] == 0).all()
+    want = instances_to_label_volume(
+        inst, shape, 0.5, score_threshold=0.0, foreground=half[0], claim_threshold=0.2
+    )
+    assert torch.equal(labels, want)
+    without = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.0)
+    assert not torch.equal(labels, without)
+
+
+def test_foreground_is_averaged_over_the_mask_flips():
+    shape = SHAPES[3]
+    model = _eval(3, **{"TEST.MASK_FLIP_AXES": "[0, 2]"})
+    captured = {}
+    original = model._postprocess
+
+    def keep(results, batched_inputs, image_sizes, foreground=None):
+        captured["fg"] = foreground
+        return original(results, batched_inputs, image_sizes, foreground)
+
+    model._postprocess = keep
+    inputs = [{"image": synthetic_input(shape)["image"]}]
+    # A head that is a voxelwise function of the image commutes with flips: every pass, flipped
+    # back, gives the plain pass's foreground. Four passes: plain, z, x, zx.
+    head = _Given(lambda images: torch.sigmoid(images[:, 0]))
+    model.foreground_head = head
+    with torch.no_grad():
+        model(inputs)
+    plain = torch.sigmoid(model.preprocess_image(inputs).tensor[:, 0])
+    region = (slice(None),) + tuple(slice(0, s) for s in shape)  # the batch is padded
+    assert len(head.seen) == 4
+    torch.testing.assert_close(head.seen[2][region], head.seen[0][region].flip(4))
+    torch.testing.assert_close(captured["fg"][region], plain[region])
+    # A head that gives the same x ramp whatever it sees: the passes flipped along x return it
+    # mirrored, so the mean is ramp(x) + ramp(W - 1 - x) over 2 = 0.5 everywhere.
+    ramp = torch.linspace(0, 1, shape[-1])  # x is not padded
+    model.foreground_head = _Given(lambda images: ramp.expand(images.shape[:1] + images.shape[2:]))
+    with torch.no_grad():
+        model(inputs)
+    torch.testing.assert_close(captured["fg"][region], torch.full((1,) + shape, 0.5))
+
+
+def test_slice_fusion_refuses_the_foreground_head():
+    from det3d.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/Base-SliceFusion-RCNN-FPN.yaml")
+    cfg.MODEL.FOREGROUND_HEAD.NAME = "FPNForegroundHead"
+    with pytest.raises(ValueError, match="FOREGROUND_HEAD.NAME"):
+        build_model(cfg)
