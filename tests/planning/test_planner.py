@@ -59,6 +59,10 @@ def test_isotropic_plan(iso):
     assert v["MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM"] == 16
     # masks are averaged at test time over the flips the model trained with
     assert v["TEST.MASK_FLIP_AXES"] == v["INPUT.RANDOM_FLIP_AXES"] == [0, 1, 2]
+    # outlines at voxel resolution; a mask head narrower than the demo's for the CPU budget
+    assert v["MODEL.FOREGROUND_HEAD.NAME"] == "FPNForegroundHead"
+    assert v["MODEL.ROI_MASK_HEAD.CONV_DIM"] == 32
+    assert "80% of a CPU step" in plan.reasons["MODEL.ROI_MASK_HEAD.CONV_DIM"]
 
 
 def test_anisotropic_plan_keeps_z_resolution(aniso):
