@@ -1,7 +1,7 @@
 """
 det3d's model parts. Importing this package registers every part (backbones, anchor generators,
-RPN, ROI heads, box and mask heads, foreground heads, slice fusions, meta-architectures) in the registries of
-:mod:`det3d.modeling.registries`.
+RPN, ROI heads, box and mask heads, foreground heads, slice fusions, meta-architectures) in the
+registries of :mod:`det3d.modeling.registries`.
 """
 
 from det3d.layers import ShapeSpec
