@@ -212,8 +212,9 @@ def instances_to_label_volume(
     (``>= foreground_threshold``), and with ``claim_threshold`` it claims them down to that mask
     probability (usually lower than ``threshold``): the mask says which object a voxel may
     belong to, the head where the object ends. The overlap rule still looks at the instance's
-    own mask (``>= threshold``, foreground only): with the lower threshold, the outskirts of a
-    mask reach into its neighbours' and would make every touching object look like a duplicate.
+    own mask (``>= threshold``, foreground only) and, with ``"mask_prob"``, counts as taken only
+    the voxels earlier instances hold at ``>= threshold``: with the lower threshold, the outskirts
+    of a mask reach into its neighbours' and would make a touching object look like a duplicate.
 
     Args:
         instances: ``pred_boxes``, ``scores``, optionally ``objectness`` and ``pred_masks``
@@ -278,12 +279,17 @@ def instances_to_label_volume(
         if foreground is not None:
             local, claim = local & foreground[slices], claim & foreground[slices]
         size = int(local.sum())
-        free = local & (region == 0)
+        taken = region != 0
+        if owner_prob is not None:
+            held = owner_prob[slices]
+            # a voxel an earlier instance took only below its mask threshold (a claim's
+            # outskirts) does not make this one a duplicate
+            taken &= held >= threshold
+        free = local & ~taken
         if size == 0 or int(free.sum()) < (1.0 - overlap_threshold) * size:
             continue
         local = claim
         if owner_prob is not None:
-            held = owner_prob[slices]
             free = local & ((region == 0) | (probs > held))
             held[free] = probs[free]
         region[free] = i + 1

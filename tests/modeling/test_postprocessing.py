@@ -276,3 +276,10 @@ def test_foreground_sets_where_objects_end():
     assert got.tolist() == [[1, 1, 1, 0, 1, 2, 2, 2, 2, 2, 2, 0]]
     with pytest.raises(ValueError, match="foreground"):
         instances_to_label_volume(inst, shape, foreground=fg[:, :-1])
+    # Row 0's claim reaches, at probability 0.3, over most of row 1's mask. Those outskirts do
+    # not make row 1 a duplicate (it would be one if 6 of its 8 voxels counted as taken), and
+    # row 1, surer there, takes them.
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 8, 1], [2.0, 0, 10, 1]]))
+    inst.pred_masks = torch.tensor([[[0.9, 0.9] + [0.3] * 6], [[0.9] * 8]])
+    got = instances_to_label_volume(inst, shape, 0.5, claim_threshold=0.2)
+    assert got.tolist() == [[1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0]]
