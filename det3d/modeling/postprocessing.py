@@ -24,7 +24,8 @@ __all__ = [
     "expand_boxes",
 ]
 
-_INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+# F.interpolate's linear mode per number of spatial dims
+INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 # who gets a voxel two pasted instances claim (see instances_to_label_volume)
 VOXEL_OWNERS = ("mask_prob", "first")
 
@@ -172,7 +173,7 @@ def paste_mask_probs(
         return slices, torch.zeros([max(hi - lo, 0) for lo, hi in clipped])
     size = [hi - lo for lo, hi in full]
     resized = F.interpolate(
-        mask[None, None].float(), size=size, mode=_INTERP_MODE[ndim], align_corners=False
+        mask[None, None].float(), size=size, mode=INTERP_MODE[ndim], align_corners=False
     )[0, 0]
     crop = tuple(slice(c_lo - f_lo, c_hi - f_lo) for (f_lo, _), (c_lo, c_hi) in zip(full, clipped))
     return slices, resized[crop]

@@ -157,6 +157,15 @@ def test_label_volume_keeps_mask_voxels_the_head_calls_foreground(ndim):
     assert torch.equal(labels, want)
     without = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.0)
     assert not torch.equal(labels, without)
+    # an input the mapper had halved: the foreground is resampled to the original grid with the
+    # boxes, so the right half of the original volume stays empty as well
+    original = tuple(2 * s for s in shape)
+    keys = ("depth", "height", "width")[-ndim:]
+    with torch.no_grad():
+        (out,) = model([dict(inputs[0], **dict(zip(keys, original)))])
+    labels = out["instance_labels"]
+    assert labels.shape == original and (labels > 0).any()
+    assert (labels[..., original[-1] // 2 :] == 0).all()
 
 
 def test_foreground_is_averaged_over_the_mask_flips():

@@ -24,7 +24,12 @@ from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
 from ..foreground_head import build_foreground_head
-from ..postprocessing import check_voxel_owner, detector_postprocess, instances_to_label_volume
+from ..postprocessing import (
+    INTERP_MODE,
+    check_voxel_owner,
+    detector_postprocess,
+    instances_to_label_volume,
+)
 from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
@@ -391,8 +396,9 @@ class GeneralizedRCNN3D(_RCNNBase):
             if foreground is not None:
                 fg = foreground[i][tuple(slice(0, int(s)) for s in image_size)]
                 if tuple(fg.shape) != out_size:  # the input was resampled: back to its grid
-                    mode = "trilinear" if self.ndim == 3 else "bilinear"
-                    fg = F.interpolate(fg[None, None], size=out_size, mode=mode)[0, 0]
+                    mode = INTERP_MODE[self.ndim]
+                    fg = F.interpolate(fg[None, None], out_size, mode=mode, align_corners=False)
+                    fg = fg[0, 0]
                 claim = self.foreground_mask_threshold
             labels = instances_to_label_volume(
                 r,
