@@ -106,6 +106,14 @@ def test_training_adds_the_foreground_loss_unless_frozen(ndim):
     frozen = build_model(cfg)
     frozen.train()
     assert "loss_foreground" not in frozen(batch) and not frozen.foreground_head.training
+    # staged training, heads on a frozen backbone and RPN: the head still learns
+    cfg.MODEL.FREEZE_MODULES = ["backbone", "proposal_generator"]
+    heads = build_model(cfg)
+    heads.train()
+    losses = heads(batch)
+    assert "loss_foreground" in losses and "loss_rpn_cls" not in losses
+    losses["loss_foreground"].backward()
+    assert heads.foreground_head.image_conv.weight.grad.abs().sum() > 0
 
 
 class _Given(torch.nn.Module):
