@@ -35,12 +35,21 @@ UNSUPPORTED_KEYS: List[Tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
-def check_supported(cfg) -> None:
+def check_supported(
+    cfg,
+    keys: List[Tuple[str, Callable[[Any], bool], str]] = UNSUPPORTED_KEYS,
+    error: type = NotImplementedError,
+) -> None:
     """
+    Args:
+        keys: (full key, is it asked for?, why not) entries; a model with keys of its own that it
+            does not implement passes its table (e.g. ``SliceFusionRCNN``).
+        error: the exception to raise.
+
     Raises:
-        NotImplementedError naming the first key of :data:`UNSUPPORTED_KEYS` that ``cfg`` sets.
+        ``error`` naming the first key of ``keys`` that ``cfg`` sets.
     """
-    for key, asked, why in UNSUPPORTED_KEYS:
+    for key, asked, why in keys:
         node = cfg
         try:
             for part in key.split(".")[:-1]:
@@ -49,4 +58,4 @@ def check_supported(cfg) -> None:
         except KeyError:  # a config without that section (e.g. a project's own CfgNode)
             continue
         if asked(cfg):
-            raise NotImplementedError(f"{key} = {value!r}: {why}. Unset it to run.")
+            raise error(f"{key} = {value!r}: {why}. Unset it to run.")

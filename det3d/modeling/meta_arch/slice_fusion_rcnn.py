@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from det3d.config import configurable
+from det3d.config.unsupported import check_supported
 from det3d.layers import ShapeSpec
 from det3d.structures import ImageList, Instances
 from det3d.structures.masks import BitMasks
@@ -59,6 +60,27 @@ def slice_targets(instances: Instances, z: int) -> Instances:
     out.gt_classes = instances.gt_classes[keep]
     out.gt_masks = bitmasks
     return out
+
+
+# GeneralizedRCNN3D's keys that SliceFusionRCNN does not implement: an error at build time.
+_3D_ONLY_KEYS = [
+    (
+        "MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM",
+        lambda cfg: bool(cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM),
+        "masks refined with the image are implemented for GeneralizedRCNN3D only; "
+        "SliceFusionRCNN's ROI heads are not handed the target slices' images",
+    ),
+    (
+        "MODEL.FOREGROUND_HEAD.NAME",
+        lambda cfg: bool(cfg.MODEL.FOREGROUND_HEAD.NAME),
+        "the full-resolution foreground head is implemented for GeneralizedRCNN3D only",
+    ),
+    (
+        "TEST.MASK_FLIP_AXES",
+        lambda cfg: bool(cfg.TEST.MASK_FLIP_AXES),
+        "mask test-time flips are implemented for GeneralizedRCNN3D only",
+    ),
+]
 
 
 @META_ARCH_REGISTRY.register()
@@ -174,6 +196,7 @@ class SliceFusionRCNN(_RCNNBase):
 
     @classmethod
     def from_config(cls, cfg):
+        check_supported(cfg, _3D_ONLY_KEYS, error=ValueError)
         cfg2d = config_2d(cfg)
         sf = cfg.MODEL.SLICE_FUSION
         check_num_slices(sf.NUM_SLICES)
@@ -184,23 +207,6 @@ class SliceFusionRCNN(_RCNNBase):
         else:
             backbone = build_backbone(cfg2d, ShapeSpec(channels=channels))
             fusion = build_slice_fusion(cfg2d, backbone.output_shape())
-        if cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM:
-            raise ValueError(
-                "MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM (masks refined with the image) is "
-                "implemented for GeneralizedRCNN3D only; SliceFusionRCNN's ROI heads are not "
-                "handed the target slices' images"
-            )
-        if cfg.MODEL.FOREGROUND_HEAD.NAME:
-            raise ValueError(
-                "MODEL.FOREGROUND_HEAD.NAME (a full-resolution foreground head) is implemented "
-                f"for GeneralizedRCNN3D only; SliceFusionRCNN got "
-                f"{cfg.MODEL.FOREGROUND_HEAD.NAME!r}"
-            )
-        if cfg.TEST.MASK_FLIP_AXES:
-            raise ValueError(
-                "TEST.MASK_FLIP_AXES (mask test-time flips) is implemented for GeneralizedRCNN3D "
-                f"only; SliceFusionRCNN got {list(cfg.TEST.MASK_FLIP_AXES)}"
-            )
         return {
             "fusion": fusion,
             "backbone": backbone,
