@@ -31,28 +31,20 @@ from .registries import FOREGROUND_HEAD_REGISTRY
 __all__ = ["FPNForegroundHead", "build_foreground_head", "foreground_targets"]
 
 
-def foreground_targets(targets: List[Instances], shape) -> torch.Tensor:
+def foreground_targets(targets: List[Instances]) -> List[torch.Tensor]:
     """
-    The union of each volume's gt masks, zero-padded to the batch's padded ``shape``.
+    The union of each volume's gt masks.
 
     Args:
         targets: per volume, ``gt_masks`` (BitMasks of the volume before padding).
-        shape: the padded spatial shape.
 
     Returns:
-        Tensor: float (N, *shape), 1 inside any object.
+        list[Tensor]: per volume, float ``(*spatial)``, 1 inside any object.
     """
-    out = []
     for i, t in enumerate(targets):
         if not t.has("gt_masks"):
             raise KeyError(f"targets[{i}] has no gt_masks: the foreground head trains on masks")
-        masks = t.gt_masks.tensor
-        fg = masks.any(0) if len(masks) else torch.zeros(masks.shape[1:], dtype=torch.bool)
-        pad = []
-        for have, want in zip(reversed(fg.shape), reversed(tuple(shape))):
-            pad += [0, int(want) - int(have)]
-        out.append(F.pad(fg.float(), pad))
-    return torch.stack(out)
+    return [t.gt_masks.tensor.any(0).float() for t in targets]
 
 
 @FOREGROUND_HEAD_REGISTRY.register()
@@ -168,11 +160,10 @@ class FPNForegroundHead(nn.Module):
         logits = self.layers(features, images.tensor)
         if targets is None:
             return torch.sigmoid(logits.float())
-        gt = foreground_targets(targets, logits.shape[1:]).to(logits.device)
+        logits = ImageList(logits, images.image_sizes)  # [i]: volume i without its padding
         losses = []
-        for i, size in enumerate(images.image_sizes):
-            region = (i,) + tuple(slice(0, int(s)) for s in size)
-            x, t = logits[region].float()[None], gt[region][None]
+        for i, gt in enumerate(foreground_targets(targets)):
+            x, t = logits[i].float()[None], gt.to(logits.device)[None]
             bce = F.binary_cross_entropy_with_logits(x, t)
             losses.append(bce + dice_loss(x, t, reduction="mean"))
         return {"loss_foreground": self.loss_weight * torch.stack(losses).mean()}

@@ -259,6 +259,7 @@ def instances_to_label_volume(
     else:
         order = range(len(instances))
     masks = instances.pred_masks if instances.has("pred_masks") else None
+    claims = masks is not None and claim_threshold is not None
     # the mask probability of each voxel's owner (one float volume, whatever the instance count)
     owner_prob = (
         torch.zeros(image_shape, device=boxes.device)
@@ -270,27 +271,31 @@ def instances_to_label_volume(
             slices, probs = paste_mask_probs(masks[i], boxes[i], image_shape)
             probs = probs.to(labels.device)
             local = probs >= threshold
-            claim = local if claim_threshold is None else probs >= claim_threshold
         else:
             _, clipped = _box_region(boxes[i], image_shape)
             slices = tuple(slice(lo, hi) for lo, hi in clipped)
-            local = claim = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
+            local = torch.ones([max(hi - lo, 0) for lo, hi in clipped], dtype=torch.bool)
         region = labels[slices]  # a view: writing into it writes into labels
-        local, claim = local.to(region.device), claim.to(region.device)
-        if foreground is not None:
-            local, claim = local & foreground[slices], claim & foreground[slices]
+        local = local.to(region.device)
+        fg = foreground[slices] if foreground is not None else None
+        if fg is not None:
+            local &= fg
         size = int(local.sum())
+        held = owner_prob[slices] if owner_prob is not None else None
         taken = region != 0
-        if owner_prob is not None:
-            held = owner_prob[slices]
+        if held is not None and claims:
             # a voxel an earlier instance took only below its mask threshold (a claim's
             # outskirts) does not make this one a duplicate
             taken &= held >= threshold
-        free = local & ~taken
-        if size == 0 or int(free.sum()) < (1.0 - overlap_threshold) * size:
+        if size == 0 or int((local & ~taken).sum()) < (1.0 - overlap_threshold) * size:
             continue
-        local = claim
-        if owner_prob is not None:
+        if claims:  # pasted: it claims its voxels down to claim_threshold
+            local = probs >= claim_threshold
+            if fg is not None:
+                local &= fg
+        if held is None:
+            free = local & (region == 0)
+        else:
             free = local & ((region == 0) | (probs > held))
             held[free] = probs[free]
         region[free] = i + 1

@@ -26,18 +26,19 @@ def _fg_cfg(ndim):
     return cfg
 
 
-def test_targets_are_the_union_of_the_masks_padded_with_background():
+def test_targets_are_the_union_of_the_masks():
     masks = torch.zeros(3, 4, 5, 6, dtype=torch.bool)
     masks[0, 0, 0, 0] = masks[1, 3, 4, 5] = masks[2, 1:3, 1:3, 1:3] = True
     with_objects = Instances((4, 5, 6), gt_masks=BitMasks(masks))
     empty = Instances((2, 5, 6), gt_masks=BitMasks(torch.zeros(0, 2, 5, 6, dtype=torch.bool)))
-    got = foreground_targets([with_objects, empty], (4, 8, 8))
-    want = torch.zeros(2, 4, 8, 8)
+    got = foreground_targets([with_objects, empty])
+    want = torch.zeros(4, 5, 6)
     for m in masks:  # the reference: one object at a time
-        want[0, :4, :5, :6] = torch.maximum(want[0, :4, :5, :6], m.float())
-    assert torch.equal(got, want) and want[0].sum() == 2 + 8
+        want = torch.maximum(want, m.float())
+    assert torch.equal(got[0], want) and want.sum() == 2 + 8
+    assert torch.equal(got[1], torch.zeros(2, 5, 6))  # no objects: all background
     with pytest.raises(KeyError, match="gt_masks"):
-        foreground_targets([Instances((4, 5, 6))], (4, 8, 8))
+        foreground_targets([Instances((4, 5, 6))])
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -198,14 +199,14 @@ def test_foreground_is_averaged_over_the_mask_flips():
     region = (slice(None),) + tuple(slice(0, s) for s in shape)  # the batch is padded
     assert len(head.seen) == 4
     torch.testing.assert_close(head.seen[2][region], head.seen[0][region].flip(4))
-    torch.testing.assert_close(captured["fg"][region], plain[region])
+    torch.testing.assert_close(captured["fg"].tensor[region], plain[region])
     # A head that gives the same x ramp whatever it sees: the passes flipped along x return it
     # mirrored, so the mean is ramp(x) + ramp(W - 1 - x) over 2 = 0.5 everywhere.
     ramp = torch.linspace(0, 1, shape[-1])  # x is not padded
     model.foreground_head = _Given(lambda images: ramp.expand(images.shape[:1] + images.shape[2:]))
     with torch.no_grad():
         model(inputs)
-    torch.testing.assert_close(captured["fg"][region], torch.full((1,) + shape, 0.5))
+    torch.testing.assert_close(captured["fg"].tensor[region], torch.full((1,) + shape, 0.5))
 
 
 def test_slice_fusion_refuses_the_foreground_head():

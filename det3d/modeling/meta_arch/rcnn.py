@@ -323,9 +323,9 @@ class GeneralizedRCNN3D(_RCNNBase):
             features = self.backbone(images.tensor)
             proposals, _ = self.proposal_generator(images, features, None)
             results, _ = self.roi_heads(images, features, proposals, None)
-            foreground = None
+            foreground = None  # ImageList: [i] is volume i's foreground without its padding
             if self.foreground_head is not None and do_postprocess:
-                foreground = self.foreground_head(features, images)
+                foreground = ImageList(self.foreground_head(features, images), images.image_sizes)
             del features
             masks_on = getattr(self.roi_heads, "mask_on", False)
             if self.mask_flip_axes and (masks_on or foreground is not None):
@@ -338,9 +338,9 @@ class GeneralizedRCNN3D(_RCNNBase):
         self,
         images: ImageList,
         results: List[Instances],
-        foreground: Optional[torch.Tensor],
+        foreground: Optional[ImageList],
         masks_on: bool,
-    ) -> Optional[torch.Tensor]:
+    ) -> Optional[ImageList]:
         """
         Averages the masks (``masks_on``) and the foreground probabilities (if not None) over
         the flips of ``mask_flip_axes`` (every combination, the unflipped pass included): each
@@ -355,16 +355,17 @@ class GeneralizedRCNN3D(_RCNNBase):
         axes = self.mask_flip_axes
         combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
         total = [r.pred_masks.clone() for r in results] if masks_on else []
-        fg_total = foreground.clone() if foreground is not None else None
+        fg_total = None
+        if foreground is not None:
+            fg_total = ImageList(foreground.tensor.clone(), foreground.image_sizes)
         for flip in combos:
             dims = [1 + a for a in flip]  # (C, *spatial) images, (N, *M) masks
             flipped = self._pad_batch([images[i].flip(dims) for i in range(len(results))])
             features = self.backbone(flipped.tensor)
             if fg_total is not None:
-                fg = self.foreground_head(features, flipped)
-                for i, size in enumerate(images.image_sizes):
-                    region = tuple(slice(0, int(s)) for s in size)
-                    fg_total[i][region] += fg[i][region].flip(list(flip))
+                fg = ImageList(self.foreground_head(features, flipped), flipped.image_sizes)
+                for i in range(len(results)):
+                    fg_total[i].add_(fg[i].flip(list(flip)))  # views of the unpadded volumes
             if not masks_on:
                 continue
             given = [
@@ -381,10 +382,12 @@ class GeneralizedRCNN3D(_RCNNBase):
                 t += g.pred_masks.flip(dims)
         for r, t in zip(results, total):
             r.pred_masks = t / (len(combos) + 1)
-        return None if fg_total is None else fg_total / (len(combos) + 1)
+        if fg_total is not None:
+            fg_total.tensor /= len(combos) + 1
+        return fg_total
 
     def _postprocess(
-        self, instances, batched_inputs, image_sizes, foreground: Optional[torch.Tensor] = None
+        self, instances, batched_inputs, image_sizes, foreground: Optional[ImageList] = None
     ) -> List[Dict]:
         processed = []
         for i, (results, input_dict, image_size) in enumerate(
@@ -394,7 +397,7 @@ class GeneralizedRCNN3D(_RCNNBase):
             r = detector_postprocess(results, out_size)
             fg, claim = None, None
             if foreground is not None:
-                fg = foreground[i][tuple(slice(0, int(s)) for s in image_size)]
+                fg = foreground[i]
                 if tuple(fg.shape) != out_size:  # the input was resampled: back to its grid
                     mode = INTERP_MODE[self.ndim]
                     fg = F.interpolate(fg[None, None], out_size, mode=mode, align_corners=False)
