@@ -454,6 +454,11 @@ def add_det3d_config(cfg: CN) -> None:
     # and scores stay those of the unflipped input. [] = one pass. Models trained with flips
     # (INPUT.RANDOM_FLIP_AXES) see flipped volumes as their own.
     _add(_C.TEST, "MASK_FLIP_AXES", [])
+    # With MASK_FLIP_AXES: each detection's objectness (what decides whether it enters
+    # "instance_labels") is also averaged over those flips: the plain pass's, and in every flipped
+    # pass the box branch's foreground probability of the detection's box. Boxes, scores and
+    # classes stay the plain pass's.
+    _add(_C.TEST, "FLIP_OBJECTNESS", False)
     # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
     # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
     _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))

@@ -112,7 +112,6 @@ def test_inference_rescales_to_original_size_and_labels(ndim):
         assert (coords + 0.5 >= lo.floor()).all() and (coords + 0.5 <= hi.ceil()).all()
 
 
-
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
     # TEST.MASK_FLIP_AXES: boxes, scores and classes are the plain pass's; each mask is the mean
@@ -152,6 +151,77 @@ def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
     cfg.TEST.MASK_FLIP_AXES = [ndim]
     with pytest.raises(ValueError, match="MASK_FLIP_AXES"):
         build_model(cfg)
+
+
+def _objectness_by_hand(model, images, boxes):
+    """1 - p(background) of the box branch at ``boxes`` (one image), written out."""
+    heads = model.roi_heads
+    features = model.backbone(images.tensor)
+    pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [boxes])
+    logits, _ = heads.box_predictor(heads.box_head(pooled))
+    return 1.0 - torch.softmax(logits, dim=-1)[:, -1]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_box_objectness_is_the_objectness_of_the_detections_rois(ndim):
+    # The objectness of a detection is its RoI's: box_objectness at the RoIs the detections came
+    # from gives it back, for a batch of two, in one chunk or in chunks of 3 RoIs.
+    cfg, model = _eval_model(ndim)
+    images = model.preprocess_image(_batch(ndim))
+    heads = model.roi_heads
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
+        predictions = heads.box_predictor(heads.box_head(pooled))
+        dets, rois = heads.box_predictor.inference(predictions, proposals)
+        boxes = [p.proposal_boxes[r] for p, r in zip(proposals, rois)]
+        got = heads.box_objectness(features, boxes)
+        heads.roi_chunk_size = 3
+        chunked = heads.box_objectness(features, boxes)
+    assert min(len(d) for d in dets) > 3
+    for g, c, d in zip(got, chunked, dets):
+        torch.testing.assert_close(g, d.objectness)
+        torch.testing.assert_close(c, d.objectness)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_flip_objectness_averages_the_flipped_boxes_objectness(ndim):
+    # TEST.FLIP_OBJECTNESS: boxes, scores, classes and masks are those of MASK_FLIP_AXES alone;
+    # each objectness is the mean of the plain pass's and, for every combination of the axes, the
+    # box branch's on the flipped input in the flipped box. Reference: those passes by hand.
+    cfg, model = _eval_model(ndim)
+    shape = SHAPES[ndim]
+    inputs = [{"image": synthetic_input(shape)["image"]}]
+    axes = (0, ndim - 1)
+    cfg.TEST.MASK_FLIP_AXES = list(axes)
+    masks_only = build_model(cfg)
+    cfg.TEST.FLIP_OBJECTNESS = True
+    flipping = build_model(cfg)
+    for m in (masks_only, flipping):
+        m.load_state_dict(model.state_dict())
+        m.eval()
+    with torch.no_grad():
+        (plain,) = masks_only.inference(inputs, do_postprocess=False)
+        (got,) = flipping.inference(inputs, do_postprocess=False)
+        want = plain.objectness.clone()
+        for flip in [(axes[0],), (axes[1],), axes]:
+            images = model.preprocess_image(
+                [{"image": inputs[0]["image"].flip([1 + a for a in flip])}]
+            )
+            want += _objectness_by_hand(model, images, plain.pred_boxes.flipped(flip, shape))
+    assert len(plain) > 0
+    for field in ("scores", "pred_classes", "pred_masks"):
+        torch.testing.assert_close(got.get(field), plain.get(field))
+    torch.testing.assert_close(got.pred_boxes.tensor, plain.pred_boxes.tensor)
+    torch.testing.assert_close(got.objectness, want / 4)
+    assert not torch.allclose(got.objectness, plain.objectness)
+    cfg.TEST.MASK_FLIP_AXES = []
+    with pytest.raises(ValueError, match="TEST.FLIP_OBJECTNESS averages over TEST.MASK_FLIP_AXES"):
+        build_model(cfg)
+
 
 def test_multichannel_input_and_pixel_buffers():
     cfg = tiny_cfg(3)

@@ -172,6 +172,10 @@ def test_bad_config_combinations_name_the_key():
     with pytest.raises(ValueError, match="TEST.MASK_FLIP_AXES"):
         build_model(cfg)
     cfg = _cfg()
+    cfg.TEST.FLIP_OBJECTNESS = True
+    with pytest.raises(ValueError, match="TEST.FLIP_OBJECTNESS"):
+        build_model(cfg)
+    cfg = _cfg()
     cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 8
     with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
         build_model(cfg)

@@ -59,10 +59,13 @@ def test_isotropic_plan(iso):
     assert v["MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM"] == 16
     # masks are averaged at test time over the flips the model trained with
     assert v["TEST.MASK_FLIP_AXES"] == v["INPUT.RANDOM_FLIP_AXES"] == [0, 1, 2]
+    assert v["TEST.FLIP_OBJECTNESS"] is True
     # outlines at voxel resolution; a mask head narrower than the demo's for the CPU budget
     assert v["MODEL.FOREGROUND_HEAD.NAME"] == "FPNForegroundHead"
     assert v["MODEL.ROI_MASK_HEAD.CONV_DIM"] == 32
     assert "80% of a CPU step" in plan.reasons["MODEL.ROI_MASK_HEAD.CONV_DIM"]
+    # objects enter the label volume from objectness 0.3, below the default 0.5
+    assert v["MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST"] == 0.3
 
 
 def test_anisotropic_plan_keeps_z_resolution(aniso):

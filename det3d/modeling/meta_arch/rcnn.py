@@ -216,6 +216,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         label_overlap_threshold: float = 0.5,
         label_voxel_owner: str = "mask_prob",
         mask_flip_axes: Sequence[int] = (),
+        flip_objectness: bool = False,
         foreground_head: Optional[nn.Module] = None,
         foreground_threshold: float = 0.5,
         foreground_mask_threshold: float = 0.2,
@@ -239,6 +240,10 @@ class GeneralizedRCNN3D(_RCNNBase):
                 the input flipped along every combination of these array axes (``2**k`` backbone
                 passes; ``TEST.MASK_FLIP_AXES``); () = one pass. A foreground head's output is
                 averaged over the same flips.
+            flip_objectness: with ``mask_flip_axes``, each detection's ``objectness`` (what
+                decides whether it enters ``instance_labels``) is averaged over the same flips:
+                the plain pass's and, in each flipped pass, the box branch's foreground
+                probability of the flipped box (``TEST.FLIP_OBJECTNESS``).
             foreground_head: None, or a module of ``FOREGROUND_HEAD_REGISTRY``: it adds
                 ``loss_foreground`` in training, and at inference an instance's voxels in
                 ``instance_labels`` are those where its mask probability reaches
@@ -271,6 +276,14 @@ class GeneralizedRCNN3D(_RCNNBase):
                 f"TEST.MASK_FLIP_AXES {list(mask_flip_axes)} must name distinct spatial axes "
                 f"0..{ndim - 1} (array order)"
             )
+        self.flip_objectness = bool(flip_objectness)
+        if self.flip_objectness and not self.mask_flip_axes:
+            raise ValueError("TEST.FLIP_OBJECTNESS averages over TEST.MASK_FLIP_AXES, which is []")
+        if self.flip_objectness and not hasattr(roi_heads, "box_objectness"):
+            raise ValueError(
+                f"TEST.FLIP_OBJECTNESS needs ROI heads with a box_objectness method; "
+                f"{type(roi_heads).__name__} has none"
+            )
         freeze_modules(self, freeze)
 
     @classmethod
@@ -282,6 +295,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["label_overlap_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
         ret["label_voxel_owner"] = cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER
         ret["mask_flip_axes"] = cfg.TEST.MASK_FLIP_AXES
+        ret["flip_objectness"] = cfg.TEST.FLIP_OBJECTNESS
         ret["foreground_head"] = build_foreground_head(cfg, ret["backbone"].output_shape())
         ret["foreground_threshold"] = cfg.MODEL.FOREGROUND_HEAD.THRESHOLD
         ret["foreground_mask_threshold"] = cfg.MODEL.FOREGROUND_HEAD.MASK_THRESHOLD
@@ -328,7 +342,7 @@ class GeneralizedRCNN3D(_RCNNBase):
                 foreground = ImageList(self.foreground_head(features, images), images.image_sizes)
             del features
             masks_on = getattr(self.roi_heads, "mask_on", False)
-            if self.mask_flip_axes and (masks_on or foreground is not None):
+            if self.mask_flip_axes and (masks_on or foreground is not None or self.flip_objectness):
                 foreground = self._flip_averaged(images, results, foreground, masks_on)
         if not do_postprocess:
             return results
@@ -342,11 +356,13 @@ class GeneralizedRCNN3D(_RCNNBase):
         masks_on: bool,
     ) -> Optional[ImageList]:
         """
-        Averages the masks (``masks_on``) and the foreground probabilities (if not None) over
-        the flips of ``mask_flip_axes`` (every combination, the unflipped pass included): each
-        detection's ``pred_masks`` is replaced by the mean of the mask branch's masks on the
-        flipped batch's features in the flipped boxes, flipped back; boxes, scores and classes
-        stay those of the unflipped pass. ``images`` is the normalised batch; each image is
+        Averages the masks (``masks_on``), the foreground probabilities (if not None) and, with
+        ``flip_objectness``, the detections' ``objectness`` over the flips of ``mask_flip_axes``
+        (every combination, the unflipped pass included): each detection's ``pred_masks`` is
+        replaced by the mean of the mask branch's masks on the flipped batch's features in the
+        flipped boxes, flipped back, and its objectness by the mean of its own and the box
+        branch's objectness of the flipped boxes; boxes, scores and classes stay those of the
+        unflipped pass. ``images`` is the normalised batch; each image is
         flipped within its own size, then padded again.
 
         Returns:
@@ -355,6 +371,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         axes = self.mask_flip_axes
         combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
         total = [r.pred_masks.clone() for r in results] if masks_on else []
+        obj_total = [r.objectness.clone() for r in results] if self.flip_objectness else []
         fg_total = None
         if foreground is not None:
             fg_total = ImageList(foreground.tensor.clone(), foreground.image_sizes)
@@ -366,15 +383,15 @@ class GeneralizedRCNN3D(_RCNNBase):
                 fg = ImageList(self.foreground_head(features, flipped), flipped.image_sizes)
                 for i in range(len(results)):
                     fg_total[i].add_(fg[i].flip(list(flip)))  # views of the unpadded volumes
+            boxes = [r.pred_boxes.flipped(flip, s) for r, s in zip(results, images.image_sizes)]
+            if obj_total:
+                for t, o in zip(obj_total, self.roi_heads.box_objectness(features, boxes)):
+                    t += o
             if not masks_on:
                 continue
             given = [
-                Instances(
-                    r.image_size,
-                    pred_boxes=r.pred_boxes.flipped(flip, size),
-                    pred_classes=r.pred_classes,
-                )
-                for r, size in zip(results, images.image_sizes)
+                Instances(r.image_size, pred_boxes=b, pred_classes=r.pred_classes)
+                for r, b in zip(results, boxes)
             ]
             given = self.roi_heads.forward_with_given_boxes(features, given, flipped)
             del features
@@ -382,6 +399,8 @@ class GeneralizedRCNN3D(_RCNNBase):
                 t += g.pred_masks.flip(dims)
         for r, t in zip(results, total):
             r.pred_masks = t / (len(combos) + 1)
+        for r, t in zip(results, obj_total):
+            r.objectness = t / (len(combos) + 1)
         if fg_total is not None:
             fg_total.tensor /= len(combos) + 1
         return fg_total

@@ -80,6 +80,11 @@ _3D_ONLY_KEYS = [
         lambda cfg: bool(cfg.TEST.MASK_FLIP_AXES),
         "mask test-time flips are implemented for GeneralizedRCNN3D only",
     ),
+    (
+        "TEST.FLIP_OBJECTNESS",
+        lambda cfg: bool(cfg.TEST.FLIP_OBJECTNESS),
+        "test-time flips are implemented for GeneralizedRCNN3D only",
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from det3d.config import configurable
@@ -418,6 +419,28 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         assert not self.training
         return self._forward_mask(features, instances, images)
+
+    def box_objectness(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> List[torch.Tensor]:
+        """
+        The box branch's foreground probability ``1 - p(background)`` of given boxes (the
+        ``objectness`` :func:`fast_rcnn_inference` gives a detection's RoI), e.g. of the
+        detections' boxes on a flipped input (``TEST.FLIP_OBJECTNESS``).
+
+        Returns:
+            list[Tensor]: per image, (len(boxes[i]),).
+        """
+        assert not self.training
+        feats = [features[f] for f in self.box_in_features]
+        out = [[] for _ in boxes]
+        for chunk in roi_chunks([len(b) for b in boxes], self.roi_chunk_size):
+            part = [b[a:e] for b, (a, e) in zip(boxes, chunk)]
+            scores, _ = self.box_predictor(self.box_head(self.box_pooler(feats, part)))
+            probs = F.softmax(scores.float(), dim=-1)  # background last, as in predict_probs
+            for o, p in zip(out, probs.split([len(b) for b in part])):
+                o.append(1.0 - p[:, -1])
+        return [cat(o, dim=0) for o in out]
 
     def _chunks(self, instances: List[Instances]) -> List[List[Tuple[int, int]]]:
         """Inference chunks of the RoIs (see :func:`roi_chunks`); one chunk in training."""
