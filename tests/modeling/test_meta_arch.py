@@ -86,6 +86,22 @@ def _eval_model(ndim):
     return cfg, model
 
 
+def _twin(cfg, model):
+    """A model built from ``cfg`` with ``model``'s weights, in eval mode."""
+    twin = build_model(cfg)
+    twin.load_state_dict(model.state_dict())
+    twin.eval()
+    return twin
+
+
+def _flip_setup(ndim):
+    """(cfg with TEST.MASK_FLIP_AXES on the first and last axes, its plain model, inputs, axes)."""
+    cfg, model = _eval_model(ndim)
+    axes = (0, ndim - 1)
+    cfg.TEST.MASK_FLIP_AXES = list(axes)
+    return cfg, model, [{"image": synthetic_input(SHAPES[ndim])["image"]}], axes
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_inference_rescales_to_original_size_and_labels(ndim):
     cfg, model = _eval_model(ndim)
@@ -117,14 +133,9 @@ def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
     # TEST.MASK_FLIP_AXES: boxes, scores and classes are the plain pass's; each mask is the mean
     # of the plain mask and, for every combination of the axes, the mask the branch gives on the
     # flipped input in the flipped box, flipped back. Reference: those passes made by hand.
-    cfg, model = _eval_model(ndim)
+    cfg, model, inputs, axes = _flip_setup(ndim)
     shape = SHAPES[ndim]
-    inputs = [{"image": synthetic_input(shape)["image"]}]
-    axes = (0, ndim - 1)
-    cfg.TEST.MASK_FLIP_AXES = list(axes)
-    flipping = build_model(cfg)
-    flipping.load_state_dict(model.state_dict())
-    flipping.eval()
+    flipping = _twin(cfg, model)
     with torch.no_grad():
         (plain,) = model.inference(inputs, do_postprocess=False)
         (got,) = flipping.inference(inputs, do_postprocess=False)
@@ -192,17 +203,11 @@ def test_flip_objectness_averages_the_flipped_boxes_objectness(ndim):
     # TEST.FLIP_OBJECTNESS: boxes, scores, classes and masks are those of MASK_FLIP_AXES alone;
     # each objectness is the mean of the plain pass's and, for every combination of the axes, the
     # box branch's on the flipped input in the flipped box. Reference: those passes by hand.
-    cfg, model = _eval_model(ndim)
+    cfg, model, inputs, axes = _flip_setup(ndim)
     shape = SHAPES[ndim]
-    inputs = [{"image": synthetic_input(shape)["image"]}]
-    axes = (0, ndim - 1)
-    cfg.TEST.MASK_FLIP_AXES = list(axes)
-    masks_only = build_model(cfg)
+    masks_only = _twin(cfg, model)
     cfg.TEST.FLIP_OBJECTNESS = True
-    flipping = build_model(cfg)
-    for m in (masks_only, flipping):
-        m.load_state_dict(model.state_dict())
-        m.eval()
+    flipping = _twin(cfg, model)
     with torch.no_grad():
         (plain,) = masks_only.inference(inputs, do_postprocess=False)
         (got,) = flipping.inference(inputs, do_postprocess=False)
