@@ -7,7 +7,6 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from det3d.config import configurable
@@ -432,32 +431,32 @@ class StandardROIHeads3D(ROIHeads3D):
             list[Tensor]: per image, (len(boxes[i]),).
         """
         assert not self.training
-        feats = [features[f] for f in self.box_in_features]
-        out = [[] for _ in boxes]
-        for chunk in roi_chunks([len(b) for b in boxes], self.roi_chunk_size):
-            part = [b[a:e] for b, (a, e) in zip(boxes, chunk)]
-            scores, _ = self.box_predictor(self.box_head(self.box_pooler(feats, part)))
-            probs = F.softmax(scores.float(), dim=-1)  # background last, as in predict_probs
-            for o, p in zip(out, probs.split([len(b) for b in part])):
-                o.append(1.0 - p[:, -1])
-        return [cat(o, dim=0) for o in out]
+        probs = self.box_predictor.predict_probs(self._box_predictions(features, boxes), boxes)
+        return [1.0 - p[:, -1] for p in probs]  # background last
 
-    def _chunks(self, instances: List[Instances]) -> List[List[Tuple[int, int]]]:
-        """Inference chunks of the RoIs (see :func:`roi_chunks`); one chunk in training."""
+    def _chunks(self, instances: List) -> List[List[Tuple[int, int]]]:
+        """
+        Inference chunks of the RoIs (see :func:`roi_chunks`) of per-image ``Instances`` or
+        ``Boxes``; one chunk in training.
+        """
         return roi_chunks([len(x) for x in instances], 0 if self.training else self.roi_chunk_size)
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+    def _box_predictions(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
+        """The box predictor's outputs for the boxes of every image, in order, pooled by chunks."""
         feats = [features[f] for f in self.box_in_features]
         chunk_predictions = []
-        for chunk in self._chunks(proposals):
-            boxes = [x.proposal_boxes[a:b] for x, (a, b) in zip(proposals, chunk)]
-            box_features = self.box_head(self.box_pooler(feats, boxes))
+        for chunk in self._chunks(boxes):
+            part = [b[a:e] for b, (a, e) in zip(boxes, chunk)]
+            box_features = self.box_head(self.box_pooler(feats, part))
             chunk_predictions.append(self.box_predictor(box_features))
             del box_features
         if len(chunk_predictions) == 1:
-            predictions = chunk_predictions[0]
-        else:  # the predictor's outputs are per-RoI tensors (scores, deltas)
-            predictions = tuple(cat(list(p), dim=0) for p in zip(*chunk_predictions))
+            return chunk_predictions[0]
+        # the predictor's outputs are per-RoI tensors (scores, deltas)
+        return tuple(cat(list(p), dim=0) for p in zip(*chunk_predictions))
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        predictions = self._box_predictions(features, [x.proposal_boxes for x in proposals])
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
             if self.train_on_pred_boxes:
