@@ -132,6 +132,7 @@ def _distributed_worker(
             f"{torch.cuda.device_count()} GPUs are visible"
         )
     global_rank = machine_rank * num_gpus_per_machine + local_rank
+    finished = False
     try:
         store = _join(dist_url, global_rank, world_size, join_timeout)
         dist.init_process_group(
@@ -153,8 +154,25 @@ def _distributed_worker(
         # Every process reaches this point before any starts work (catches set-up failures).
         comm.synchronize()
         main_func(*args)
+        finished = True
     finally:
         dist.destroy_process_group()
+    if finished:
+        _leave(store, global_rank, world_size, join_timeout)
+
+
+def _leave(store, rank: int, world_size: int, timeout: timedelta) -> None:
+    """
+    Rank 0 serves the rendezvous store: it returns (and its process, with the store, exits) only
+    once every process has torn down its process group, which may still talk to the store. Without
+    this wait a worker was once seen to abort (SIGABRT) at exit after its work had finished.
+    """
+    store.add("det3d/left", 1)
+    if rank != 0:
+        return
+    deadline = time.monotonic() + timeout.total_seconds()
+    while int(store.add("det3d/left", 0)) < world_size and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _join(dist_url: str, rank: int, world_size: int, join_timeout: timedelta):
