@@ -395,6 +395,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.FOREGROUND_HEAD, "THRESHOLD", 0.5)
     # replaces ROI_MASK_HEAD.MASK_THRESHOLD in the label volume where the head is on
     _add(_C.MODEL.FOREGROUND_HEAD, "MASK_THRESHOLD", 0.2)
+    # Only NAME FPNForegroundCenterHead reads these (any other head refuses them when set): the
+    # centre map's loss weight, and whether and how the model splits an instance of
+    # "instance_labels" that holds two or more centres (det3d/modeling/center_split.py): seeds are
+    # connected regions of centre probability >= SEED_THRESHOLD of >= MIN_SEED_VOXELS voxels.
+    _add(_C.MODEL.FOREGROUND_HEAD, "CENTER_LOSS_WEIGHT", 1.0)
+    _add(_C.MODEL.FOREGROUND_HEAD, "CENTER_SPLIT", True)
+    _add(_C.MODEL.FOREGROUND_HEAD, "CENTER_SEED_THRESHOLD", 0.5)
+    _add(_C.MODEL.FOREGROUND_HEAD, "CENTER_MIN_SEED_VOXELS", 8)
 
     # Input pipeline for volumes (DatasetMapper3D)
     _add(_C.INPUT, "IN_CHANNELS", 1)

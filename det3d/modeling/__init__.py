@@ -16,7 +16,7 @@ from .backbone import (
     build_resnet3d_fpn_backbone,
 )
 from .box_regression import Box2BoxTransform
-from .foreground_head import FPNForegroundHead, build_foreground_head
+from .foreground_head import FPNForegroundCenterHead, FPNForegroundHead, build_foreground_head
 from .matcher import Matcher
 from .meta_arch import (
     GeneralizedRCNN3D,

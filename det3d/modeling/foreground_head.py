@@ -8,10 +8,17 @@ takes each instance's voxels where its mask is at least moderately likely *and* 
 head says foreground (:func:`det3d.modeling.postprocessing.instances_to_label_volume`): the
 instance masks decide which object a voxel belongs to, the foreground head where objects end.
 
+A head may also predict a centre map (:class:`FPNForegroundCenterHead`): each object voxel's
+distance to the object's edge, relative to the object's largest. It has one peak per object and a
+valley where two objects touch, so an instance of the label volume that covers two touching
+objects is split along that valley (det3d/modeling/center_split.py).
+
 Call contract (``FOREGROUND_HEAD_REGISTRY``): ``obj(cfg, input_shape: dict[str, ShapeSpec])``;
-the module's ``forward(features, images, targets=None)`` returns ``{"loss_foreground": scalar}``
-with ``targets`` (training) and the ``(N, *spatial)`` foreground probabilities of the padded batch
-without.
+the module's ``forward(features, images, targets=None)`` returns its losses
+(``{"loss_foreground": scalar, ...}``) with ``targets`` (training) and, without, the
+``(N, K, *spatial)`` probabilities of the padded batch: channel 0 the foreground, channel 1 (heads
+with ``predicts_centers``) the centre map. Heads with centre maps also carry ``center_split``
+(None, or the keyword arguments of :func:`det3d.modeling.center_split.split_by_centers`).
 """
 
 from typing import Dict, List, Optional
@@ -25,10 +32,24 @@ from det3d.config import configurable
 from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss
 from det3d.structures import ImageList, Instances
 
+from .center_split import center_targets
 from .postprocessing import INTERP_MODE
 from .registries import FOREGROUND_HEAD_REGISTRY
 
-__all__ = ["FPNForegroundHead", "build_foreground_head", "foreground_targets"]
+__all__ = [
+    "FPNForegroundHead",
+    "FPNForegroundCenterHead",
+    "build_foreground_head",
+    "foreground_targets",
+]
+
+# keys only a head with a centre map reads, and their defaults
+CENTER_KEYS = {
+    "CENTER_LOSS_WEIGHT": 1.0,
+    "CENTER_SPLIT": True,
+    "CENTER_SEED_THRESHOLD": 0.5,
+    "CENTER_MIN_SEED_VOXELS": 8,
+}
 
 
 def foreground_targets(targets: List[Instances]) -> List[torch.Tensor]:
@@ -61,6 +82,9 @@ class FPNForegroundHead(nn.Module):
     Loss: binary cross-entropy plus soft Dice over each volume's unpadded voxels, against the
     union of its gt masks.
     """
+
+    predicts_centers = False
+    center_split = None
 
     @configurable
     def __init__(
@@ -104,7 +128,7 @@ class FPNForegroundHead(nn.Module):
             weight_init.c2_msra_fill(layer)
             self.add_module(f"fg_conv{k + 1}", layer)
             self.convs.append(layer)
-        self.predictor = conv(conv_dim, 1, kernel_size=1)
+        self.predictor = conv(conv_dim, 2 if self.predicts_centers else 1, kernel_size=1)
         weight_init.c2_msra_fill(self.reduce)
         weight_init.c2_msra_fill(self.image_conv)
         nn.init.normal_(self.predictor.weight, std=0.001)
@@ -118,6 +142,13 @@ class FPNForegroundHead(nn.Module):
                 f"MODEL.FOREGROUND_HEAD.IN_FEATURE {name!r} is not a backbone output; "
                 f"the backbone gives {sorted(input_shape)}"
             )
+        if not cls.predicts_centers:
+            for key, default in CENTER_KEYS.items():
+                if cfg.MODEL.FOREGROUND_HEAD.get(key) != default:
+                    raise ValueError(
+                        f"MODEL.FOREGROUND_HEAD.{key} is set, but {cls.__name__} predicts no "
+                        f"centre map: use NAME FPNForegroundCenterHead"
+                    )
         return {
             "input_shape": input_shape[name],
             "in_feature": name,
@@ -136,7 +167,7 @@ class FPNForegroundHead(nn.Module):
             images: (N, C, *spatial) the normalised, padded batch.
 
         Returns:
-            Tensor: (N, *spatial) foreground logits.
+            Tensor: (N, K, *spatial) logits: foreground, and centre map where predicted.
         """
         x = self.reduce(features[self.in_feature])
         size = images.shape[2:]
@@ -144,7 +175,7 @@ class FPNForegroundHead(nn.Module):
         x = F.relu(x + self.image_conv(images.to(x.dtype)))
         for layer in self.convs:
             x = layer(x)
-        return self.predictor(x)[:, 0]
+        return self.predictor(x)
 
     def forward(
         self,
@@ -154,24 +185,115 @@ class FPNForegroundHead(nn.Module):
     ):
         """
         Returns:
-            ``{"loss_foreground": scalar}`` with ``targets``; else (N, *spatial) float32
-            probabilities of the padded batch.
+            the losses with ``targets``; else (N, K, *spatial) float32 probabilities of the
+            padded batch.
         """
         logits = self.layers(features, images.tensor)
         if targets is None:
             return torch.sigmoid(logits.float())
+        return self._foreground_loss(logits, images, targets)
+
+    def _foreground_loss(
+        self, logits: torch.Tensor, images: ImageList, targets: List[Instances]
+    ) -> Dict[str, torch.Tensor]:
+        """``{"loss_foreground"}`` from the (N, K, *spatial) logits of the padded batch."""
         logits = ImageList(logits, images.image_sizes)  # [i]: volume i without its padding
         losses = []
         for i, gt in enumerate(foreground_targets(targets)):
-            x, t = logits[i].float()[None], gt.to(logits.device)[None]
+            x, t = logits[i][0].float()[None], gt.to(logits.device)[None]
             bce = F.binary_cross_entropy_with_logits(x, t)
             losses.append(bce + dice_loss(x, t, reduction="mean"))
         return {"loss_foreground": self.loss_weight * torch.stack(losses).mean()}
+
+
+@FOREGROUND_HEAD_REGISTRY.register()
+class FPNForegroundCenterHead(FPNForegroundHead):
+    """
+    :class:`FPNForegroundHead` with a second output channel, the centre map: for each object
+    voxel, its Euclidean distance (in voxels of the model's input) to the nearest voxel outside
+    its object, divided by the object's largest (:func:`det3d.modeling.center_split.center_targets`;
+    StarDist's object probability). Its loss, ``loss_center``, is binary cross-entropy against that
+    map, the mean over each volume's object voxels and the mean over its other (unpadded) voxels
+    weighing half each. At inference the model splits each instance of
+    ``instance_labels`` that holds two or more centres (``center_split``).
+    """
+
+    predicts_centers = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        center_loss_weight: float = 1.0,
+        center_split: Optional[dict] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            center_loss_weight: weight of ``loss_center``.
+            center_split: keyword arguments of
+                :func:`det3d.modeling.center_split.split_by_centers` (``seed_threshold``,
+                ``min_seed_voxels``), or None: the map is predicted but nothing is split.
+            kwargs: as :class:`FPNForegroundHead`.
+        """
+        super().__init__(**kwargs)
+        self.center_loss_weight = float(center_loss_weight)
+        self.center_split = dict(center_split) if center_split is not None else None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg, input_shape)
+        c = cfg.MODEL.FOREGROUND_HEAD
+        if not 0.0 < c.CENTER_SEED_THRESHOLD <= 1.0 or c.CENTER_MIN_SEED_VOXELS < 1:
+            raise ValueError(
+                f"MODEL.FOREGROUND_HEAD.CENTER_SEED_THRESHOLD must be in (0, 1] and "
+                f"CENTER_MIN_SEED_VOXELS >= 1, got {c.CENTER_SEED_THRESHOLD} and "
+                f"{c.CENTER_MIN_SEED_VOXELS}"
+            )
+        ret["center_loss_weight"] = c.CENTER_LOSS_WEIGHT
+        ret["center_split"] = (
+            {"seed_threshold": c.CENTER_SEED_THRESHOLD, "min_seed_voxels": c.CENTER_MIN_SEED_VOXELS}
+            if c.CENTER_SPLIT
+            else None
+        )
+        return ret
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        images: ImageList,
+        targets: Optional[List[Instances]] = None,
+    ):
+        if targets is None:
+            return super().forward(features, images)
+        logits = self.layers(features, images.tensor)
+        losses = self._foreground_loss(logits, images, targets)
+        logits = ImageList(logits, images.image_sizes)
+        center = []
+        for i, t in enumerate(targets):
+            x, want = logits[i][1].float(), center_targets(t.gt_masks.tensor).to(logits.device)
+            # object and background voxels weigh half each: where the map matters is inside the
+            # objects (the valleys between touching ones), often a tenth of the volume or less
+            inside = (want > 0).float()
+            n_in = inside.sum()
+            n_out = inside.numel() - n_in
+            parts = int(n_in > 0) + int(n_out > 0)
+            weight = inside / n_in.clamp(min=1) + (1 - inside) / n_out.clamp(min=1)
+            bce = F.binary_cross_entropy_with_logits(x, want, reduction="none")
+            center.append((bce * weight).sum() / parts)
+        losses["loss_center"] = self.center_loss_weight * torch.stack(center).mean()
+        return losses
 
 
 def build_foreground_head(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
     """``FOREGROUND_HEAD_REGISTRY.get(cfg.MODEL.FOREGROUND_HEAD.NAME)``; None where NAME is ""."""
     name = cfg.MODEL.FOREGROUND_HEAD.NAME
     if not name:
+        for key, default in CENTER_KEYS.items():
+            if cfg.MODEL.FOREGROUND_HEAD.get(key) != default:
+                raise ValueError(
+                    f"MODEL.FOREGROUND_HEAD.{key} is set, but there is no foreground head "
+                    f"(MODEL.FOREGROUND_HEAD.NAME is empty)"
+                )
         return None
     return FOREGROUND_HEAD_REGISTRY.get(name)(cfg, input_shape)

@@ -1,12 +1,19 @@
 """The foreground head, and GeneralizedRCNN3D's label volume with it, in 2D and 3D."""
 
+import numpy as np
 import pytest
 import torch
 from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+from scipy import ndimage as ndi
 from torch.nn import functional as F
 
 from det3d.layers import ShapeSpec
-from det3d.modeling import FOREGROUND_HEAD_REGISTRY, FPNForegroundHead, build_model
+from det3d.modeling import (
+    FOREGROUND_HEAD_REGISTRY,
+    FPNForegroundCenterHead,
+    FPNForegroundHead,
+    build_model,
+)
 from det3d.modeling.foreground_head import build_foreground_head, foreground_targets
 from det3d.structures import ImageList, Instances
 from det3d.structures.masks import BitMasks
@@ -65,7 +72,7 @@ def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
     logits = head.layers(features, images.tensor)
     want = []
     for i, s in enumerate(sizes):
-        x = logits[(i,) + tuple(slice(0, k) for k in s)].flatten()
+        x = logits[(i, 0) + tuple(slice(0, k) for k in s)].flatten()
         t = targets[i].gt_masks.tensor[0].flatten().float()
         p = torch.sigmoid(x)
         dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
@@ -74,7 +81,7 @@ def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
     # the padded voxels of the second volume take no part in the loss
     loss.backward()
     probs = head(features, images)
-    assert probs.shape == (2,) + padded and 0 <= probs.min() and probs.max() <= 1
+    assert probs.shape == (2, 1) + padded and 0 <= probs.min() and probs.max() <= 1
     assert head.image_conv.weight.grad.abs().sum() > 0
 
 
@@ -152,7 +159,7 @@ def test_label_volume_keeps_mask_voxels_the_head_calls_foreground(ndim):
     model = _eval(ndim)
     shape = SHAPES[ndim]
     inputs = [{"image": synthetic_input(shape)["image"]}]
-    half = torch.zeros((1,) + shape)
+    half = torch.zeros((1, 1) + shape)
     half[..., : shape[-1] // 2] = 0.9
     model.foreground_head = _Given(half)
     with torch.no_grad():
@@ -161,7 +168,7 @@ def test_label_volume_keeps_mask_voxels_the_head_calls_foreground(ndim):
     assert len(inst) > 0 and (labels > 0).any()
     assert (labels[..., shape[-1] // 2 :] == 0).all()
     want = instances_to_label_volume(
-        inst, shape, 0.5, score_threshold=0.0, foreground=half[0], claim_threshold=0.2
+        inst, shape, 0.5, score_threshold=0.0, foreground=half[0, 0], claim_threshold=0.2
     )
     assert torch.equal(labels, want)
     without = instances_to_label_volume(inst, shape, 0.5, score_threshold=0.0)
@@ -191,22 +198,24 @@ def test_foreground_is_averaged_over_the_mask_flips():
     inputs = [{"image": synthetic_input(shape)["image"]}]
     # A head that is a voxelwise function of the image commutes with flips: every pass, flipped
     # back, gives the plain pass's foreground. Four passes: plain, z, x, zx.
-    head = _Given(lambda images: torch.sigmoid(images[:, 0]))
+    head = _Given(lambda images: torch.sigmoid(images[:, :1]))
     model.foreground_head = head
     with torch.no_grad():
         model(inputs)
-    plain = torch.sigmoid(model.preprocess_image(inputs).tensor[:, 0])
-    region = (slice(None),) + tuple(slice(0, s) for s in shape)  # the batch is padded
+    plain = torch.sigmoid(model.preprocess_image(inputs).tensor[:, :1])
+    region = (slice(None), slice(None)) + tuple(slice(0, s) for s in shape)  # padded batch
     assert len(head.seen) == 4
-    torch.testing.assert_close(head.seen[2][region], head.seen[0][region].flip(4))
+    torch.testing.assert_close(head.seen[2][region], head.seen[0][region].flip(4))  # x
     torch.testing.assert_close(captured["fg"].tensor[region], plain[region])
     # A head that gives the same x ramp whatever it sees: the passes flipped along x return it
     # mirrored, so the mean is ramp(x) + ramp(W - 1 - x) over 2 = 0.5 everywhere.
     ramp = torch.linspace(0, 1, shape[-1])  # x is not padded
-    model.foreground_head = _Given(lambda images: ramp.expand(images.shape[:1] + images.shape[2:]))
+    model.foreground_head = _Given(
+        lambda images: ramp.expand(images.shape[:1] + (1,) + images.shape[2:])
+    )
     with torch.no_grad():
         model(inputs)
-    torch.testing.assert_close(captured["fg"].tensor[region], torch.full((1,) + shape, 0.5))
+    torch.testing.assert_close(captured["fg"].tensor[region], torch.full((1, 1) + shape, 0.5))
 
 
 def test_slice_fusion_refuses_the_foreground_head():
@@ -217,3 +226,102 @@ def test_slice_fusion_refuses_the_foreground_head():
     cfg.MODEL.FOREGROUND_HEAD.NAME = "FPNForegroundHead"
     with pytest.raises(ValueError, match="FOREGROUND_HEAD.NAME"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_center_head_adds_a_centre_map_and_its_loss(ndim):
+    from det3d.modeling.center_split import center_targets
+
+    torch.manual_seed(0)
+    cfg = _fg_cfg(ndim)
+    cfg.MODEL.FOREGROUND_HEAD.NAME = "FPNForegroundCenterHead"
+    cfg.MODEL.FOREGROUND_HEAD.CENTER_LOSS_WEIGHT = 0.5
+    head = build_foreground_head(cfg, {"p2": ShapeSpec(channels=4, stride=(4,) * ndim)})
+    assert isinstance(head, FPNForegroundCenterHead) and head.predicts_centers
+    assert head.center_split == {"seed_threshold": 0.5, "min_seed_voxels": 8}
+    sizes = [(8,) * ndim, (6,) + (8,) * (ndim - 1)]
+    padded = (8,) * ndim
+    images = ImageList(torch.randn((2, 1) + padded), sizes)
+    features = {"p2": torch.randn((2, 4) + (2,) * ndim)}
+    targets = []
+    for s in sizes:
+        m = torch.zeros((2,) + s, dtype=torch.bool)
+        m[(0,) + (slice(1, 5),) * ndim] = True
+        m[(1,) + (slice(1, 5),) * (ndim - 1) + (slice(5, 8),)] = True  # touches object 0
+        targets.append(Instances(s, gt_masks=BitMasks(m)))
+    losses = head(features, images, targets)
+    assert set(losses) == {"loss_foreground", "loss_center"}
+    logits = head.layers(features, images.tensor)
+    want = []
+    for i, s in enumerate(sizes):
+        x = logits[(i, 1) + tuple(slice(0, k) for k in s)]
+        t = center_targets(targets[i].gt_masks.tensor)
+        p = torch.sigmoid(x)
+        inside = F.binary_cross_entropy(p[t > 0], t[t > 0])
+        outside = F.binary_cross_entropy(p[t == 0], t[t == 0])
+        want.append((inside + outside) / 2)
+    torch.testing.assert_close(
+        losses["loss_center"], 0.5 * torch.stack(want).mean(), rtol=1e-5, atol=1e-6
+    )
+    probs = head(features, images)
+    assert probs.shape == (2, 2) + padded
+    # the centre keys: refused by a head without centres, and with no head; range-checked
+    for name, key, value in [
+        ("FPNForegroundHead", "CENTER_SPLIT", False),
+        ("", "CENTER_SEED_THRESHOLD", 0.3),
+        ("FPNForegroundCenterHead", "CENTER_SEED_THRESHOLD", 0.0),
+        ("FPNForegroundCenterHead", "CENTER_MIN_SEED_VOXELS", 0),
+    ]:
+        bad = _fg_cfg(ndim)
+        bad.MODEL.FOREGROUND_HEAD.NAME = name
+        bad.MODEL.FOREGROUND_HEAD.merge_from_list([key, value])
+        with pytest.raises(ValueError, match=key):
+            build_foreground_head(bad, {"p2": ShapeSpec(channels=4, stride=(4,) * ndim)})
+    cfg.MODEL.FOREGROUND_HEAD.CENTER_SPLIT = False
+    assert build_foreground_head(cfg, {"p2": ShapeSpec(channels=4)}).center_split is None
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_model_splits_instances_that_hold_two_centres(ndim):
+    from det3d.modeling.center_split import center_targets
+
+    shape = SHAPES[ndim]
+    inputs = [{"image": synthetic_input(shape)["image"]}]
+    # a stand-in head: foreground everywhere, and the centre map of two objects, the left and
+    # the right half of x, so an instance that reaches over the middle holds two centres
+    halves = torch.zeros((2,) + shape, dtype=torch.bool)
+    halves[0, ..., : shape[-1] // 2] = True
+    halves[1, ..., shape[-1] // 2 :] = True
+    center = center_targets(halves)
+    given = torch.stack([torch.full(shape, 0.9), center])[None]
+    outs = {}
+    for split in (True, False):
+        model = _eval(ndim, **{"MODEL.FOREGROUND_HEAD.NAME": "FPNForegroundCenterHead"})
+        model.foreground_head = _Given(given)
+        model.foreground_head.center_split = (
+            {"seed_threshold": 0.5, "min_seed_voxels": 8} if split else None
+        )
+        with torch.no_grad():
+            (outs[split],) = model(inputs)
+    plain, got = outs[False], outs[True]
+    n = len(plain["instances"])
+    assert len(got["instances"]) > n  # some instances were split, each part has a row
+    assert int(got["instance_labels"].max()) <= len(got["instances"])
+
+    # without the split some instance holds two seeds (connected regions of centre >= 0.5 of
+    # 8 voxels or more); with it, none does
+    def most_seeds(labels):
+        most = 0
+        for label in labels.unique().tolist()[1:]:
+            regions, n = ndi.label(((labels == label) & (center >= 0.5)).numpy())
+            most = max(
+                most, int((np.bincount(regions.reshape(-1), minlength=n + 1)[1:] >= 8).sum())
+            )
+        return most
+
+    assert most_seeds(plain["instance_labels"]) >= 2
+    assert most_seeds(got["instance_labels"]) == 1
+    # what was not split is as before; the split rows copy their parent's score
+    assert torch.equal(got["instance_labels"] > 0, plain["instance_labels"] > 0)
+    assert torch.equal(got["instances"].scores[:n], plain["instances"].scores)
+    assert set(got["instances"].scores[n:].tolist()) <= set(plain["instances"].scores.tolist())

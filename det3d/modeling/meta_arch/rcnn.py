@@ -23,6 +23,7 @@ from det3d.structures import ImageList, Instances
 from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
+from ..center_split import split_by_centers, split_instances
 from ..foreground_head import build_foreground_head
 from ..postprocessing import (
     INTERP_MODE,
@@ -249,7 +250,10 @@ class GeneralizedRCNN3D(_RCNNBase):
                 ``instance_labels`` are those where its mask probability reaches
                 ``foreground_mask_threshold`` (lower than ``mask_threshold``, which still sets
                 the mask the overlap rule looks at) and the head's foreground probability
-                reaches ``foreground_threshold``.
+                reaches ``foreground_threshold``. A head with a ``center_split`` then splits
+                each instance of ``instance_labels`` that holds two or more centres
+                (:func:`det3d.modeling.center_split.split_by_centers`): each new part is a new
+                row of ``instances`` (see :func:`~det3d.modeling.center_split.split_instances`).
             freeze: names of children to freeze (see :func:`freeze_modules`).
             inference_amp: see :class:`_RCNNBase`.
         """
@@ -381,8 +385,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             features = self.backbone(flipped.tensor)
             if fg_total is not None:
                 fg = ImageList(self.foreground_head(features, flipped), flipped.image_sizes)
-                for i in range(len(results)):
-                    fg_total[i].add_(fg[i].flip(list(flip)))  # views of the unpadded volumes
+                for i in range(len(results)):  # (K, *spatial) views of the unpadded volumes
+                    fg_total[i].add_(fg[i].flip(dims))
             boxes = [r.pred_boxes.flipped(flip, s) for r, s in zip(results, images.image_sizes)]
             if obj_total:
                 for t, o in zip(obj_total, self.roi_heads.box_objectness(features, boxes)):
@@ -416,11 +420,10 @@ class GeneralizedRCNN3D(_RCNNBase):
             r = detector_postprocess(results, out_size)
             fg, claim = None, None
             if foreground is not None:
-                fg = foreground[i]
-                if tuple(fg.shape) != out_size:  # the input was resampled: back to its grid
+                fg = foreground[i]  # (K, *spatial): foreground, centre map where predicted
+                if tuple(fg.shape[1:]) != out_size:  # the input was resampled: back to its grid
                     mode = INTERP_MODE[self.ndim]
-                    fg = F.interpolate(fg[None, None], out_size, mode=mode, align_corners=False)
-                    fg = fg[0, 0]
+                    fg = F.interpolate(fg[None], out_size, mode=mode, align_corners=False)[0]
                 claim = self.foreground_mask_threshold
             labels = instances_to_label_volume(
                 r,
@@ -429,10 +432,14 @@ class GeneralizedRCNN3D(_RCNNBase):
                 score_threshold=self.label_score_threshold,
                 overlap_threshold=self.label_overlap_threshold,
                 voxel_owner=self.label_voxel_owner,
-                foreground=fg,
+                foreground=fg[0] if fg is not None else None,
                 foreground_threshold=self.foreground_threshold,
                 claim_threshold=claim,
             )
+            split = getattr(self.foreground_head, "center_split", None)
+            if fg is not None and split is not None:
+                labels, splits = split_by_centers(labels, fg[1], first_label=len(r) + 1, **split)
+                r = split_instances(r, labels, splits)
             processed.append({"instances": r, "instance_labels": labels})
         return processed
 
