@@ -48,6 +48,22 @@ def test_targets_are_the_union_of_the_masks():
         foreground_targets([Instances((4, 5, 6))])
 
 
+def _batch(ndim, touching):
+    """Two volumes (one cropped in z) padded to 8 voxels, p2 features, and one gt object (two
+    touching ones with ``touching``) in each."""
+    sizes = [(8,) * ndim, (6,) + (8,) * (ndim - 1)]
+    images = ImageList(torch.randn((2, 1) + (8,) * ndim), sizes)
+    features = {"p2": torch.randn((2, 4) + (2,) * ndim)}
+    targets = []
+    for s in sizes:
+        m = torch.zeros((1 + touching,) + s, dtype=torch.bool)
+        m[(0,) + (slice(1, 5),) * ndim] = True
+        if touching:
+            m[(1,) + (slice(1, 5),) * (ndim - 1) + (slice(5, 8),)] = True  # touches object 0
+        targets.append(Instances(s, gt_masks=BitMasks(m)))
+    return sizes, images, features, targets
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
     torch.manual_seed(0)
@@ -59,15 +75,7 @@ def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
         num_conv=1,
         ndim=ndim,
     )
-    sizes = [(8,) * ndim, (6,) + (8,) * (ndim - 1)]
-    padded = (8,) * ndim
-    images = ImageList(torch.randn((2, 1) + padded), sizes)
-    features = {"p2": torch.randn((2, 4) + (2,) * ndim)}
-    targets = []
-    for s in sizes:
-        m = torch.zeros((1,) + s, dtype=torch.bool)
-        m[(0,) + (slice(1, 5),) * ndim] = True
-        targets.append(Instances(s, gt_masks=BitMasks(m)))
+    sizes, images, features, targets = _batch(ndim, touching=False)
     loss = head(features, images, targets)["loss_foreground"]
     logits = head.layers(features, images.tensor)
     want = []
@@ -81,7 +89,7 @@ def test_loss_is_bce_plus_dice_over_each_volumes_unpadded_voxels(ndim):
     # the padded voxels of the second volume take no part in the loss
     loss.backward()
     probs = head(features, images)
-    assert probs.shape == (2, 1) + padded and 0 <= probs.min() and probs.max() <= 1
+    assert probs.shape == (2, 1) + (8,) * ndim and 0 <= probs.min() and probs.max() <= 1
     assert head.image_conv.weight.grad.abs().sum() > 0
 
 
@@ -239,16 +247,7 @@ def test_center_head_adds_a_centre_map_and_its_loss(ndim):
     head = build_foreground_head(cfg, {"p2": ShapeSpec(channels=4, stride=(4,) * ndim)})
     assert isinstance(head, FPNForegroundCenterHead) and head.predicts_centers
     assert head.center_split == {"seed_threshold": 0.5, "min_seed_voxels": 8}
-    sizes = [(8,) * ndim, (6,) + (8,) * (ndim - 1)]
-    padded = (8,) * ndim
-    images = ImageList(torch.randn((2, 1) + padded), sizes)
-    features = {"p2": torch.randn((2, 4) + (2,) * ndim)}
-    targets = []
-    for s in sizes:
-        m = torch.zeros((2,) + s, dtype=torch.bool)
-        m[(0,) + (slice(1, 5),) * ndim] = True
-        m[(1,) + (slice(1, 5),) * (ndim - 1) + (slice(5, 8),)] = True  # touches object 0
-        targets.append(Instances(s, gt_masks=BitMasks(m)))
+    sizes, images, features, targets = _batch(ndim, touching=True)
     losses = head(features, images, targets)
     assert set(losses) == {"loss_foreground", "loss_center"}
     logits = head.layers(features, images.tensor)
@@ -264,7 +263,7 @@ def test_center_head_adds_a_centre_map_and_its_loss(ndim):
         losses["loss_center"], 0.5 * torch.stack(want).mean(), rtol=1e-5, atol=1e-6
     )
     probs = head(features, images)
-    assert probs.shape == (2, 2) + padded
+    assert probs.shape == (2, 2) + (8,) * ndim
     # the centre keys: refused by a head without centres, and with no head; range-checked
     for name, key, value in [
         ("FPNForegroundHead", "CENTER_SPLIT", False),
