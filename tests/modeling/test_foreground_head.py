@@ -324,3 +324,42 @@ def test_model_splits_instances_that_hold_two_centres(ndim):
     assert torch.equal(got["instance_labels"] > 0, plain["instance_labels"] > 0)
     assert torch.equal(got["instances"].scores[:n], plain["instances"].scores)
     assert set(got["instances"].scores[n:].tolist()) <= set(plain["instances"].scores.tolist())
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mid_res_convs_run_on_half_the_feature_stride(ndim):
+    torch.manual_seed(0)
+    stride = (1,) + (4,) * (ndim - 1)  # anisotropic: z is not downsampled
+    head = FPNForegroundHead(
+        input_shape=ShapeSpec(channels=4, stride=stride),
+        in_feature="p2",
+        image_channels=1,
+        conv_dim=3,
+        mid_res_convs=2,
+        ndim=ndim,
+    )
+    assert head.mid_factor == (1,) + (2,) * (ndim - 1) and len(head.mid_convs) == 2
+    size = (4,) + (8,) * (ndim - 1)
+    images = torch.randn((2, 1) + size)
+    features = {"p2": torch.randn((2, 4, 4) + (2,) * (ndim - 1))}
+    # reference: the input averaged over 1 x 2 x 2 blocks by reshaping, the layers one by one
+    blocks = images.reshape((2, 1, 4) + sum(((4, 2),) * (ndim - 1), ()))
+    mid = blocks.mean(dim=tuple(range(4, 3 + 2 * (ndim - 1), 2)))
+    mode = "trilinear" if ndim == 3 else "bilinear"
+    x = F.interpolate(head.reduce(features["p2"]), size=mid.shape[2:], mode=mode)
+    x = F.relu(x + head.mid_image_conv(mid))
+    for layer in head.mid_convs:
+        x = layer(x)
+    x = F.interpolate(x, size=size, mode=mode)
+    want = head.predictor(F.relu(x + head.image_conv(images)))
+    torch.testing.assert_close(head.layers(features, images), want, rtol=1e-5, atol=1e-6)
+    # an odd size: the last block averages what it holds; the output keeps the input's size
+    odd = torch.randn((1, 1, 3) + (7,) * (ndim - 1))
+    assert head.layers({"p2": features["p2"][:1]}, odd).shape == (1, 1, 3) + (7,) * (ndim - 1)
+    cfg = _fg_cfg(ndim)
+    cfg.MODEL.FOREGROUND_HEAD.MID_RES_CONVS = 1
+    built = build_foreground_head(cfg, {"p2": ShapeSpec(channels=4, stride=(4,) * ndim)})
+    assert len(built.mid_convs) == 1 and built.mid_factor == (2,) * ndim
+    cfg.MODEL.FOREGROUND_HEAD.MID_RES_CONVS = -1
+    with pytest.raises(ValueError, match="MID_RES_CONVS"):
+        build_foreground_head(cfg, {"p2": ShapeSpec(channels=4, stride=(4,) * ndim)})
