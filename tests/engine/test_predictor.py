@@ -42,11 +42,16 @@ def _random_model_files(tmp_path, shape, **overrides):
     return cfg, str(tmp_path / "cfg.yaml"), str(tmp_path / "vol.tif")
 
 
-@pytest.mark.parametrize("target_spacing", ["[]", "[1.0, 1.0, 1.0]"])
-def test_volume_that_fits_one_tile_gives_the_untiled_result(tmp_path, target_spacing):
-    cfg, cfg_file, vol = _random_model_files(
-        tmp_path, (32, 48, 64), **{"INPUT.TARGET_SPACING": target_spacing}
-    )
+@pytest.mark.parametrize(
+    "target_spacing, head",
+    [("[]", ""), ("[1.0, 1.0, 1.0]", ""), ("[1.0, 1.0, 1.0]", "FPNForegroundCenterHead")],
+)
+def test_volume_that_fits_one_tile_gives_the_untiled_result(tmp_path, target_spacing, head):
+    # with a centre-map head, instances split after pasting are new rows the tile keeps as well
+    keys = {"INPUT.TARGET_SPACING": target_spacing, "MODEL.FOREGROUND_HEAD.NAME": head}
+    if head:  # a random head's foreground is about 0.5: count all of it
+        keys["MODEL.FOREGROUND_HEAD.THRESHOLD"] = 0.0
+    cfg, cfg_file, vol = _random_model_files(tmp_path, (32, 48, 64), **keys)
     argv = ["--config-file", cfg_file, "--input", vol, "--output", str(tmp_path / "out")]
     assert main(argv + ["TEST.TILE.SIZE", "[32, 64, 64]"]) == 0
     tiled = read_labels(str(tmp_path / "out" / "vol_labels.tif"))
@@ -55,8 +60,12 @@ def test_volume_that_fits_one_tile_gives_the_untiled_result(tmp_path, target_spa
     record = {"file_name": vol, "image_id": 0, "depth": 32, "height": 48, "width": 64,
               "spacing": SPACING}
     with torch.no_grad():
-        untiled = model([DatasetMapper3D(cfg, is_train=False)(record)])[0]["instance_labels"]
-    untiled = untiled.numpy()
+        out = model([DatasetMapper3D(cfg, is_train=False)(record)])[0]
+        if head:  # the random centre map does split some instances
+            model.foreground_head.center_split = None
+            plain = model([DatasetMapper3D(cfg, is_train=False)(record)])[0]
+            assert len(out["instances"]) > len(plain["instances"])
+    untiled = out["instance_labels"].numpy()
     assert len(np.unique(untiled)) > 5  # the comparison is not between empty volumes
     assert same_partition(tiled, untiled)
 

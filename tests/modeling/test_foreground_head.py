@@ -224,6 +224,19 @@ def test_foreground_is_averaged_over_the_mask_flips():
     with torch.no_grad():
         model(inputs)
     torch.testing.assert_close(captured["fg"].tensor[region], torch.full((1, 1) + shape, 0.5))
+    # two channels (a centre-map head's): each is flipped back and averaged on its own
+    model.foreground_head = _Given(
+        lambda images: torch.cat(
+            [torch.sigmoid(images[:, :1]), ramp.expand(images.shape[:1] + (1,) + images.shape[2:])],
+            dim=1,
+        )
+    )
+    with torch.no_grad():
+        model(inputs)
+    torch.testing.assert_close(captured["fg"].tensor[region][:, :1], plain[region])
+    torch.testing.assert_close(
+        captured["fg"].tensor[region][:, 1:], torch.full((1, 1) + shape, 0.5)
+    )
 
 
 def test_slice_fusion_refuses_the_foreground_head():
