@@ -219,13 +219,13 @@ class FPNForegroundHead(nn.Module):
         logits = self.layers(features, images.tensor)
         if targets is None:
             return torch.sigmoid(logits.float())
-        return self._foreground_loss(logits, images, targets)
+        return self.losses(ImageList(logits, images.image_sizes), targets)
 
-    def _foreground_loss(
-        self, logits: torch.Tensor, images: ImageList, targets: List[Instances]
-    ) -> Dict[str, torch.Tensor]:
-        """``{"loss_foreground"}`` from the (N, K, *spatial) logits of the padded batch."""
-        logits = ImageList(logits, images.image_sizes)  # [i]: volume i without its padding
+    def losses(self, logits: ImageList, targets: List[Instances]) -> Dict[str, torch.Tensor]:
+        """
+        ``{"loss_foreground"}`` from the (N, K, *spatial) logits of the padded batch, as an
+        ImageList (``logits[i]``: volume i without its padding).
+        """
         losses = []
         for i, gt in enumerate(foreground_targets(targets)):
             x, t = logits[i][0].float()[None], gt.to(logits.device)[None]
@@ -286,17 +286,9 @@ class FPNForegroundCenterHead(FPNForegroundHead):
         )
         return ret
 
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        images: ImageList,
-        targets: Optional[List[Instances]] = None,
-    ):
-        if targets is None:
-            return super().forward(features, images)
-        logits = self.layers(features, images.tensor)
-        losses = self._foreground_loss(logits, images, targets)
-        logits = ImageList(logits, images.image_sizes)
+    def losses(self, logits: ImageList, targets: List[Instances]) -> Dict[str, torch.Tensor]:
+        """``loss_foreground`` and ``loss_center``."""
+        losses = super().losses(logits, targets)
         center = []
         for i, t in enumerate(targets):
             x, want = logits[i][1].float(), center_targets(t.gt_masks.tensor).to(logits.device)
