@@ -161,13 +161,6 @@ class FPNForegroundHead(nn.Module):
                 f"MODEL.FOREGROUND_HEAD.IN_FEATURE {name!r} is not a backbone output; "
                 f"the backbone gives {sorted(input_shape)}"
             )
-        if not cls.predicts_centers:
-            for key, default in CENTER_KEYS.items():
-                if cfg.MODEL.FOREGROUND_HEAD.get(key) != default:
-                    raise ValueError(
-                        f"MODEL.FOREGROUND_HEAD.{key} is set, but {cls.__name__} predicts no "
-                        f"centre map: use NAME FPNForegroundCenterHead"
-                    )
         return {
             "input_shape": input_shape[name],
             "in_feature": name,
@@ -308,12 +301,12 @@ class FPNForegroundCenterHead(FPNForegroundHead):
 def build_foreground_head(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
     """``FOREGROUND_HEAD_REGISTRY.get(cfg.MODEL.FOREGROUND_HEAD.NAME)``; None where NAME is ""."""
     name = cfg.MODEL.FOREGROUND_HEAD.NAME
-    if not name:
+    head = FOREGROUND_HEAD_REGISTRY.get(name) if name else None
+    if not getattr(head, "predicts_centers", False):
         for key, default in CENTER_KEYS.items():
             if cfg.MODEL.FOREGROUND_HEAD.get(key) != default:
                 raise ValueError(
-                    f"MODEL.FOREGROUND_HEAD.{key} is set, but there is no foreground head "
-                    f"(MODEL.FOREGROUND_HEAD.NAME is empty)"
+                    f"MODEL.FOREGROUND_HEAD.{key} is set, but NAME {name!r} predicts no centre "
+                    f"map: use NAME FPNForegroundCenterHead"
                 )
-        return None
-    return FOREGROUND_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    return head(cfg, input_shape) if head is not None else None
