@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from det3d.config import configurable
 from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss
 from det3d.structures import ImageList, Instances
+from det3d.utils.axes import as_tuple
 
 from .center_split import center_targets
 from .postprocessing import INTERP_MODE
@@ -129,8 +130,7 @@ class FPNForegroundHead(nn.Module):
         conv = conv_nd(ndim)
         self.reduce = conv(input_shape.channels, conv_dim, kernel_size=1)
         self.image_conv = conv(image_channels, conv_dim, kernel_size=3, padding=1)
-        stride = input_shape.stride or 1
-        stride = (stride,) * ndim if isinstance(stride, int) else tuple(stride)
+        stride = as_tuple(input_shape.stride or 1, ndim, name="input_shape.stride")
         self.mid_factor = tuple(max(int(s) // 2, 1) for s in stride)
         self.mid_convs = []
         if mid_res_convs:
