@@ -20,12 +20,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from torch.nn import functional as F
 
-from det3d.structures import Instances
+from det3d.structures import BitMasks, Instances
 from det3d.structures.label_volume import label_objects
-
-from .postprocessing import INTERP_MODE
 
 __all__ = ["center_targets", "split_by_centers", "split_instances"]
 
@@ -188,14 +185,10 @@ def split_instances(
     if out.has("pred_mask_boxes"):
         out.pred_mask_boxes.tensor[rows] = boxes
     if out.has("pred_masks"):
+        # as the mask head's targets are made; one part at a time, so memory stays one volume's
         masks = out.pred_masks.clone()
-        grid = tuple(masks.shape[1:])
-        ndim = len(grid)
-        for row, box in zip(rows.tolist(), boxes.round().long().tolist()):
-            region = tuple(slice(box[ndim - 1 - a], box[2 * ndim - 1 - a]) for a in range(ndim))
-            part = (labels[region] == row + 1).to(masks)
-            masks[row] = F.interpolate(
-                part[None, None], size=grid, mode=INTERP_MODE[ndim], align_corners=False
-            )[0, 0]
+        for row, box in zip(rows.tolist(), boxes):
+            part = BitMasks((labels == row + 1)[None])
+            masks[row] = part.crop_and_resize(box[None], masks.shape[1:], threshold=None)[0]
         out.pred_masks = masks
     return out
