@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from .batch_norm import get_norm
 
 __all__ = [
+    "Conv3d",
     "conv_nd",
     "conv_transpose_nd",
     "max_pool_nd",
@@ -21,7 +22,39 @@ __all__ = [
     "nonzero_tuple",
 ]
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+class Conv3d(nn.Conv3d):
+    """
+    ``nn.Conv3d`` that trains correctly under CPU bfloat16 autocast.
+
+    With torch 2.13's oneDNN on CPU, a bfloat16 3D convolution whose kernel is deeper than its
+    (padded) input, at stride 1 along depth, returns garbage weight gradients (values around 1e37,
+    Inf or NaN; the input gradient is right), e.g. a 3x3x3 kernel on the 2x2x2 map of a 64^3
+    volume's p5. Measured on AMD EPYC (Zen 4, AVX-512 bfloat16); first seen as
+    ``FloatingPointError`` in the first iterations of ``SOLVER.AMP`` training on ``toy3d``. This
+    class runs those convolutions, and only those, in float32 while gradients are needed. Such
+    maps are tiny, so the cost is nil. ``tests/layers/test_wrappers.py`` checks the gradients
+    against a float32 reference.
+    """
+
+    def _float32_needed(self, x: torch.Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and x.shape[2] < self.kernel_size[0]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._float32_needed(x):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return self._conv_forward(x.float(), self.weight.float(), bias)
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
@@ -33,7 +66,7 @@ def _pick(table: dict, ndim: int, what: str):
 
 
 def conv_nd(ndim: int) -> Type[nn.Module]:
-    """``nn.Conv2d`` or ``nn.Conv3d`` (``nn.Conv1d`` for ndim=1)."""
+    """``nn.Conv2d`` or :class:`Conv3d` (an ``nn.Conv3d``; ``nn.Conv1d`` for ndim=1)."""
     return _pick(_CONV, ndim, "conv_nd")
 
 

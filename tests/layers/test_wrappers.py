@@ -7,6 +7,7 @@ from det3d.layers.batch_norm import FrozenBatchNorm, get_norm
 from det3d.layers.shape_spec import ShapeSpec, as_tuple
 from det3d.layers.wrappers import (
     Conv,
+    Conv3d,
     cat,
     conv_nd,
     conv_norm_relu_stack,
@@ -18,7 +19,8 @@ from det3d.layers.wrappers import (
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_conv_nd_classes_and_shapes(ndim):
-    assert conv_nd(ndim) is {2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+    assert conv_nd(ndim) is {2: nn.Conv2d, 3: Conv3d}[ndim]
+    assert issubclass(conv_nd(ndim), {2: nn.Conv2d, 3: nn.Conv3d}[ndim])
     assert conv_transpose_nd(ndim) is {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[ndim]
     assert max_pool_nd(ndim) is {2: nn.MaxPool2d, 3: nn.MaxPool3d}[ndim]
     torch.manual_seed(0)
@@ -32,6 +34,36 @@ def test_conv_nd_classes_and_shapes(ndim):
     assert aniso(x).shape == (2, 2, 8, *([4] * (ndim - 1)))
     with pytest.raises(ValueError, match="ndim"):
         conv_nd(4)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, padding",
+    [
+        ((2, 8, 2, 4, 4), 3, 1),  # kernel deeper than the input: oneDNN's bf16 weight grad fails
+        ((1, 8, 3, 3, 3), 5, 2),
+        ((2, 8, 4, 4, 4), 3, 1),  # the usual case, left to autocast
+    ],
+)
+def test_conv3d_weight_gradient_under_cpu_bfloat16_autocast_matches_float32(shape, kernel, padding):
+    torch.manual_seed(0)
+    conv = conv_nd(3)(shape[1], 8, kernel, padding=padding)
+    ref = nn.Conv3d(shape[1], 8, kernel, padding=padding)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    grad_out = torch.randn(y.shape)
+    (y.float() * grad_out).sum().backward()
+    (ref(x) * grad_out).sum().backward()
+    # bfloat16 keeps 8 bits of mantissa: a few 1e-3 of the largest gradient
+    scale = ref.weight.grad.abs().max()
+    assert (conv.weight.grad - ref.weight.grad).abs().max() <= 2e-2 * scale
+    assert (conv.bias.grad - ref.bias.grad).abs().max() <= 2e-2 * ref.bias.grad.abs().max()
+    # float32 only where the kernel is deeper than the input; autocast's bfloat16 elsewhere
+    deeper = shape[2] < kernel
+    assert y.dtype == (torch.float32 if deeper else torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16  # inference: forward results are right in bf16
 
 
 def test_conv_applies_conv_then_norm_then_activation():
