@@ -69,6 +69,11 @@ class DetectionCheckpointer(Checkpointer):
 
     With ``resume=True`` and a ``last_checkpoint`` in ``save_dir``, every checkpointable and the
     extra data are restored from it; otherwise only the model weights of ``path`` are loaded.
+
+    A file that holds an exponential moving average of the weights (``"ema"``, written by a
+    training with ``MODEL_EMA.ENABLED``) gives the model that average, the trained model, unless
+    this checkpointer restores ``"ema"`` itself (a trainer with ``MODEL_EMA`` resuming): then the
+    model gets the raw weights (``"model"``) and the average goes to the trainer's EMA.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class DetectionCheckpointer(Checkpointer):
         )
         self.logger = logging.getLogger(__name__)
         self.incompatible_keys = None  # set by each load: fvcore's _IncompatibleKeys
+        self._model_from_ema = True  # set by each load: whether "ema" is loaded as the model
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
@@ -161,6 +167,8 @@ class DetectionCheckpointer(Checkpointer):
         if not has_file:
             raise FileNotFoundError(f"Checkpoint {path!r} not found")
         self._loading = path
+        restored = self.checkpointables if checkpointables is None else checkpointables
+        self._model_from_ema = "ema" not in restored
         return super().load(local_path, checkpointables)
 
     def has_checkpoint(self) -> bool:
@@ -181,6 +189,9 @@ class DetectionCheckpointer(Checkpointer):
                 f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict"
             )
         loaded = self._as_model_checkpoint(loaded, filename)
+        if isinstance(loaded.get("ema"), dict) and getattr(self, "_model_from_ema", True):
+            self.logger.info(f"{filename}: loading its averaged weights ('ema') as the model")
+            loaded["model"] = loaded.pop("ema")
         if not isinstance(loaded["model"], dict):
             raise CheckpointError(f"Checkpoint {filename!r}: 'model' is not a state dict")
         return loaded

@@ -448,6 +448,13 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.SOLVER, "LOG_PERIOD", 20)
     # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
     _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
+    # An exponential moving average of the weights (det3d/engine/ema.py): updated after every
+    # iteration with decay min(DECAY, (1+t)/(10+t)); evaluation uses it, checkpoints hold it as
+    # "ema", and a checkpoint loaded as weights only gives the model its average.
+    # d2go's key names.
+    _add(_C, "MODEL_EMA", CN())
+    _add(_C.MODEL_EMA, "ENABLED", False)
+    _add(_C.MODEL_EMA, "DECAY", 0.999)
 
     # Memory-saving switches (docs/internals.md "Memory-saving switches"; savings measured by
     # bench/memory.py, in MODEL_ZOO.md). Each leaves losses and outputs as they are without it

@@ -1,5 +1,6 @@
 """Training: the loop and its hooks, the default trainer and set-up, and multi-process launch."""
 
+from .ema import EMAHook, ModelEMA
 from .launch import launch
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 

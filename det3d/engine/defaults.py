@@ -5,6 +5,7 @@ config whose parts (model, optimizer, loaders, evaluators) are override points.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from det3d.utils.file_io import atomic_write, keep_aside
 from det3d.utils.logger import setup_logger
 
 from . import hooks
+from .ema import EMAHook, ModelEMA
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = [
@@ -286,8 +288,12 @@ class DefaultTrainer(TrainerBase):
     ``MODEL.FREEZE_MODULES`` is not empty (a partly frozen graph can leave trainable parameters
     without gradient); it costs an extra graph traversal per iteration, so it is off otherwise.
 
+    * ``MODEL_EMA.ENABLED``: an exponential moving average of the weights (``det3d.engine.ema``),
+      which evaluation uses and every checkpoint holds as ``"ema"``.
+
     Attributes:
-        scheduler, checkpointer (DetectionCheckpointer), cfg (CfgNode), model, optimizer.
+        scheduler, checkpointer (DetectionCheckpointer), cfg (CfgNode), model, optimizer,
+        ema (ModelEMA or None).
     """
 
     def __init__(self, cfg):
@@ -314,11 +320,15 @@ class DefaultTrainer(TrainerBase):
         self._trainer._hooks = self._hooks
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # MODEL_EMA: the averaged weights, saved in every checkpoint as "ema"
+        self.ema = ModelEMA(model) if cfg.MODEL_EMA.ENABLED else None
+        extra = {"ema": self.ema} if self.ema is not None else {}
         self.checkpointer = DetectionCheckpointer(
             # weakref: the checkpointer must not keep the trainer alive
             model,
             cfg.OUTPUT_DIR,
             trainer=weakref.proxy(self),
+            **extra,
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -350,18 +360,23 @@ class DefaultTrainer(TrainerBase):
 
     def build_hooks(self) -> List[hooks.HookBase]:
         """
-        The default hooks, in this order: IterationTimer, LRScheduler, PeriodicCheckpointer (main
-        rank), EvalHook, BestCheckpointer (main rank, if SOLVER.BEST_CHECKPOINT_METRIC),
+        The default hooks, in this order: IterationTimer, LRScheduler, EMAHook (if
+        MODEL_EMA.ENABLED), PeriodicCheckpointer (main rank), EvalHook (with the EMA's weights if
+        there is one), BestCheckpointer (main rank, if SOLVER.BEST_CHECKPOINT_METRIC),
         PeriodicWriter (main rank).
         """
         cfg = self.cfg
         check_supported(cfg)  # e.g. TEST.PRECISE_BN: an error naming the key, not a warning
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if self.ema is not None:
+            ret.append(EMAHook(self.ema, cfg.MODEL_EMA.DECAY))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
 
         def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
+            swap = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
+            with swap:
+                self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
         # Every rank evaluates (evaluation is distributed); only rank 0 gets the results.
