@@ -48,7 +48,8 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     and returns the median seconds of the last ``iters``: loading a batch (in this process, so
     the figure is an upper bound for training with loader workers), forward, backward and
     optimizer step. The ROI heads get as many foreground RoIs as a trained RPN would give them
-    (see ``_steady_state_proposals``). Nothing is written; the process's torch random state is
+    (see ``_steady_state_proposals``). With ``SOLVER.AMP.ENABLED`` the forward pass runs under
+    autocast, as ``AMPTrainer`` runs it. Nothing is written; the process's torch random state is
     restored afterwards.
 
     Args:
@@ -57,6 +58,7 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     from det3d.data import build_detection_train_loader
     from det3d.modeling import build_model
     from det3d.solver import build_optimizer
+    from det3d.utils.amp import resolve_amp_dtype
 
     rng_state = torch.get_rng_state()
     cfg = cfg.clone()
@@ -69,12 +71,16 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
         heads.register_forward_pre_hook(_steady_state_proposals, with_kwargs=True)
     optimizer = build_optimizer(cfg, model)
     loader = iter(build_detection_train_loader(cfg))
+    device = next(model.parameters()).device.type
+    amp = cfg.SOLVER.AMP.ENABLED
+    dtype = resolve_amp_dtype(cfg.SOLVER.AMP.DTYPE, device, "SOLVER.AMP.DTYPE") if amp else None
     times = []
     try:
         for i in range(warmup + iters):
             start = time.perf_counter()
             data = next(loader)
-            losses = model(data)
+            with torch.autocast(device, dtype=dtype, enabled=amp):
+                losses = model(data)
             loss = sum(losses.values())
             optimizer.zero_grad()
             loss.backward()
