@@ -18,6 +18,7 @@ from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec
 from .wrappers import (
     Conv,
+    Conv3d,
     cat,
     conv_nd,
     conv_norm_relu_stack,
