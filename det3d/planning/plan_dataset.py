@@ -52,8 +52,7 @@ def plan_dataset(
     Args:
         test: datasets for ``DATASETS.TEST``.
         budget_minutes: training time the planned schedule fills (``probe`` measures the seconds
-            per iteration on this machine, in float32 and under autocast; without it
-            ``SOLVER.MAX_ITER`` is the base's).
+            per iteration on this machine; without it ``SOLVER.MAX_ITER`` is the base's).
         base: the ``_BASE_`` config.
         output_dir: ``OUTPUT_DIR`` of the planned config (default ``output/<output stem>``).
         command: how to re-plan, for the file's header.
@@ -85,16 +84,9 @@ def plan_dataset(
         cfg.merge_from_file(base)
         plan.apply(cfg)
         cfg.DATASETS.TRAIN = tuple(train)
-        cfg.SOLVER.AMP.ENABLED = False
         seconds = measure_iteration_time(cfg)
-        cfg.SOLVER.AMP.ENABLED = True  # autocast: bfloat16 on CPU, float16 on CUDA
-        amp_seconds = measure_iteration_time(cfg)
         plan = plan_config(
-            fp,
-            num_classes=len(classes),
-            seconds_per_iter=seconds,
-            budget_minutes=budget_minutes,
-            amp_seconds_per_iter=amp_seconds,
+            fp, num_classes=len(classes), seconds_per_iter=seconds, budget_minutes=budget_minutes
         )
     base_rel = os.path.relpath(os.path.abspath(base), os.path.dirname(os.path.abspath(output)))
     header = (

@@ -24,8 +24,7 @@ The rules, in the order they are applied (each a short function below):
    object; flips on every axis, x/y quarter turns when x and y have the same spacing; the pixel
    mean/std of the percentile-normalised intensities.
 6. **Schedule.** AdamW, warm-up, a step at 85%; the number of iterations fills the time budget
-   at the measured seconds per iteration (``tools/plan.py`` measures it on this machine, in
-   float32 and under bfloat16 autocast, and plans autocast where it is 10% faster).
+   at the measured seconds per iteration (``tools/plan.py`` measures it on this machine).
 """
 
 import math
@@ -318,18 +317,14 @@ def plan_config(
     num_classes: int,
     seconds_per_iter: Optional[float] = None,
     budget_minutes: float = 30.0,
-    amp_seconds_per_iter: Optional[float] = None,
 ) -> Plan:
     """
     Args:
         fingerprint: from :func:`dataset_fingerprint`.
         num_classes: the dataset's number of classes.
         seconds_per_iter: measured time of one training iteration of the planned model
-            (``tools/plan.py`` measures it); None leaves the schedule (``SOLVER.MAX_ITER``,
-            ``SOLVER.AMP``) to the caller.
+            (``tools/plan.py`` measures it); None leaves ``SOLVER.MAX_ITER`` to the caller.
         budget_minutes: training time to fill.
-        amp_seconds_per_iter: the same under autocast (``SOLVER.AMP``: bfloat16 on CPU); it is
-            planned where it is at least 10% faster.
 
     Returns:
         Plan: full key -> value, with reasons.
@@ -344,41 +339,20 @@ def plan_config(
     _plan_input(fingerprint, plan, sizes, z_cum)
     plan.set("MODEL.ROI_HEADS.NUM_CLASSES", int(num_classes), "the dataset's classes")
     if seconds_per_iter:
-        _plan_schedule(plan, seconds_per_iter, budget_minutes, amp_seconds_per_iter)
+        # 20% kept: the loader's worker shares the cores in training, and evaluation follows
+        iters = int(budget_minutes * 60 * 0.8 / seconds_per_iter)
+        iters = max(iters // 50 * 50 if iters >= 200 else iters, 1)
+        plan.set(
+            "SOLVER.MAX_ITER",
+            iters,
+            f"{budget_minutes:g} minutes at {seconds_per_iter:.2f} s per iteration measured on "
+            "this machine, 20% kept for data loading and evaluation",
+        )
+        plan.set("SOLVER.STEPS", [int(iters * 0.85)] if iters >= 20 else [], "one decay at 85%")
+        plan.set(
+            "SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs"
+        )
     return plan
-
-
-def _plan_schedule(
-    plan: Plan, seconds: float, budget_minutes: float, amp_seconds: Optional[float]
-) -> None:
-    """Precision, iterations and LR steps for the time budget."""
-    amp = amp_seconds is not None and amp_seconds <= 0.9 * seconds
-    if amp_seconds is None:
-        why = "float32: autocast was not measured"
-    elif amp:
-        why = (
-            f"autocast (bfloat16 on CPU) took {amp_seconds:.2f} s per iteration against "
-            f"{seconds:.2f} s in float32 on this machine: {seconds / amp_seconds:.2f}x the "
-            "iterations in the budget"
-        )
-    else:
-        why = (
-            f"float32: autocast took {amp_seconds:.2f} s per iteration against {seconds:.2f} s "
-            "on this machine, not 10% faster"
-        )
-    plan.set("SOLVER.AMP.ENABLED", amp, why)
-    seconds = amp_seconds if amp else seconds
-    # 20% kept: the loader's worker shares the cores in training, and evaluation follows
-    iters = int(budget_minutes * 60 * 0.8 / seconds)
-    iters = max(iters // 50 * 50 if iters >= 200 else iters, 1)
-    plan.set(
-        "SOLVER.MAX_ITER",
-        iters,
-        f"{budget_minutes:g} minutes at {seconds:.2f} s per iteration measured on "
-        "this machine, 20% kept for data loading and evaluation",
-    )
-    plan.set("SOLVER.STEPS", [int(iters * 0.85)] if iters >= 20 else [], "one decay at 85%")
-    plan.set("SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs")
 
 
 # Model size and optimiser for a CPU budget: the demo model (9.4M parameters), which trains from
