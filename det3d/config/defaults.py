@@ -371,6 +371,10 @@ def add_det3d_config(cfg: CN) -> None:
     # mask reaches past a box that cut its object short (3D boxes regressed from low-contrast
     # volumes often do); 1.0 = the box itself, as in Detectron2.
     _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND", 1.0)
+    # The factor at inference; 0 = BOX_EXPAND. A mask head trained on the boxes themselves
+    # predicts well on boxes somewhat larger (it is convolutional): with a foreground head deciding
+    # where objects end, a mask on an enlarged box lets its instance claim what its box cut off.
+    _add(_C.MODEL.ROI_MASK_HEAD, "BOX_EXPAND_TEST", 0.0)
     # In training, the mask branch sees at most this many foreground RoIs per volume, drawn at
     # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
     # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.

@@ -333,6 +333,38 @@ def test_mask_branch_on_enlarged_boxes(ndim):
         build_roi_heads(cfg, shapes)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_boxes_enlarged_at_inference_only(ndim):
+    # BOX_EXPAND_TEST: training pools masks from the proposals themselves, inference from the
+    # detections' boxes scaled by the test factor; the masks are the head's on those boxes.
+    from det3d.modeling.postprocessing import expand_boxes
+
+    shape, cfg, feats, shapes, heads, targets = _mask_branch_setup(ndim, BOX_EXPAND_TEST=1.25)
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
+    heads(images, feats, _proposals(targets), targets)
+    (inst,) = seen["inst"]
+    assert not inst.has("mask_boxes")  # training: the proposals' own boxes
+    heads.eval()
+    heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        (p,), _ = heads(images, feats, _proposals(targets))
+        want = expand_boxes(p.pred_boxes.tensor, 1.25)
+        assert torch.allclose(p.pred_mask_boxes.tensor, want)
+        logits = heads.mask_head.layers(
+            heads.mask_pooler([feats[f] for f in heads.mask_in_features], [Boxes(want)])
+        )
+    classes = p.pred_classes if logits.shape[1] > 1 else torch.zeros_like(p.pred_classes)
+    expected = logits[torch.arange(len(p)), classes].sigmoid()
+    assert torch.allclose(p.pred_masks.reshape(expected.shape), expected, atol=1e-6)
+    for bad in (0.8, -1.0):
+        cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST = bad
+        with pytest.raises(ValueError, match="BOX_EXPAND_TEST must be >= 1.0"):
+            build_roi_heads(cfg, shapes)
+
+
 def test_expand_boxes_about_their_centres():
     from det3d.modeling.postprocessing import expand_boxes
 

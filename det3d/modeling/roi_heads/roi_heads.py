@@ -269,6 +269,7 @@ class StandardROIHeads3D(ROIHeads3D):
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
         mask_box_expand: float = 1.0,
+        mask_box_expand_test: float = 0.0,
         mask_train_rois: int = 0,
         train_on_pred_boxes: bool = False,
         roi_chunk_size: int = 0,
@@ -283,6 +284,7 @@ class StandardROIHeads3D(ROIHeads3D):
                 factor about their centres (in training the proposals', at inference the
                 detections'), so a mask can reach past a box that cut its object short; the
                 detections then carry ``pred_mask_boxes``.
+            mask_box_expand_test: the factor at inference; 0 = ``mask_box_expand``.
             mask_train_rois: in training, the mask branch runs on at most this many foreground
                 RoIs per image, drawn at random (0 = all, as Detectron2).
             train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
@@ -313,11 +315,18 @@ class StandardROIHeads3D(ROIHeads3D):
                 if image_size
                 else None
             )
-        if mask_box_expand < 1.0:
-            raise ValueError(
-                f"MODEL.ROI_MASK_HEAD.BOX_EXPAND must be >= 1.0, got {mask_box_expand}"
-            )
+        for key, value in (
+            ("BOX_EXPAND", mask_box_expand),
+            ("BOX_EXPAND_TEST", mask_box_expand_test),
+        ):
+            if value < 1.0 and not (key == "BOX_EXPAND_TEST" and value == 0):
+                raise ValueError(
+                    f"MODEL.ROI_MASK_HEAD.{key} must be >= 1.0"
+                    + (" (or 0: as BOX_EXPAND)" if key == "BOX_EXPAND_TEST" else "")
+                    + f", got {value}"
+                )
         self.mask_box_expand = float(mask_box_expand)
+        self.mask_box_expand_test = float(mask_box_expand_test or mask_box_expand)
         self.mask_train_rois = int(mask_train_rois)
         self.train_on_pred_boxes = train_on_pred_boxes
         self.roi_chunk_size = int(roi_chunk_size)
@@ -368,6 +377,7 @@ class StandardROIHeads3D(ROIHeads3D):
         return {
             "mask_in_features": in_features,
             "mask_box_expand": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND,
+            "mask_box_expand_test": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST,
             "mask_train_rois": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
             "mask_pooler": mask_pooler,
             "mask_head": build_mask_head(
@@ -509,9 +519,10 @@ class StandardROIHeads3D(ROIHeads3D):
             boxes = [x.proposal_boxes for x in instances]
         else:
             boxes = [x.pred_boxes for x in instances]
-        if self.mask_box_expand != 1.0:
+        expand = self.mask_box_expand if self.training else self.mask_box_expand_test
+        if expand != 1.0:
             # masks on enlarged boxes can reach past a box that cut the object short
-            boxes = [Boxes(expand_boxes(b.tensor, self.mask_box_expand)) for b in boxes]
+            boxes = [Boxes(expand_boxes(b.tensor, expand)) for b in boxes]
             for inst, b in zip(instances, boxes):
                 inst.set("mask_boxes" if self.training else "pred_mask_boxes", b)
         feats = [features[f] for f in self.mask_in_features]
