@@ -482,6 +482,11 @@ def add_det3d_config(cfg: CN) -> None:
     # pass the box branch's foreground probability of the detection's box. Boxes, scores and
     # classes stay the plain pass's.
     _add(_C.TEST, "FLIP_OBJECTNESS", False)
+    # The test-time averages above (masks, foreground, objectness) also run on the input with its
+    # last two axes (x and y) swapped, each flip again: with MASK_FLIP_AXES [0, 1, 2], the 16
+    # symmetries that training with INPUT.ROTATE90_XY and RANDOM_FLIP_AXES [0, 1, 2] shows the
+    # model. Twice the passes; the mask grid must be as fine in x as in y.
+    _add(_C.TEST, "TRANSPOSE_XY", False)
     # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
     # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
     _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))

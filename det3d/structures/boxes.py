@@ -278,6 +278,16 @@ class Boxes:
             t[:, k], t[:, d + k] = size - self.tensor[:, d + k], size - self.tensor[:, k]
         return Boxes(t)
 
+    def transposed_xy(self) -> "Boxes":
+        """
+        The boxes of the volume with its last two array axes (y and x) swapped, as
+        ``image.transpose(-1, -2)`` swaps them: each box's x and y extents trade places.
+        Transposing twice gives the boxes back.
+        """
+        d = self.ndim
+        order = [1, 0, *range(2, d)]
+        return Boxes(self.tensor[:, order + [d + k for k in order]])
+
     def nonempty(self, threshold: float = 0.0) -> torch.Tensor:
         """(N,) bool: True where every side is larger than ``threshold``."""
         return (self.sizes() > threshold).all(dim=1)

@@ -1,12 +1,14 @@
 """GeneralizedRCNN3D and ProposalNetwork3D from configs, in 2D and 3D."""
 
+import itertools
+
 import pytest
 import torch
 from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
 
 import det3d.modeling as modeling
 from det3d.modeling import META_ARCH_REGISTRY, build_model
-from det3d.structures import Instances
+from det3d.structures import Boxes, Instances
 
 ALL_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
 SHAPES = {3: (16, 32, 32), 2: (64, 64)}
@@ -225,6 +227,61 @@ def test_flip_objectness_averages_the_flipped_boxes_objectness(ndim):
     assert not torch.allclose(got.objectness, plain.objectness)
     cfg.TEST.MASK_FLIP_AXES = []
     with pytest.raises(ValueError, match="TEST.FLIP_OBJECTNESS averages over TEST.MASK_FLIP_AXES"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("flip_axes", [None, ()])
+def test_transposed_passes_join_the_test_time_averages(ndim, flip_axes):
+    # TEST.TRANSPOSE_XY: every pass of MASK_FLIP_AXES (the plain one too) runs again on the input
+    # with x and y swapped; masks and objectness are the means over all passes, each view's
+    # mask transposed, then flipped back. Reference: those passes by hand.
+    cfg, model, inputs, axes = _flip_setup(ndim)
+    axes = axes if flip_axes is None else flip_axes
+    cfg.TEST.MASK_FLIP_AXES = list(axes)
+    cfg.TEST.FLIP_OBJECTNESS = True
+    cfg.TEST.TRANSPOSE_XY = True
+    shape = SHAPES[ndim]
+    averaging = _twin(cfg, model)
+    flips = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+    with torch.no_grad():
+        (plain,) = model.inference(inputs, do_postprocess=False)
+        (got,) = averaging.inference(inputs, do_postprocess=False)
+        masks, objectness = plain.pred_masks.clone(), plain.objectness.clone()
+        for transpose in (False, True):
+            for flip in flips[0 if transpose else 1 :]:
+                dims = [1 + a for a in flip]
+                image = inputs[0]["image"].flip(dims) if dims else inputs[0]["image"]
+                image = image.transpose(-1, -2) if transpose else image
+                images = model.preprocess_image([{"image": image}])
+                boxes = plain.pred_boxes.flipped(flip, shape)
+                # x and y of the boxes swapped, written out
+                if transpose:
+                    t = boxes.tensor.clone()
+                    t[:, [0, 1, ndim, ndim + 1]] = boxes.tensor[:, [1, 0, ndim + 1, ndim]]
+                    boxes = Boxes(t)
+                given = Instances(
+                    tuple(image.shape[1:]), pred_boxes=boxes, pred_classes=plain.pred_classes
+                )
+                features = model.backbone(images.tensor)
+                (m,) = model.roi_heads.forward_with_given_boxes(features, [given], images)
+                m = m.pred_masks.transpose(-1, -2) if transpose else m.pred_masks
+                masks += m.flip(dims) if dims else m
+                objectness += _objectness_by_hand(model, images, boxes)
+    n = 2 * len(flips)
+    assert len(plain) > 0
+    torch.testing.assert_close(got.pred_boxes.tensor, plain.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, plain.scores)
+    torch.testing.assert_close(got.pred_masks, masks / n)
+    torch.testing.assert_close(got.objectness, objectness / n)
+    assert not torch.allclose(got.pred_masks, plain.pred_masks)
+
+
+def test_transposed_passes_need_a_mask_grid_as_fine_in_x_as_in_y():
+    cfg, _ = _eval_model(3)
+    cfg.TEST.TRANSPOSE_XY = True
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = [2, 4, 3]
+    with pytest.raises(ValueError, match=r"TEST.TRANSPOSE_XY .* mask grid \(2, 4, 3\)"):
         build_model(cfg)
 
 

@@ -183,6 +183,10 @@ def test_flipped_boxes_are_the_boxes_of_flipped_masks(ndim):
             got = boxes.flipped(axes, shape)
             torch.testing.assert_close(got.tensor, want)
             torch.testing.assert_close(got.flipped(axes, shape).tensor, boxes.tensor)
+    # x and y swapped: the boxes of the masks with their last two axes transposed
+    want = BitMasks(masks.transpose(-1, -2)).get_bounding_boxes().tensor
+    torch.testing.assert_close(boxes.transposed_xy().tensor, want)
+    torch.testing.assert_close(boxes.transposed_xy().transposed_xy().tensor, boxes.tensor)
     with pytest.raises(ValueError, match="axis"):
         boxes.flipped([ndim], shape)
     with pytest.raises(ValueError, match="box_size"):

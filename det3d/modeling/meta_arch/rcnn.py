@@ -218,6 +218,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         label_voxel_owner: str = "mask_prob",
         mask_flip_axes: Sequence[int] = (),
         flip_objectness: bool = False,
+        transpose_xy: bool = False,
         foreground_head: Optional[nn.Module] = None,
         foreground_threshold: float = 0.5,
         foreground_mask_threshold: float = 0.2,
@@ -245,6 +246,8 @@ class GeneralizedRCNN3D(_RCNNBase):
                 decides whether it enters ``instance_labels``) is averaged over the same flips:
                 the plain pass's and, in each flipped pass, the box branch's foreground
                 probability of the flipped box (``TEST.FLIP_OBJECTNESS``).
+            transpose_xy: the same averages also run on the input with its last two axes
+                swapped, each flip again (``TEST.TRANSPOSE_XY``; twice the passes).
             foreground_head: None, or a module of ``FOREGROUND_HEAD_REGISTRY``: it adds
                 ``loss_foreground`` in training, and at inference an instance's voxels in
                 ``instance_labels`` are those where its mask probability reaches
@@ -281,8 +284,18 @@ class GeneralizedRCNN3D(_RCNNBase):
                 f"0..{ndim - 1} (array order)"
             )
         self.flip_objectness = bool(flip_objectness)
-        if self.flip_objectness and not self.mask_flip_axes:
-            raise ValueError("TEST.FLIP_OBJECTNESS averages over TEST.MASK_FLIP_AXES, which is []")
+        self.transpose_xy = bool(transpose_xy)
+        if self.flip_objectness and not (self.mask_flip_axes or self.transpose_xy):
+            raise ValueError(
+                "TEST.FLIP_OBJECTNESS averages over TEST.MASK_FLIP_AXES (and TEST.TRANSPOSE_XY), "
+                "which leave one pass"
+            )
+        mask_grid = getattr(getattr(roi_heads, "mask_pooler", None), "output_size", None)
+        if self.transpose_xy and mask_grid is not None and mask_grid[-1] != mask_grid[-2]:
+            raise ValueError(
+                f"TEST.TRANSPOSE_XY swaps x and y, but the mask grid {tuple(mask_grid)} is not as "
+                "fine in x as in y (MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)"
+            )
         if self.flip_objectness and not hasattr(roi_heads, "box_objectness"):
             raise ValueError(
                 f"TEST.FLIP_OBJECTNESS needs ROI heads with a box_objectness method; "
@@ -300,6 +313,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["label_voxel_owner"] = cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER
         ret["mask_flip_axes"] = cfg.TEST.MASK_FLIP_AXES
         ret["flip_objectness"] = cfg.TEST.FLIP_OBJECTNESS
+        ret["transpose_xy"] = cfg.TEST.TRANSPOSE_XY
         ret["foreground_head"] = build_foreground_head(cfg, ret["backbone"].output_shape())
         ret["foreground_threshold"] = cfg.MODEL.FOREGROUND_HEAD.THRESHOLD
         ret["foreground_mask_threshold"] = cfg.MODEL.FOREGROUND_HEAD.MASK_THRESHOLD
@@ -346,7 +360,8 @@ class GeneralizedRCNN3D(_RCNNBase):
                 foreground = ImageList(self.foreground_head(features, images), images.image_sizes)
             del features
             masks_on = getattr(self.roi_heads, "mask_on", False)
-            if self.mask_flip_axes and (masks_on or foreground is not None or self.flip_objectness):
+            averaged = self.mask_flip_axes or self.transpose_xy
+            if averaged and (masks_on or foreground is not None or self.flip_objectness):
                 foreground = self._flip_averaged(images, results, foreground, masks_on)
         if not do_postprocess:
             return results
@@ -362,7 +377,8 @@ class GeneralizedRCNN3D(_RCNNBase):
         """
         Averages the masks (``masks_on``), the foreground probabilities (if not None) and, with
         ``flip_objectness``, the detections' ``objectness`` over the flips of ``mask_flip_axes``
-        (every combination, the unflipped pass included): each detection's ``pred_masks`` is
+        (every combination, the unflipped pass included), each also transposed in x/y with
+        ``transpose_xy``: each detection's ``pred_masks`` is
         replaced by the mean of the mask branch's masks on the flipped batch's features in the
         flipped boxes, flipped back, and its objectness by the mean of its own and the box
         branch's objectness of the flipped boxes; boxes, scores and classes stay those of the
@@ -373,40 +389,54 @@ class GeneralizedRCNN3D(_RCNNBase):
             the averaged foreground probabilities, or None.
         """
         axes = self.mask_flip_axes
-        combos = [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+        flips = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+        # (flipped axes, transposed) of each pass but the plain one, already run
+        views = [(f, t) for t in ((False, True) if self.transpose_xy else (False,)) for f in flips]
+        views = views[1:]
         total = [r.pred_masks.clone() for r in results] if masks_on else []
         obj_total = [r.objectness.clone() for r in results] if self.flip_objectness else []
         fg_total = None
         if foreground is not None:
             fg_total = ImageList(foreground.tensor.clone(), foreground.image_sizes)
-        for flip in combos:
+        for flip, transpose in views:
             dims = [1 + a for a in flip]  # (C, *spatial) images, (N, *M) masks
-            flipped = self._pad_batch([images[i].flip(dims) for i in range(len(results))])
+
+            def there(x):  # the view of x: flipped, then x and y swapped
+                x = x.flip(dims) if dims else x
+                return x.transpose(-1, -2) if transpose else x
+
+            def back(x):  # inverse of there()
+                x = x.transpose(-1, -2) if transpose else x
+                return x.flip(dims) if dims else x
+
+            flipped = self._pad_batch([there(images[i]) for i in range(len(results))])
             features = self.backbone(flipped.tensor)
             if fg_total is not None:
                 fg = ImageList(self.foreground_head(features, flipped), flipped.image_sizes)
                 for i in range(len(results)):  # (K, *spatial) views of the unpadded volumes
-                    fg_total[i].add_(fg[i].flip(dims))
+                    fg_total[i].add_(back(fg[i]))
             boxes = [r.pred_boxes.flipped(flip, s) for r, s in zip(results, images.image_sizes)]
+            if transpose:
+                boxes = [b.transposed_xy() for b in boxes]
             if obj_total:
                 for t, o in zip(obj_total, self.roi_heads.box_objectness(features, boxes)):
                     t += o
             if not masks_on:
                 continue
             given = [
-                Instances(r.image_size, pred_boxes=b, pred_classes=r.pred_classes)
-                for r, b in zip(results, boxes)
+                Instances(tuple(s), pred_boxes=b, pred_classes=r.pred_classes)
+                for r, b, s in zip(results, boxes, flipped.image_sizes)
             ]
             given = self.roi_heads.forward_with_given_boxes(features, given, flipped)
             del features
             for t, g in zip(total, given):
-                t += g.pred_masks.flip(dims)
+                t += back(g.pred_masks)
         for r, t in zip(results, total):
-            r.pred_masks = t / (len(combos) + 1)
+            r.pred_masks = t / (len(views) + 1)
         for r, t in zip(results, obj_total):
-            r.objectness = t / (len(combos) + 1)
+            r.objectness = t / (len(views) + 1)
         if fg_total is not None:
-            fg_total.tensor /= len(combos) + 1
+            fg_total.tensor /= len(views) + 1
         return fg_total
 
     def _postprocess(

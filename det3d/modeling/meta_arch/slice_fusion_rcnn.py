@@ -85,6 +85,11 @@ _3D_ONLY_KEYS = [
         lambda cfg: bool(cfg.TEST.FLIP_OBJECTNESS),
         "test-time flips are implemented for GeneralizedRCNN3D only",
     ),
+    (
+        "TEST.TRANSPOSE_XY",
+        lambda cfg: bool(cfg.TEST.TRANSPOSE_XY),
+        "test-time transposition is implemented for GeneralizedRCNN3D only",
+    ),
 ]
 
 
