@@ -45,3 +45,18 @@ class ListLoader:
 
     def __iter__(self):
         return itertools.cycle(self.batches)
+
+
+def kill_in_iteration(trainer, iteration: int) -> None:
+    """Trains ``trainer`` (already loaded) until it fails in ``iteration``, as a killed run."""
+    import pytest
+
+    from det3d.engine import hooks
+
+    def crash(tr):
+        if tr.iter == iteration:
+            raise RuntimeError("killed")
+
+    trainer.register_hooks([hooks.CallbackHook(after_step=crash)])
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train()

@@ -300,6 +300,17 @@ def _mask_branch_setup(ndim, **mask_head_keys):
     return shape, cfg, feats, shapes, heads, targets
 
 
+def _mask_head_input_in_training(heads, images, feats, targets):
+    """One training forward of ``heads``: (the Instances the mask head got, the losses)."""
+    heads.train()
+    seen = {}
+    handle = heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
+    _, losses = heads(images, feats, _proposals(targets), targets)
+    handle.remove()
+    (inst,) = seen["inst"]
+    return inst, losses
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_mask_branch_on_enlarged_boxes(ndim):
     # BOX_EXPAND: the mask branch pools from boxes scaled about their centres; the mask loss
@@ -309,11 +320,7 @@ def test_mask_branch_on_enlarged_boxes(ndim):
 
     shape, cfg, feats, shapes, heads, targets = _mask_branch_setup(ndim, BOX_EXPAND=1.5)
     images = ImageList(torch.zeros((1, 1) + shape), [shape])
-    heads.train()
-    seen = {}
-    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
-    _, losses = heads(images, feats, _proposals(targets), targets)
-    (inst,) = seen["inst"]
+    inst, losses = _mask_head_input_in_training(heads, images, feats, targets)
     want = expand_boxes(inst.proposal_boxes.tensor, 1.5)
     assert torch.allclose(inst.mask_boxes.tensor, want)
     # the loss is the one of targets cropped from the enlarged boxes, not from the proposals
@@ -341,11 +348,7 @@ def test_mask_boxes_enlarged_at_inference_only(ndim):
 
     shape, cfg, feats, shapes, heads, targets = _mask_branch_setup(ndim, BOX_EXPAND_TEST=1.25)
     images = ImageList(torch.zeros((1, 1) + shape), [shape])
-    heads.train()
-    seen = {}
-    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
-    heads(images, feats, _proposals(targets), targets)
-    (inst,) = seen["inst"]
+    inst, _ = _mask_head_input_in_training(heads, images, feats, targets)
     assert not inst.has("mask_boxes")  # training: the proposals' own boxes
     heads.eval()
     heads.box_predictor.test_score_thresh = 0.0
