@@ -1,4 +1,4 @@
-"""Tiny models and loaders for engine tests: no det3d.modeling or det3d.data needed."""
+"""Tiny models, loaders and trainers for engine tests: no det3d.modeling or det3d.data needed."""
 
 import itertools
 
@@ -60,3 +60,38 @@ def kill_in_iteration(trainer, iteration: int) -> None:
     trainer.register_hooks([hooks.CallbackHook(after_step=crash)])
     with pytest.raises(RuntimeError, match="killed"):
         trainer.train()
+
+
+def small_cfg(output_dir, **solver):
+    """A config for 10 iterations of the tiny model: checkpoints every 4, one LR step at 5."""
+    from det3d.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.SOLVER.BASE_LR = 0.02
+    cfg.SOLVER.MAX_ITER = 10
+    cfg.SOLVER.STEPS = (5,)
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg.SOLVER.LOG_PERIOD = 5
+    cfg.DATASETS.TEST = ()
+    for k, v in solver.items():
+        setattr(cfg.SOLVER, k, v)
+    return cfg
+
+
+def dummy_trainer_class():
+    """DefaultTrainer with the tiny model and loader: exercises the engine without modeling/data."""
+    from det3d.engine import DefaultTrainer
+
+    class DummyTrainer(DefaultTrainer):
+        @classmethod
+        def build_model(cls, cfg):
+            torch.manual_seed(0)
+            return LinearLossModel()
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return ListLoader(make_dataset(), batch_size=4)
+
+    return DummyTrainer

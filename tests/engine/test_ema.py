@@ -1,26 +1,16 @@
 import pytest
 import torch
-from _engine_test_utils import LinearLossModel, ListLoader, kill_in_iteration, make_dataset
+from _engine_test_utils import LinearLossModel, dummy_trainer_class, kill_in_iteration, small_cfg
 
 from det3d.checkpoint import DetectionCheckpointer
-from det3d.config import get_cfg
-from det3d.engine import DefaultTrainer, EMAHook, ModelEMA, hooks
+from det3d.engine import EMAHook, ModelEMA, hooks
 from det3d.engine.ema import ema_decay_at
 
 pytestmark = pytest.mark.usefixtures("restore_det3d_loggers")  # tests/conftest.py
 
 
-class EMATrainer(DefaultTrainer):
-    """DefaultTrainer on the engine tests' tiny model; records the weights each evaluation saw."""
-
-    @classmethod
-    def build_model(cls, cfg):
-        torch.manual_seed(0)
-        return LinearLossModel()
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return ListLoader(make_dataset(), batch_size=4)
+class EMATrainer(dummy_trainer_class()):
+    """The engine tests' trainer; records the weights each evaluation saw."""
 
     seen_in_test = []
 
@@ -31,15 +21,8 @@ class EMATrainer(DefaultTrainer):
 
 
 def _cfg(path, decay=0.8):
-    cfg = get_cfg()
-    cfg.OUTPUT_DIR = str(path)
-    cfg.SOLVER.BASE_LR = 0.05
-    cfg.SOLVER.MAX_ITER = 10
-    cfg.SOLVER.STEPS = (5,)
-    cfg.SOLVER.WARMUP_ITERS = 2
-    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg = small_cfg(path, BASE_LR=0.05)
     cfg.TEST.EVAL_PERIOD = 5
-    cfg.DATASETS.TEST = ()
     cfg.MODEL_EMA.ENABLED = True
     cfg.MODEL_EMA.DECAY = decay
     return cfg

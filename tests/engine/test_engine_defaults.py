@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from _engine_test_utils import LinearLossModel, ListLoader, kill_in_iteration, make_dataset
+from _engine_test_utils import dummy_trainer_class, kill_in_iteration, small_cfg
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup
@@ -11,32 +11,8 @@ from det3d.engine import DefaultTrainer, default_argument_parser, default_setup
 pytestmark = pytest.mark.usefixtures("restore_det3d_loggers")  # tests/conftest.py
 
 
-class DummyTrainer(DefaultTrainer):
-    """DefaultTrainer with a dummy model and loader: exercises the engine without modeling/data."""
-
-    @classmethod
-    def build_model(cls, cfg):
-        torch.manual_seed(0)
-        return LinearLossModel()
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return ListLoader(make_dataset(), batch_size=4)
-
-
-def _cfg(tmp_path, **solver):
-    cfg = get_cfg()
-    cfg.OUTPUT_DIR = str(tmp_path)
-    cfg.SOLVER.BASE_LR = 0.02
-    cfg.SOLVER.MAX_ITER = 10
-    cfg.SOLVER.STEPS = (5,)
-    cfg.SOLVER.WARMUP_ITERS = 2
-    cfg.SOLVER.CHECKPOINT_PERIOD = 4
-    cfg.SOLVER.LOG_PERIOD = 5
-    cfg.DATASETS.TEST = ()
-    for k, v in solver.items():
-        setattr(cfg.SOLVER, k, v)
-    return cfg
+DummyTrainer = dummy_trainer_class()
+_cfg = small_cfg
 
 
 def test_argument_parser_detectron2_style():
