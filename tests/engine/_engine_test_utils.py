@@ -95,3 +95,20 @@ def dummy_trainer_class():
             return ListLoader(make_dataset(), batch_size=4)
 
     return DummyTrainer
+
+
+def reference_and_resumed(trainer_cls, cfg_of, tmp_path, kill_at: int = 6):
+    """
+    Returns (a trainer trained uninterrupted in ``tmp_path/ref``, a trainer resumed in
+    ``tmp_path/run`` from the last checkpoint of a run killed in iteration ``kill_at``; loaded,
+    not yet trained further). ``cfg_of(output_dir)`` makes each config.
+    """
+    ref = trainer_cls(cfg_of(tmp_path / "ref"))
+    ref.resume_or_load(resume=False)
+    ref.train()
+    first = trainer_cls(cfg_of(tmp_path / "run"))
+    first.resume_or_load(resume=False)
+    kill_in_iteration(first, kill_at)
+    second = trainer_cls(cfg_of(tmp_path / "run"))
+    second.resume_or_load(resume=True)
+    return ref, second

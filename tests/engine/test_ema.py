@@ -1,6 +1,11 @@
 import pytest
 import torch
-from _engine_test_utils import LinearLossModel, dummy_trainer_class, kill_in_iteration, small_cfg
+from _engine_test_utils import (
+    LinearLossModel,
+    dummy_trainer_class,
+    reference_and_resumed,
+    small_cfg,
+)
 
 from det3d.checkpoint import DetectionCheckpointer
 from det3d.engine import EMAHook, ModelEMA, hooks
@@ -109,16 +114,8 @@ def test_weights_only_load_gives_the_model_the_average(tmp_path):
 
 
 def test_resume_continues_the_average(tmp_path):
-    ref = EMATrainer(_cfg(tmp_path / "ref"))
-    ref.resume_or_load(resume=False)
-    ref.train()
-
-    cfg = _cfg(tmp_path / "run")
-    first = EMATrainer(cfg)
-    first.resume_or_load(resume=False)
-    kill_in_iteration(first, 6)  # after the checkpoint of iteration 3
-    second = EMATrainer(cfg)
-    second.resume_or_load(resume=True)
+    # killed in iteration 6, after the checkpoint of iteration 3
+    ref, second = reference_and_resumed(EMATrainer, _cfg, tmp_path)
     assert second.start_iter == 4
     second.train()
     for k, v in ref.ema.state_dict().items():

@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from _engine_test_utils import dummy_trainer_class, kill_in_iteration, small_cfg
+from _engine_test_utils import dummy_trainer_class, reference_and_resumed, small_cfg
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup
@@ -72,20 +72,10 @@ def test_default_trainer_trains_checkpoints_and_writes_metrics(tmp_path):
 
 
 def test_resume_continues_from_saved_iteration_with_same_state(tmp_path):
-    # Reference: 10 uninterrupted iterations.
-    ref = DummyTrainer(_cfg(tmp_path / "ref"))
-    ref.resume_or_load(resume=False)
-    ref.train()
-
-    # Interrupted: fails in iteration 6, after the checkpoint of iteration 3.
-    cfg = _cfg(tmp_path / "run")
-    first = DummyTrainer(cfg)
-    first.resume_or_load(resume=False)
-    kill_in_iteration(first, 6)
+    # Reference: 10 uninterrupted iterations. Interrupted: fails in iteration 6, after the
+    # checkpoint of iteration 3.
+    ref, second = reference_and_resumed(DummyTrainer, _cfg, tmp_path)
     assert (tmp_path / "run" / "last_checkpoint").read_text() == "model_0000003.pth"
-
-    second = DummyTrainer(cfg)
-    second.resume_or_load(resume=True)
     assert second.start_iter == 4
     saved = torch.load(tmp_path / "run" / "model_0000003.pth", weights_only=True)
     opt_state = second.optimizer.state_dict()
