@@ -232,15 +232,6 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
         "belongs to, a full-resolution foreground head where objects end (measured on toy3d: "
         "matched objects' IoU 0.82 from the masks alone, 0.94 with the gt foreground in its place)",
     )
-    plan.set(
-        "MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST",
-        1.3,
-        "with the foreground head setting where objects end, a mask predicted on its detection's "
-        "box enlarged 1.3x reaches what the box cut off, and overlaps a duplicate detection enough "
-        "for the overlap rule to drop it (evaluation only, on four trained models: SEG +0.000 to "
-        "+0.004 and F1@0.5 +0.000 to +0.017 on toy3d_test and synthetic_val; toy3d_train SEG "
-        "0.756 -> 0.763; mask AP 1-3 lower, as the mask grid is coarser)",
-    )
     gmean = float(np.median(np.prod(sizes, axis=1) ** (1 / 3)))
     canonical = max(int(round(anchors["base"] * 2 * z_ratio ** (1 / 3))), 1)
     plan.set(

@@ -62,9 +62,6 @@ def test_isotropic_plan(iso):
     assert v["TEST.FLIP_OBJECTNESS"] is True
     # outlines at voxel resolution; a mask head narrower than the demo's for the CPU budget
     assert v["MODEL.FOREGROUND_HEAD.NAME"] == "FPNForegroundHead"
-    # masks on enlarged boxes at inference only: training keys stay as they were
-    assert v["MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST"] == 1.3
-    assert "MODEL.ROI_MASK_HEAD.BOX_EXPAND" not in v
     assert v["MODEL.ROI_MASK_HEAD.CONV_DIM"] == 32
     assert "80% of a CPU step" in plan.reasons["MODEL.ROI_MASK_HEAD.CONV_DIM"]
     # objects enter the label volume from objectness 0.3, below the default 0.5
