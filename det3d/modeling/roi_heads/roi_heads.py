@@ -315,16 +315,15 @@ class StandardROIHeads3D(ROIHeads3D):
                 if image_size
                 else None
             )
-        for key, value in (
-            ("BOX_EXPAND", mask_box_expand),
-            ("BOX_EXPAND_TEST", mask_box_expand_test),
-        ):
-            if value < 1.0 and not (key == "BOX_EXPAND_TEST" and value == 0):
-                raise ValueError(
-                    f"MODEL.ROI_MASK_HEAD.{key} must be >= 1.0"
-                    + (" (or 0: as BOX_EXPAND)" if key == "BOX_EXPAND_TEST" else "")
-                    + f", got {value}"
-                )
+        if mask_box_expand < 1.0:
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.BOX_EXPAND must be >= 1.0, got {mask_box_expand}"
+            )
+        if mask_box_expand_test < 1.0 and mask_box_expand_test != 0:
+            raise ValueError(
+                "MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST must be >= 1.0 (or 0: as BOX_EXPAND), got "
+                f"{mask_box_expand_test}"
+            )
         self.mask_box_expand = float(mask_box_expand)
         self.mask_box_expand_test = float(mask_box_expand_test or mask_box_expand)
         self.mask_train_rois = int(mask_train_rois)
