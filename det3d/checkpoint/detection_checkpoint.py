@@ -189,7 +189,7 @@ class DetectionCheckpointer(Checkpointer):
                 f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict"
             )
         loaded = self._as_model_checkpoint(loaded, filename)
-        if isinstance(loaded.get("ema"), dict) and getattr(self, "_model_from_ema", True):
+        if isinstance(loaded.get("ema"), dict) and self._model_from_ema:
             self.logger.info(f"{filename}: loading its averaged weights ('ema') as the model")
             loaded["model"] = loaded.pop("ema")
         if not isinstance(loaded["model"], dict):

@@ -61,6 +61,9 @@ class ModelEMA:
         self._weights: Dict[str, torch.Tensor] = {
             k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()
         }
+        # fixed by the model: found once, not in every iteration's update
+        self._floats = [k for k, v in self._weights.items() if v.is_floating_point()]
+        self._others = [k for k, v in self._weights.items() if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float) -> None:
@@ -73,13 +76,14 @@ class ModelEMA:
                 "the model's state dict no longer has the keys the EMA was built with: "
                 f"{sorted(current.keys() ^ self._weights.keys())[:5]}"
             )
-        floats = [k for k, v in self._weights.items() if v.is_floating_point()]
+        # state_dict() tensors are detached already
         torch._foreach_lerp_(
-            [self._weights[k] for k in floats], [current[k].detach() for k in floats], 1.0 - decay
+            [self._weights[k] for k in self._floats],
+            [current[k] for k in self._floats],
+            1.0 - decay,
         )
-        for k, v in self._weights.items():
-            if not v.is_floating_point():
-                v.copy_(current[k])
+        for k in self._others:
+            self._weights[k].copy_(current[k])
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return dict(self._weights)
