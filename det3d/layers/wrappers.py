@@ -38,12 +38,13 @@ class Conv3d(nn.Conv3d):
     """
 
     def _float32_needed(self, x: torch.Tensor) -> bool:
+        # the shape test first: it is False for almost every call, so the rest is rarely asked
         return (
-            x.device.type == "cpu"
+            x.shape[2] < self.kernel_size[0]
+            and x.device.type == "cpu"
             and torch.is_autocast_enabled("cpu")
             and torch.is_grad_enabled()
             and self.weight.requires_grad
-            and x.shape[2] < self.kernel_size[0]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
