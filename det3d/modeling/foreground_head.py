@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from det3d.config import configurable
+from det3d.config import configurable, get_cfg
 from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss
 from det3d.structures import ImageList, Instances
 from det3d.utils.axes import as_tuple
@@ -44,13 +44,13 @@ __all__ = [
     "foreground_targets",
 ]
 
-# keys only a head with a centre map reads, and their defaults
-CENTER_KEYS = {
-    "CENTER_LOSS_WEIGHT": 1.0,
-    "CENTER_SPLIT": True,
-    "CENTER_SEED_THRESHOLD": 0.5,
-    "CENTER_MIN_SEED_VOXELS": 8,
-}
+# keys of MODEL.FOREGROUND_HEAD only a head with a centre map reads (defaults: det3d's config)
+CENTER_KEYS = (
+    "CENTER_LOSS_WEIGHT",
+    "CENTER_SPLIT",
+    "CENTER_SEED_THRESHOLD",
+    "CENTER_MIN_SEED_VOXELS",
+)
 
 
 def foreground_targets(targets: List[Instances]) -> List[torch.Tensor]:
@@ -303,8 +303,9 @@ def build_foreground_head(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional[nn
     name = cfg.MODEL.FOREGROUND_HEAD.NAME
     head = FOREGROUND_HEAD_REGISTRY.get(name) if name else None
     if not getattr(head, "predicts_centers", False):
-        for key, default in CENTER_KEYS.items():
-            if cfg.MODEL.FOREGROUND_HEAD.get(key) != default:
+        defaults = get_cfg().MODEL.FOREGROUND_HEAD
+        for key in CENTER_KEYS:
+            if cfg.MODEL.FOREGROUND_HEAD.get(key) != defaults[key]:
                 raise ValueError(
                     f"MODEL.FOREGROUND_HEAD.{key} is set, but NAME {name!r} predicts no centre "
                     f"map: use NAME FPNForegroundCenterHead"
