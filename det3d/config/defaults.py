@@ -487,6 +487,18 @@ def add_det3d_config(cfg: CN) -> None:
     # symmetries that training with INPUT.ROTATE90_XY and RANDOM_FLIP_AXES [0, 1, 2] shows the
     # model. Twice the passes; the mask grid must be as fine in x as in y.
     _add(_C.TEST, "TRANSPOSE_XY", False)
+    # Outlines of "instance_labels" re-drawn from the image (det3d/modeling/outline_refine.py):
+    # each object's voxels, within GROW voxels of its outline and never another object's, are
+    # those on its side of a threshold LEVEL of the way from the background's median (a shell
+    # BACKGROUND_RING voxels away) to its own, on input channel CHANNEL Gaussian-smoothed with
+    # SIGMA (voxels; one value or one per axis, array order). For low-contrast, noisy volumes,
+    # where the network's outlines are ragged; "instances" keep the mask head's masks.
+    _add(_C.TEST, "OUTLINE_REFINE", CN({"ENABLED": False}))
+    _add(_C.TEST.OUTLINE_REFINE, "SIGMA", [1.0])
+    _add(_C.TEST.OUTLINE_REFINE, "LEVEL", 0.5)
+    _add(_C.TEST.OUTLINE_REFINE, "GROW", 3)
+    _add(_C.TEST.OUTLINE_REFINE, "BACKGROUND_RING", [2, 5])
+    _add(_C.TEST.OUTLINE_REFINE, "CHANNEL", 0)
     # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
     # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
     _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))

@@ -285,6 +285,46 @@ def test_transposed_passes_need_a_mask_grid_as_fine_in_x_as_in_y():
         build_model(cfg)
 
 
+@pytest.mark.parametrize("resampled", [False, True])
+def test_outline_refine_redraws_the_label_volume_from_the_input(resampled):
+    # TEST.OUTLINE_REFINE: "instance_labels" are the plain model's, refined on the input channel
+    # (brought to the labels' grid where the mapper resampled the volume); instances unchanged
+    from torch.nn import functional as F
+
+    from det3d.modeling.outline_refine import refine_outlines
+
+    cfg, model = _eval_model(3)
+    cfg.TEST.OUTLINE_REFINE.ENABLED = True
+    cfg.TEST.OUTLINE_REFINE.SIGMA = [0.5, 1.0, 1.0]
+    cfg.TEST.OUTLINE_REFINE.GROW = 2
+    refined = _twin(cfg, model)
+    image = synthetic_input(SHAPES[3])["image"]
+    inputs = [{"image": image}]
+    if resampled:
+        inputs[0].update(depth=24, height=40, width=40)
+    with torch.no_grad():
+        plain, out = model(inputs)[0], refined(inputs)[0]
+    channel = image[0]
+    if resampled:
+        channel = F.interpolate(channel[None, None], (24, 40, 40), mode="trilinear")[0, 0]
+    expected = refine_outlines(plain["instance_labels"], channel, [0.5, 1.0, 1.0], 0.5, 2, (2, 5))
+    assert not torch.equal(expected, plain["instance_labels"])  # the refinement did something
+    assert torch.equal(out["instance_labels"], expected)
+    assert torch.equal(out["instances"].pred_masks, plain["instances"].pred_masks)
+
+
+def test_outline_refine_bad_keys_are_named():
+    cfg, _ = _eval_model(3)
+    cfg.TEST.OUTLINE_REFINE.ENABLED = True
+    cfg.TEST.OUTLINE_REFINE.CHANNEL = 1
+    with pytest.raises(ValueError, match="TEST.OUTLINE_REFINE.CHANNEL 1 .* 1 input channels"):
+        build_model(cfg)
+    cfg.TEST.OUTLINE_REFINE.CHANNEL = 0
+    cfg.TEST.OUTLINE_REFINE.SIGMA = [1.0, 1.0]
+    with pytest.raises(ValueError, match="TEST.OUTLINE_REFINE.SIGMA"):
+        build_model(cfg)
+
+
 def test_multichannel_input_and_pixel_buffers():
     cfg = tiny_cfg(3)
     cfg.MODEL.PIXEL_MEAN = [0.5, 0.1]

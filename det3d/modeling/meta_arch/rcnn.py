@@ -25,6 +25,7 @@ from det3d.utils.amp import resolve_amp_dtype
 from ..backbone import Backbone, build_backbone
 from ..center_split import split_by_centers, split_instances
 from ..foreground_head import build_foreground_head
+from ..outline_refine import check_refine_args, refine_outlines
 from ..postprocessing import (
     INTERP_MODE,
     check_voxel_owner,
@@ -222,6 +223,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         foreground_head: Optional[nn.Module] = None,
         foreground_threshold: float = 0.5,
         foreground_mask_threshold: float = 0.2,
+        outline_refine: Optional[Dict] = None,
         freeze: Sequence[str] = (),
         inference_amp: Optional[str] = None,
     ):
@@ -257,6 +259,11 @@ class GeneralizedRCNN3D(_RCNNBase):
                 each instance of ``instance_labels`` that holds two or more centres
                 (:func:`det3d.modeling.center_split.split_by_centers`): each new part is a new
                 row of ``instances`` (see :func:`~det3d.modeling.center_split.split_instances`).
+            outline_refine: None, or the keyword arguments of
+                :func:`det3d.modeling.outline_refine.refine_outlines` (``sigma``, ``level``,
+                ``grow``, ``ring``) plus ``channel``: the outlines of ``instance_labels`` are
+                then re-drawn at each object's own threshold of that input channel, smoothed
+                (``TEST.OUTLINE_REFINE``). ``instances`` keep the mask head's masks.
             freeze: names of children to freeze (see :func:`freeze_modules`).
             inference_amp: see :class:`_RCNNBase`.
         """
@@ -301,6 +308,22 @@ class GeneralizedRCNN3D(_RCNNBase):
                 f"TEST.FLIP_OBJECTNESS needs ROI heads with a box_objectness method; "
                 f"{type(roi_heads).__name__} has none"
             )
+        self.outline_refine = dict(outline_refine) if outline_refine is not None else None
+        if self.outline_refine is not None:
+            refine = dict(self.outline_refine)
+            channel = refine.pop("channel", 0)
+            if int(channel) != channel or not 0 <= channel < len(pixel_mean):
+                raise ValueError(
+                    f"TEST.OUTLINE_REFINE.CHANNEL {channel!r} is not one of the model's "
+                    f"{len(pixel_mean)} input channels"
+                )
+            check_refine_args(
+                refine.get("sigma", 1.0),
+                refine.get("level", 0.5),
+                refine.get("grow", 3),
+                refine.get("ring", (2, 5)),
+                ndim,
+            )
         freeze_modules(self, freeze)
 
     @classmethod
@@ -317,6 +340,15 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["foreground_head"] = build_foreground_head(cfg, ret["backbone"].output_shape())
         ret["foreground_threshold"] = cfg.MODEL.FOREGROUND_HEAD.THRESHOLD
         ret["foreground_mask_threshold"] = cfg.MODEL.FOREGROUND_HEAD.MASK_THRESHOLD
+        refine = cfg.TEST.OUTLINE_REFINE
+        if refine.ENABLED:
+            ret["outline_refine"] = dict(
+                sigma=list(refine.SIGMA),
+                level=refine.LEVEL,
+                grow=refine.GROW,
+                ring=list(refine.BACKGROUND_RING),
+                channel=refine.CHANNEL,
+            )
         return ret
 
     def forward(self, batched_inputs: List[Dict]):
@@ -470,8 +502,21 @@ class GeneralizedRCNN3D(_RCNNBase):
             if fg is not None and split is not None:
                 labels, splits = split_by_centers(labels, fg[1], first_label=len(r) + 1, **split)
                 r = split_instances(r, labels, splits)
+            if self.outline_refine is not None:
+                labels = self._refined(labels, input_dict["image"])
             processed.append({"instances": r, "instance_labels": labels})
         return processed
+
+    def _refined(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``labels`` refined by ``outline_refine`` on ``image`` (C, *spatial), in labels' grid."""
+        refine = dict(self.outline_refine)
+        channel = image[refine.pop("channel", 0)].float()
+        if tuple(channel.shape) != tuple(labels.shape):  # resampled input: back to the labels' grid
+            mode = INTERP_MODE[self.ndim]
+            channel = F.interpolate(
+                channel[None, None], tuple(labels.shape), mode=mode, align_corners=False
+            )[0, 0]
+        return refine_outlines(labels, channel, **refine)
 
 
 @META_ARCH_REGISTRY.register()

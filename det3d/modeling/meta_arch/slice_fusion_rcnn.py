@@ -90,6 +90,11 @@ _3D_ONLY_KEYS = [
         lambda cfg: bool(cfg.TEST.TRANSPOSE_XY),
         "test-time transposition is implemented for GeneralizedRCNN3D only",
     ),
+    (
+        "TEST.OUTLINE_REFINE.ENABLED",
+        lambda cfg: bool(cfg.TEST.OUTLINE_REFINE.ENABLED),
+        "outlines refined with the image are implemented for GeneralizedRCNN3D only",
+    ),
 ]
 
 
