@@ -68,6 +68,30 @@ def test_isotropic_plan(iso):
     assert v["MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST"] == 0.3
 
 
+@pytest.mark.parametrize(
+    "cnr,spacing,expected",
+    [
+        (2.68, (1.0, 1.0, 1.0), [1.0, 1.0, 1.0]),  # toy3d: outlines re-drawn from the image
+        (4.0, (2.0, 0.5, 0.5), [0.25, 1.0, 1.0]),  # one x/y voxel (0.5 um) on every axis
+        (4.7, (1.0, 1.0, 1.0), None),  # a halfway threshold errs on under 1% of voxels
+        (11.2, (1.0, 0.5, 0.5), None),  # synthetic
+    ],
+)
+def test_outlines_are_refined_where_single_voxels_are_too_noisy(iso, cnr, spacing, expected):
+    fp = dict(iso)
+    fp["intensity"] = {"0": dict(iso["intensity"]["0"], contrast_to_noise=cnr)}
+    fp["spacing"] = dict(iso["spacing"], median=list(spacing))
+    plan = plan_config(fp, num_classes=2)
+    v = plan.values
+    assert v["TEST.OUTLINE_REFINE.ENABLED"] is (expected is not None)
+    assert f"contrast-to-noise {cnr:.2f}" in plan.reasons["TEST.OUTLINE_REFINE.ENABLED"]
+    if expected is None:
+        assert "TEST.OUTLINE_REFINE.SIGMA" not in v
+    else:
+        assert v["TEST.OUTLINE_REFINE.SIGMA"] == expected
+        get_cfg().merge_from_list(["TEST.OUTLINE_REFINE.SIGMA", str(expected)])
+
+
 def test_anisotropic_plan_keeps_z_resolution(aniso):
     plan = plan_config(aniso, num_classes=2)
     v = plan.values
