@@ -26,7 +26,7 @@ __all__ = ["refine_outlines", "check_refine_args"]
 MIN_VOXELS = 8
 
 
-def check_refine_args(sigma, level: float, grow: int, ring: Sequence[int], ndim: int):
+def check_refine_args(ndim: int, sigma=1.0, level: float = 0.5, grow: int = 3, ring=(2, 5)):
     """Raises ValueError, naming the ``TEST.OUTLINE_REFINE`` key, for values it cannot use."""
     sig = [float(s) for s in (sigma if isinstance(sigma, (list, tuple)) else [sigma])]
     if len(sig) not in (1, ndim) or any(not np.isfinite(s) or s < 0 for s in sig):
@@ -97,7 +97,7 @@ def refine_outlines(
             f"refine_outlines: image {tuple(image.shape)} does not match labels "
             f"{tuple(labels.shape)}"
         )
-    sig = check_refine_args(sigma, level, grow, ring, labels.dim())
+    sig = check_refine_args(labels.dim(), sigma, level, grow, ring)
     lab = labels.detach().cpu().numpy()
     img = image.detach().float().cpu().numpy()
     smooth = ndi.gaussian_filter(img, sig, mode="nearest") if max(sig) > 0 else img

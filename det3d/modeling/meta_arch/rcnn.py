@@ -317,13 +317,7 @@ class GeneralizedRCNN3D(_RCNNBase):
                     f"TEST.OUTLINE_REFINE.CHANNEL {channel!r} is not one of the model's "
                     f"{len(pixel_mean)} input channels"
                 )
-            check_refine_args(
-                refine.get("sigma", 1.0),
-                refine.get("level", 0.5),
-                refine.get("grow", 3),
-                refine.get("ring", (2, 5)),
-                ndim,
-            )
+            check_refine_args(ndim, **refine)
         freeze_modules(self, freeze)
 
     @classmethod
