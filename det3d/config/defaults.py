@@ -306,7 +306,8 @@ def add_det3d_config(cfg: CN) -> None:
             node[key] = value
 
     # Keys Detectron2 has no counterpart for (the ones below too), added to any config.
-    # Backbone stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis, 1 = none).
+    # Backbone stem: conv (kernel/stride per axis) then an optional max-pool (stride per axis,
+    # 1 = none).
     # For strongly anisotropic volumes use e.g. STEM_STRIDE [1, 2, 2] so z is not downsampled early.
     _add(_C.MODEL.RESNETS, "STEM_KERNEL_SIZE", [7, 7, 7])
     _add(_C.MODEL.RESNETS, "STEM_STRIDE", [2, 2, 2])

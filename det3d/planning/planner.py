@@ -174,9 +174,9 @@ def _plan_anchors(fp: dict, plan: Plan, sizes: np.ndarray) -> Dict[str, Any]:
     plan.set(
         "MODEL.ANCHOR_GENERATOR.SIZES",
         levels,
-        f"one size per level from the smallest objects up (5th percentile {np.percentile(xy, 5):.1f} "
-        f"voxels wide in x/y, largest {xy.max():.0f}); best-anchor IoU median "
-        f"{np.median(cov):.2f}, 5th percentile {np.percentile(cov, 5):.2f}",
+        "one size per level from the smallest objects up (5th percentile "
+        f"{np.percentile(xy, 5):.1f} voxels wide in x/y, largest {xy.max():.0f}); best-anchor "
+        f"IoU median {np.median(cov):.2f}, 5th percentile {np.percentile(cov, 5):.2f}",
     )
     plan.set(
         "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
