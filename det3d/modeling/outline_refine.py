@@ -104,8 +104,10 @@ def refine_outlines(
     out = np.zeros(lab.shape, dtype=np.int32)
     # for unlabelled voxels two objects reach: the distance to the object that holds them
     nearest = np.full(lab.shape, np.inf, dtype=np.float32)
-    # the box holds every voxel the object may reach, and every object within ring[0] of its shell
-    pad = max(int(grow), int(ring[1]) + int(ring[0])) + 1
+    # how far each voxel is from every object: one transform for all objects' background shells
+    near_any = ndi.distance_transform_edt(lab == 0)
+    # the box holds every voxel the object may reach and its whole shell
+    pad = max(int(grow), int(ring[1])) + 1
     for obj, box in enumerate(ndi.find_objects(lab), start=1):
         if box is None:
             continue
@@ -115,8 +117,7 @@ def refine_outlines(
         local = lab[box]
         mask = local == obj
         dist = ndi.distance_transform_edt(~mask)
-        near_any = ndi.distance_transform_edt(local == 0)
-        background = (dist > ring[0]) & (dist <= ring[1]) & (near_any > ring[0])
+        background = (dist > ring[0]) & (dist <= ring[1]) & (near_any[box] > ring[0])
         new = None
         levels = _object_threshold(smooth[box], mask, background)
         if levels is not None:
