@@ -308,16 +308,18 @@ class GeneralizedRCNN3D(_RCNNBase):
                 f"TEST.FLIP_OBJECTNESS needs ROI heads with a box_objectness method; "
                 f"{type(roi_heads).__name__} has none"
             )
-        self.outline_refine = dict(outline_refine) if outline_refine is not None else None
-        if self.outline_refine is not None:
-            refine = dict(self.outline_refine)
-            channel = refine.pop("channel", 0)
-            if int(channel) != channel or not 0 <= channel < len(pixel_mean):
+        self.outline_refine, self.refine_channel = None, 0
+        if outline_refine is not None:
+            self.outline_refine = dict(outline_refine)
+            self.refine_channel = self.outline_refine.pop("channel", 0)
+            if int(self.refine_channel) != self.refine_channel or not (
+                0 <= self.refine_channel < len(pixel_mean)
+            ):
                 raise ValueError(
-                    f"TEST.OUTLINE_REFINE.CHANNEL {channel!r} is not one of the model's "
-                    f"{len(pixel_mean)} input channels"
+                    f"TEST.OUTLINE_REFINE.CHANNEL {self.refine_channel!r} is not one of the "
+                    f"model's {len(pixel_mean)} input channels"
                 )
-            check_refine_args(ndim, **refine)
+            check_refine_args(ndim, **self.outline_refine)
         freeze_modules(self, freeze)
 
     @classmethod
@@ -476,10 +478,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             r = detector_postprocess(results, out_size)
             fg, claim = None, None
             if foreground is not None:
-                fg = foreground[i]  # (K, *spatial): foreground, centre map where predicted
-                if tuple(fg.shape[1:]) != out_size:  # the input was resampled: back to its grid
-                    mode = INTERP_MODE[self.ndim]
-                    fg = F.interpolate(fg[None], out_size, mode=mode, align_corners=False)[0]
+                # (K, *spatial): foreground, centre map where predicted
+                fg = self._on_grid(foreground[i], out_size)
                 claim = self.foreground_mask_threshold
             labels = instances_to_label_volume(
                 r,
@@ -497,20 +497,19 @@ class GeneralizedRCNN3D(_RCNNBase):
                 labels, splits = split_by_centers(labels, fg[1], first_label=len(r) + 1, **split)
                 r = split_instances(r, labels, splits)
             if self.outline_refine is not None:
-                labels = self._refined(labels, input_dict["image"])
+                c = self.refine_channel
+                image = self._on_grid(input_dict["image"][c : c + 1].float(), out_size)[0]
+                labels = refine_outlines(labels, image, **self.outline_refine)
             processed.append({"instances": r, "instance_labels": labels})
         return processed
 
-    def _refined(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``labels`` refined by ``outline_refine`` on ``image`` (C, *spatial), in labels' grid."""
-        refine = dict(self.outline_refine)
-        channel = image[refine.pop("channel", 0)].float()
-        if tuple(channel.shape) != tuple(labels.shape):  # resampled input: back to the labels' grid
-            mode = INTERP_MODE[self.ndim]
-            channel = F.interpolate(
-                channel[None, None], tuple(labels.shape), mode=mode, align_corners=False
-            )[0, 0]
-        return refine_outlines(labels, channel, **refine)
+    def _on_grid(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``x`` (K, *spatial) on the original grid ``size``: where the mapper resampled the input,
+        (bi/tri)linearly back to it."""
+        if tuple(x.shape[1:]) == tuple(size):
+            return x
+        mode = INTERP_MODE[self.ndim]
+        return F.interpolate(x[None], tuple(size), mode=mode, align_corners=False)[0]
 
 
 @META_ARCH_REGISTRY.register()
