@@ -5,9 +5,11 @@ import itertools
 import pytest
 import torch
 from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+from torch.nn import functional as F
 
 import det3d.modeling as modeling
 from det3d.modeling import META_ARCH_REGISTRY, build_model
+from det3d.modeling.outline_refine import refine_outlines
 from det3d.structures import Boxes, Instances
 
 ALL_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
@@ -289,10 +291,6 @@ def test_transposed_passes_need_a_mask_grid_as_fine_in_x_as_in_y():
 def test_outline_refine_redraws_the_label_volume_from_the_input(resampled):
     # TEST.OUTLINE_REFINE: "instance_labels" are the plain model's, refined on the input channel
     # (brought to the labels' grid where the mapper resampled the volume); instances unchanged
-    from torch.nn import functional as F
-
-    from det3d.modeling.outline_refine import refine_outlines
-
     cfg, model = _eval_model(3)
     cfg.TEST.OUTLINE_REFINE.ENABLED = True
     cfg.TEST.OUTLINE_REFINE.SIGMA = [0.5, 1.0, 1.0]
