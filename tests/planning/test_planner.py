@@ -64,6 +64,9 @@ def test_isotropic_plan(iso):
     assert v["MODEL.FOREGROUND_HEAD.NAME"] == "FPNForegroundHead"
     assert v["MODEL.ROI_MASK_HEAD.CONV_DIM"] == 32
     assert "80% of a CPU step" in plan.reasons["MODEL.ROI_MASK_HEAD.CONV_DIM"]
+    # the mask branch trains on about one foreground RoI per object of a median volume
+    per_vol = iso["objects"]["per_volume"]["p50"]
+    assert v["MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE"] == math.ceil(per_vol) >= 3
     # objects enter the label volume from objectness 0.3, below the default 0.5
     assert v["MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST"] == 0.3
 
