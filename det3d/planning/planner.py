@@ -266,7 +266,8 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
         mask_rois,
         f"a median volume holds {per_vol['p50']:.0f} objects: the mask branch (half of a CPU "
         "step) trains on about one foreground RoI per object, drawn at random, so the budget "
-        "buys more iterations",
+        "buys more iterations (measured in bench runs: toy3d 2150 -> 2800 iterations, F1@0.5 "
+        "0.914 -> 0.939 and 0.945, SEG 0.806 -> 0.808; synthetic SEG 0.961 -> 0.956 twice)",
     )
     dets = int(max(100, 4 * per_vol["p100"]))
     plan.set("TEST.DETECTIONS_PER_IMAGE", dets, f"at most {per_vol['p100']:.0f} objects per volume")
