@@ -433,10 +433,10 @@ def test_mask_head_with_image_refinement_gets_each_rois_image(ndim):
     torch.testing.assert_close(chunked.pred_masks, whole.pred_masks)
 
 
-@pytest.mark.parametrize("bad,match", [(-1, ">= 0"), (2.5, "an integer")])
-def test_mask_train_rois_must_be_a_whole_count(bad, match):
+@pytest.mark.parametrize("bad", [-1, 2.5])
+def test_mask_train_rois_must_be_a_whole_count(bad):
     cfg = tiny_cfg(3)
     cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = bad
     _, shapes = _features(3, (16, 32, 32))
-    with pytest.raises(ValueError, match=f"TRAIN_ROIS_PER_IMAGE must be {match}"):
+    with pytest.raises(ValueError, match=r"TRAIN_ROIS_PER_IMAGE must be an integer >= 0 .*got "):
         build_roi_heads(cfg, shapes)

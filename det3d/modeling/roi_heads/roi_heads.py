@@ -324,15 +324,11 @@ class StandardROIHeads3D(ROIHeads3D):
                 "MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST must be >= 1.0 (or 0: as BOX_EXPAND), got "
                 f"{mask_box_expand_test}"
             )
-        if isinstance(mask_train_rois, bool) or int(mask_train_rois) != mask_train_rois:
+        rois = mask_train_rois
+        if isinstance(rois, bool) or rois != int(rois) or rois < 0:
             raise ValueError(
-                "MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE must be an integer, got "
-                f"{mask_train_rois!r}"
-            )
-        if mask_train_rois < 0:
-            raise ValueError(
-                "MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE must be >= 0 (0 = every foreground RoI), "
-                f"got {mask_train_rois}"
+                "MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE must be an integer >= 0 (0 = every "
+                f"foreground RoI), got {mask_train_rois!r}"
             )
         self.mask_box_expand = float(mask_box_expand)
         self.mask_box_expand_test = float(mask_box_expand_test or mask_box_expand)
