@@ -366,6 +366,10 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.ROI_MASK_HEAD, "BCE_WEIGHT", 1.0)
     _add(_C.MODEL.ROI_MASK_HEAD, "DICE_WEIGHT", 1.0)
     _add(_C.MODEL.ROI_MASK_HEAD, "LOSS_WEIGHT", 1.0)
+    # The weight, in the mask BCE, of a RoI's voxels that belong to another gt object: where
+    # objects touch, a box holds part of its neighbour, and a mask that takes it in merges the two
+    # objects in the label volume. 1.0 = as every other voxel (Detectron2).
+    _add(_C.MODEL.ROI_MASK_HEAD, "NEIGHBOR_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
     # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a

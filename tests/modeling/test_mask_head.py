@@ -124,3 +124,38 @@ def test_image_refinement_sees_the_roi_image(ndim):
     cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = -1
     with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
         build_mask_head(cfg, ShapeSpec(channels=16, size=pooled))
+
+
+def test_mask_loss_weighs_the_neighbours_voxels_in_the_roi():
+    # two touching cubes along x; the RoI of the first reaches 2 voxels into the second
+    shape = (8, 8, 8)
+    labels = torch.zeros(shape, dtype=torch.int64)
+    labels[2:6, 2:6, 2:4] = 1
+    labels[2:6, 2:6, 4:6] = 2
+    own = BitMasks((labels == 1)[None])
+    boxes = torch.tensor([[2.0, 2.0, 2.0, 6.0, 6.0, 6.0]])  # x0 y0 z0 x1 y1 z1
+    inst = Instances(shape, proposal_boxes=Boxes(boxes), gt_classes=torch.tensor([0]))
+    inst.gt_masks = own
+    inst.gt_union_masks = BitMasks((labels > 0)[None])
+    logits = torch.randn(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    target = torch.zeros(1, 4, 4, 4)
+    target[..., :2] = 1.0  # the first cube fills the RoI's first half in x
+    weight = torch.ones(1, 4, 4, 4)
+    weight[..., 2:] = 5.0  # the second half is the neighbour
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], target, weight=weight)
+    loss = mask_rcnn_loss(logits, [inst], "bce", neighbor_weight=5.0)
+    torch.testing.assert_close(loss, expected)
+    # weight 1 is the plain loss and does not need the union
+    inst.remove("gt_union_masks")
+    plain = mask_rcnn_loss(logits, [inst], "bce", neighbor_weight=1.0)
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(logits[:, 0], target))
+    with pytest.raises(ValueError, match="NEIGHBOR_WEIGHT needs gt_union_masks"):
+        mask_rcnn_loss(logits, [inst], "bce", neighbor_weight=5.0)
+
+
+def test_neighbor_weight_must_not_be_negative():
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_WEIGHT = -1.0
+    with pytest.raises(ValueError, match="NEIGHBOR_WEIGHT must be >= 0, got -1.0"):
+        build_mask_head(cfg, ShapeSpec(channels=16))

@@ -440,3 +440,48 @@ def test_mask_train_rois_must_be_a_whole_count(bad):
     _, shapes = _features(3, (16, 32, 32))
     with pytest.raises(ValueError, match=r"TRAIN_ROIS_PER_IMAGE must be an integer >= 0 .*got "):
         build_roi_heads(cfg, shapes)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_branch_weighs_other_objects_voxels_in_training(ndim):
+    # NEIGHBOR_WEIGHT: every foreground RoI carries the volume's gt objects, and the loss is the
+    # one weighing the voxels of objects other than its own
+    from det3d.modeling.roi_heads.mask_head import mask_rcnn_loss
+    from det3d.structures import BitMasks
+
+    shape, cfg, feats, _, heads, _ = _mask_branch_setup(ndim, NEIGHBOR_WEIGHT=4.0)
+    # two objects touching along x; each RoI is its object's box widened by a fifth on both
+    # sides in x (box IoU 0.71: foreground), so it holds a slice of the other object
+    masks = torch.zeros((2,) + shape, dtype=torch.bool)
+    inner = tuple(slice(s // 4, 3 * s // 4) for s in shape[:-1])
+    masks[(0,) + inner + (slice(8, 16),)] = True
+    masks[(1,) + inner + (slice(16, 24),)] = True
+    gt = BitMasks(masks)
+    gt_boxes = gt.get_bounding_boxes()
+    targets = [Instances(shape, gt_boxes=gt_boxes, gt_classes=torch.tensor([0, 1]), gt_masks=gt)]
+    rois = gt_boxes.tensor.clone()
+    rois[:, 0] -= 1.6
+    rois[:, ndim] += 1.6
+    proposals = [Instances(shape, proposal_boxes=Boxes(rois), objectness_logits=torch.zeros(2))]
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    heads.train()
+    heads.proposal_append_gt = False
+    seen = {}
+    heads.mask_head.register_forward_hook(lambda m, i, o: seen.update(inst=i[1]))
+    _, losses = heads(images, feats, proposals, targets)
+    (inst,) = seen["inst"]
+    assert len(inst) == 2
+    assert all(torch.equal(m, masks.any(0)) for m in inst.gt_union_masks.tensor)
+    logits = heads.mask_head.layers(
+        heads.mask_pooler([feats[f] for f in heads.mask_in_features], [inst.proposal_boxes])
+    )
+    weighted = mask_rcnn_loss(logits, [inst], loss_type="bce", neighbor_weight=4.0)
+    assert torch.allclose(losses["loss_mask"], weighted, atol=1e-6)
+    # 1.6 of each RoI's 11.2 voxels in x are the neighbour's: at logits ~ 0 every voxel's BCE is
+    # log 2, so the loss is (1 + 3 * 1.6 / 11.2) times the plain one, up to the mask grid's cells
+    plain = mask_rcnn_loss(logits, [inst], loss_type="bce")
+    assert abs(float(weighted / plain) - (1 + 3 * 1.6 / 11.2)) < 0.06
+    # weight 1 (the default): no union is built
+    heads.mask_head.neighbor_weight = 1.0
+    heads(images, feats, proposals, targets)
+    assert not seen["inst"][0].has("gt_union_masks")

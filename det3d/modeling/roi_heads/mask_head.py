@@ -52,10 +52,16 @@ def mask_rcnn_loss(
     loss_type: str = "bce",
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
+    neighbor_weight: float = 1.0,
 ) -> torch.Tensor:
     """
     Mask loss of foreground RoIs against their gt masks cropped to the RoI box and resized to the
     mask resolution (``BitMasks.crop_and_resize``, thresholded at 0.5).
+
+    With ``neighbor_weight`` != 1, the binary cross-entropy of each voxel that belongs to another
+    gt object of the volume (in the RoI's ``gt_union_masks``, not in its own gt mask) counts that
+    many times: where objects touch, a RoI's box holds part of its neighbour, and a mask that
+    takes the neighbour in merges the two in the label volume.
 
     Args:
         pred_mask_logits: (R, C, *M) with C = K classes or 1 (class-agnostic).
@@ -64,6 +70,9 @@ def mask_rcnn_loss(
             ``gt_masks``; their total length is R.
         loss_type: "bce" (mean binary cross-entropy over voxels) or "bce_dice"
             (``bce_weight * BCE + dice_weight * Dice``, Dice averaged over RoIs).
+        neighbor_weight: the weight of other objects' voxels in the BCE (1 = as every voxel, as
+            Detectron2); needs ``gt_union_masks`` (every gt object of the volume, one row per
+            RoI) in ``instances``.
 
     Returns:
         scalar Tensor (0, attached to the graph, when there is no foreground RoI).
@@ -72,7 +81,8 @@ def mask_rcnn_loss(
         raise ValueError(f"ROI_MASK_HEAD.LOSS_TYPE {loss_type!r} is not one of {_MASK_LOSS_TYPES}")
     cls_agnostic = pred_mask_logits.shape[1] == 1
     mask_size = tuple(pred_mask_logits.shape[2:])
-    gt_classes, gt_masks = [], []
+    weigh = neighbor_weight != 1.0
+    gt_classes, gt_masks, unions = [], [], []
     for inst in instances:
         if len(inst) == 0:
             continue
@@ -81,6 +91,14 @@ def mask_rcnn_loss(
         boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
         crops = inst.gt_masks.crop_and_resize(boxes.tensor, mask_size)
         gt_masks.append(crops.to(device=pred_mask_logits.device))
+        if weigh:
+            if not inst.has("gt_union_masks"):
+                raise ValueError(
+                    "mask_rcnn_loss: ROI_MASK_HEAD.NEIGHBOR_WEIGHT needs gt_union_masks (every gt "
+                    "object of the volume) on the foreground RoIs; the ROI heads set it"
+                )
+            union = inst.gt_union_masks.crop_and_resize(boxes.tensor, mask_size)
+            unions.append(union.to(device=pred_mask_logits.device))
     if len(gt_masks) == 0:
         return pred_mask_logits.sum() * 0.0
     gt_masks = (cat(gt_masks, dim=0) >= 0.5).to(pred_mask_logits.dtype)
@@ -90,7 +108,11 @@ def mask_rcnn_loss(
         classes = cat(gt_classes, dim=0)
         logits = pred_mask_logits[torch.arange(pred_mask_logits.shape[0]), classes]
     _log_mask_stats(logits, gt_masks)
-    loss = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="mean")
+    weight = None
+    if weigh:
+        neighbors = (cat(unions, dim=0) >= 0.5) & (gt_masks < 0.5)
+        weight = 1.0 + (neighbor_weight - 1.0) * neighbors.to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, gt_masks, weight=weight, reduction="mean")
     if loss_type == "bce_dice":
         loss = bce_weight * loss + dice_weight * dice_loss(logits, gt_masks, reduction="mean")
     return loss
@@ -145,6 +167,7 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         loss_type: str = "bce",
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
+        neighbor_weight: float = 1.0,
         loss_weight: float = 1.0,
         image_refine_dim: int = 0,
         image_channels: int = 1,
@@ -156,7 +179,9 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             conv_dims: output channels of each conv, then of the transposed conv (last entry);
                 at least one entry.
             conv_norm: normalisation after each conv (see ``get_norm``).
-            loss_type, bce_weight, dice_weight: see :func:`mask_rcnn_loss`.
+            loss_type, bce_weight, dice_weight, neighbor_weight: see :func:`mask_rcnn_loss`
+                (with ``neighbor_weight`` != 1 the ROI heads give the foreground RoIs
+                ``gt_union_masks``).
             loss_weight: multiplies the mask loss.
             image_refine_dim: channels of the image refinement (0 = none, the head sees
                 features only).
@@ -173,6 +198,9 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         self.loss_type = loss_type
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        if not neighbor_weight >= 0:
+            raise ValueError(f"ROI_MASK_HEAD.NEIGHBOR_WEIGHT must be >= 0, got {neighbor_weight}")
+        self.neighbor_weight = float(neighbor_weight)
         self.loss_weight = loss_weight
 
         channels = input_shape.channels
@@ -233,6 +261,7 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             "loss_type": head.LOSS_TYPE,
             "bce_weight": head.BCE_WEIGHT,
             "dice_weight": head.DICE_WEIGHT,
+            "neighbor_weight": head.NEIGHBOR_WEIGHT,
             "loss_weight": head.LOSS_WEIGHT,
             "image_refine_dim": head.IMAGE_REFINE_DIM,
             "image_channels": cfg.INPUT.IN_CHANNELS,
@@ -283,7 +312,14 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         # loss and probabilities in float32 (no-op without autocast)
         x = self.layers(x, image).float()
         if self.training:
-            loss = mask_rcnn_loss(x, instances, self.loss_type, self.bce_weight, self.dice_weight)
+            loss = mask_rcnn_loss(
+                x,
+                instances,
+                self.loss_type,
+                self.bce_weight,
+                self.dice_weight,
+                self.neighbor_weight,
+            )
             return {"loss_mask": loss * self.loss_weight}
         mask_rcnn_inference(x, instances)
         return instances

@@ -11,7 +11,7 @@ from torch import nn
 
 from det3d.config import configurable
 from det3d.layers import ShapeSpec, cat, nonzero_tuple
-from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+from det3d.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou
 from det3d.utils.axes import per_axis
 from det3d.utils.events import current_event_storage
 
@@ -413,9 +413,13 @@ class StandardROIHeads3D(ROIHeads3D):
             if targets is None:
                 raise ValueError("StandardROIHeads3D needs targets (gt instances) in training")
             proposals = self.label_and_sample_proposals(proposals, targets)
+            gt_union = None
+            if self.mask_on and getattr(self.mask_head, "neighbor_weight", 1.0) != 1.0:
+                # every gt object of each volume: the mask loss weighs the neighbours in a RoI
+                gt_union = [t.gt_masks.tensor.any(dim=0) for t in targets]
             del targets
             losses = self._forward_box(features, proposals)
-            losses.update(self._forward_mask(features, proposals, images))
+            losses.update(self._forward_mask(features, proposals, images, gt_union))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
         pred_instances = self.forward_with_given_boxes(features, pred_instances, images)
@@ -502,7 +506,13 @@ class StandardROIHeads3D(ROIHeads3D):
         features: Dict[str, torch.Tensor],
         instances: List[Instances],
         images: Optional[ImageList] = None,
+        gt_union: Optional[List[torch.Tensor]] = None,
     ):
+        """
+        The mask branch. In training, ``gt_union`` (per image, a bool volume of every gt object)
+        becomes the foreground RoIs' ``gt_union_masks``, which the mask loss needs for
+        ``ROI_MASK_HEAD.NEIGHBOR_WEIGHT``.
+        """
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:
@@ -521,6 +531,9 @@ class StandardROIHeads3D(ROIHeads3D):
                     )
                     for x in instances
                 ]
+            for x, union in zip(instances, gt_union or []):
+                # one view of the volume's objects per RoI, not a copy
+                x.gt_union_masks = BitMasks(union[None].expand(len(x), *union.shape))
             boxes = [x.proposal_boxes for x in instances]
         else:
             boxes = [x.pred_boxes for x in instances]
