@@ -504,6 +504,17 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.TEST.OUTLINE_REFINE, "GROW", 3)
     _add(_C.TEST.OUTLINE_REFINE, "BACKGROUND_RING", [2, 5])
     _add(_C.TEST.OUTLINE_REFINE, "CHANNEL", 0)
+    # Instances of "instance_labels" that hold two touching objects of different brightness split
+    # (det3d/modeling/brightness_split.py): a detection the overlap rule left out, of objectness
+    # >= MIN_OBJECTNESS, with most of its mask in one instance, takes its part of it when that
+    # part's core (EROSION voxels in) differs in brightness on input channel CHANNEL from the
+    # rest's by at least MIN_EFFECT pooled standard deviations, with Student's t of at least MIN_T.
+    _add(_C.TEST, "BRIGHTNESS_SPLIT", CN({"ENABLED": False}))
+    _add(_C.TEST.BRIGHTNESS_SPLIT, "MIN_EFFECT", 0.35)
+    _add(_C.TEST.BRIGHTNESS_SPLIT, "MIN_T", 6.0)
+    _add(_C.TEST.BRIGHTNESS_SPLIT, "MIN_OBJECTNESS", 0.1)
+    _add(_C.TEST.BRIGHTNESS_SPLIT, "EROSION", 2)
+    _add(_C.TEST.BRIGHTNESS_SPLIT, "CHANNEL", 0)
     # Autocast dtype of training (SOLVER.AMP.ENABLED) and inference (TEST.AMP.ENABLED): "" =
     # float16 on CUDA, bfloat16 on CPU; "bfloat16"; "float16" (CUDA only, raises on CPU).
     _add(_C.SOLVER, "AMP", CN({"ENABLED": False}))

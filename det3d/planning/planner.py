@@ -283,6 +283,20 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
     post = int(max(200, 20 * per_vol["p100"]))
     plan.set("MODEL.RPN.POST_NMS_TOPK_TRAIN", post, "about 20 proposals per object")
     plan.set("MODEL.RPN.POST_NMS_TOPK_TEST", post, "as in training")
+    touching = float(fp["objects"]["touching_fraction"])
+    plan.set(
+        "TEST.BRIGHTNESS_SPLIT.ENABLED",
+        touching > 0,
+        f"{100 * touching:.0f}% of the objects touch another"
+        + (
+            ": where one detection holds two of them, a left-out detection takes its part if that "
+            "part differs in brightness from the rest (measured on nine trained toy3d models, "
+            "evaluation only: test SEG -0.003 to +0.019, +0.005 on average; training split "
+            "+0.017)"
+            if touching > 0
+            else ": no merged pair to split"
+        ),
+    )
 
 
 def _plan_input(fp: dict, plan: Plan, sizes: np.ndarray, z_cum: List[int]) -> None:

@@ -323,6 +323,44 @@ def test_outline_refine_bad_keys_are_named():
         build_model(cfg)
 
 
+def test_brightness_split_runs_on_the_pasted_label_volume():
+    # TEST.BRIGHTNESS_SPLIT: "instance_labels" are the plain model's, split by
+    # split_by_brightness on the input channel with the model's instances and mask threshold
+    from det3d.modeling.brightness_split import split_by_brightness
+
+    cfg, model = _eval_model(3)
+    cfg.TEST.BRIGHTNESS_SPLIT.ENABLED = True
+    # any left-out detection mostly inside one instance splits it, so the wiring is seen
+    cfg.TEST.BRIGHTNESS_SPLIT.MIN_EFFECT = 0.0
+    cfg.TEST.BRIGHTNESS_SPLIT.MIN_T = 0.0
+    cfg.TEST.BRIGHTNESS_SPLIT.MIN_OBJECTNESS = 0.0
+    cfg.TEST.BRIGHTNESS_SPLIT.EROSION = 0
+    split = _twin(cfg, model)
+    image = synthetic_input(SHAPES[3])["image"]
+    with torch.no_grad():
+        plain, out = model([{"image": image}])[0], split([{"image": image}])[0]
+    expected, splits = split_by_brightness(
+        plain["instance_labels"],
+        image[0],
+        plain["instances"],
+        mask_threshold=cfg.MODEL.ROI_MASK_HEAD.MASK_THRESHOLD,
+        min_effect=0.0,
+        min_t=0.0,
+        min_objectness=0.0,
+        erosion=0,
+    )
+    assert splits  # the split did something
+    assert torch.equal(out["instance_labels"], expected)
+    assert torch.equal(out["instances"].pred_masks, plain["instances"].pred_masks)
+    cfg.TEST.BRIGHTNESS_SPLIT.CHANNEL = 1
+    with pytest.raises(ValueError, match="TEST.BRIGHTNESS_SPLIT.CHANNEL 1 .* 1 input channels"):
+        build_model(cfg)
+    cfg.TEST.BRIGHTNESS_SPLIT.CHANNEL = 0
+    cfg.TEST.BRIGHTNESS_SPLIT.EROSION = -1
+    with pytest.raises(ValueError, match="TEST.BRIGHTNESS_SPLIT.EROSION"):
+        build_model(cfg)
+
+
 def test_multichannel_input_and_pixel_buffers():
     cfg = tiny_cfg(3)
     cfg.MODEL.PIXEL_MEAN = [0.5, 0.1]

@@ -180,6 +180,10 @@ def test_bad_config_combinations_name_the_key():
     with pytest.raises(ValueError, match="TEST.OUTLINE_REFINE.ENABLED"):
         build_model(cfg)
     cfg = _cfg()
+    cfg.TEST.BRIGHTNESS_SPLIT.ENABLED = True
+    with pytest.raises(ValueError, match="TEST.BRIGHTNESS_SPLIT.ENABLED"):
+        build_model(cfg)
+    cfg = _cfg()
     cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 8
     with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
         build_model(cfg)

@@ -95,6 +95,16 @@ def test_outlines_are_refined_where_single_voxels_are_too_noisy(iso, cnr, spacin
         get_cfg().merge_from_list(["TEST.OUTLINE_REFINE.SIGMA", str(expected)])
 
 
+@pytest.mark.parametrize("touching", [0.0, 0.26])  # synthetic, toy3d
+def test_instances_split_by_brightness_where_objects_touch(iso, touching):
+    fp = dict(iso)
+    fp["objects"] = dict(iso["objects"], touching_fraction=touching)
+    plan = plan_config(fp, num_classes=2)
+    assert plan.values["TEST.BRIGHTNESS_SPLIT.ENABLED"] is (touching > 0)
+    reason = plan.reasons["TEST.BRIGHTNESS_SPLIT.ENABLED"]
+    assert f"{100 * touching:.0f}% of the objects touch" in reason
+
+
 def test_anisotropic_plan_keeps_z_resolution(aniso):
     plan = plan_config(aniso, num_classes=2)
     v = plan.values

@@ -23,6 +23,7 @@ from det3d.structures import ImageList, Instances
 from det3d.utils.amp import resolve_amp_dtype
 
 from ..backbone import Backbone, build_backbone
+from ..brightness_split import check_split_args, split_by_brightness
 from ..center_split import split_by_centers, split_instances
 from ..foreground_head import build_foreground_head
 from ..outline_refine import check_refine_args, refine_outlines
@@ -40,6 +41,11 @@ from .build import freeze_modules
 __all__ = ["GeneralizedRCNN3D", "ProposalNetwork3D"]
 
 logger = logging.getLogger(__name__)
+
+
+def _check_channel(key: str, channel, channels: int) -> None:
+    if int(channel) != channel or not 0 <= channel < channels:
+        raise ValueError(f"{key} {channel!r} is not one of the model's {channels} input channels")
 
 
 def _original_size(input_dict: dict, image_size: Sequence[int]) -> tuple:
@@ -224,6 +230,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         foreground_threshold: float = 0.5,
         foreground_mask_threshold: float = 0.2,
         outline_refine: Optional[Dict] = None,
+        brightness_split: Optional[Dict] = None,
         freeze: Sequence[str] = (),
         inference_amp: Optional[str] = None,
     ):
@@ -264,6 +271,11 @@ class GeneralizedRCNN3D(_RCNNBase):
                 ``grow``, ``ring``) plus ``channel``: the outlines of ``instance_labels`` are
                 then re-drawn at each object's own threshold of that input channel, smoothed
                 (``TEST.OUTLINE_REFINE``). ``instances`` keep the mask head's masks.
+            brightness_split: None, or the keyword arguments of
+                :func:`det3d.modeling.brightness_split.split_by_brightness` (``min_effect``,
+                ``min_t``, ``min_objectness``, ``erosion``) plus ``channel``: right after
+                pasting, a left-out detection takes its part of an instance whose brightness on
+                that input channel differs from the rest's (``TEST.BRIGHTNESS_SPLIT``).
             freeze: names of children to freeze (see :func:`freeze_modules`).
             inference_amp: see :class:`_RCNNBase`.
         """
@@ -312,14 +324,14 @@ class GeneralizedRCNN3D(_RCNNBase):
         if outline_refine is not None:
             self.outline_refine = dict(outline_refine)
             self.refine_channel = self.outline_refine.pop("channel", 0)
-            if int(self.refine_channel) != self.refine_channel or not (
-                0 <= self.refine_channel < len(pixel_mean)
-            ):
-                raise ValueError(
-                    f"TEST.OUTLINE_REFINE.CHANNEL {self.refine_channel!r} is not one of the "
-                    f"model's {len(pixel_mean)} input channels"
-                )
+            _check_channel("TEST.OUTLINE_REFINE.CHANNEL", self.refine_channel, len(pixel_mean))
             check_refine_args(ndim, **self.outline_refine)
+        self.brightness_split, self.split_channel = None, 0
+        if brightness_split is not None:
+            self.brightness_split = dict(brightness_split)
+            self.split_channel = self.brightness_split.pop("channel", 0)
+            _check_channel("TEST.BRIGHTNESS_SPLIT.CHANNEL", self.split_channel, len(pixel_mean))
+            check_split_args(**self.brightness_split)
         freeze_modules(self, freeze)
 
     @classmethod
@@ -344,6 +356,15 @@ class GeneralizedRCNN3D(_RCNNBase):
                 grow=refine.GROW,
                 ring=list(refine.BACKGROUND_RING),
                 channel=refine.CHANNEL,
+            )
+        split = cfg.TEST.BRIGHTNESS_SPLIT
+        if split.ENABLED:
+            ret["brightness_split"] = dict(
+                min_effect=split.MIN_EFFECT,
+                min_t=split.MIN_T,
+                min_objectness=split.MIN_OBJECTNESS,
+                erosion=split.EROSION,
+                channel=split.CHANNEL,
             )
         return ret
 
@@ -492,6 +513,16 @@ class GeneralizedRCNN3D(_RCNNBase):
                 foreground_threshold=self.foreground_threshold,
                 claim_threshold=claim,
             )
+            if self.brightness_split is not None:
+                c = self.split_channel
+                labels, _ = split_by_brightness(
+                    labels,
+                    self._on_grid(input_dict["image"][c : c + 1].float(), out_size)[0],
+                    r,
+                    foreground=fg[0] >= self.foreground_threshold if fg is not None else None,
+                    mask_threshold=self.mask_threshold,
+                    **self.brightness_split,
+                )
             split = getattr(self.foreground_head, "center_split", None)
             if fg is not None and split is not None:
                 labels, splits = split_by_centers(labels, fg[1], first_label=len(r) + 1, **split)

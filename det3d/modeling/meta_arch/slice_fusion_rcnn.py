@@ -95,6 +95,11 @@ _3D_ONLY_KEYS = [
         lambda cfg: bool(cfg.TEST.OUTLINE_REFINE.ENABLED),
         "outlines refined with the image are implemented for GeneralizedRCNN3D only",
     ),
+    (
+        "TEST.BRIGHTNESS_SPLIT.ENABLED",
+        lambda cfg: bool(cfg.TEST.BRIGHTNESS_SPLIT.ENABLED),
+        "instances split by brightness are implemented for GeneralizedRCNN3D only",
+    ),
 ]
 
 
