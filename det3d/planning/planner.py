@@ -20,7 +20,8 @@ The rules, in the order they are applied (each a short function below):
    wasted, one far coarser loses the boundary between touching objects); the canonical RoI size
    maps median objects to p3; RoIs per volume from the objects per volume, and the mask
    branch's from a median volume's objects; a full-resolution
-   foreground head sets where objects end in the label volume.
+   foreground head sets where objects end in the label volume; where objects touch, an instance
+   holding two of them of different brightness is split (``TEST.BRIGHTNESS_SPLIT``).
 5. **Input.** Whole volumes when they are small, else crops of at least 2.5x the largest common
    object; flips on every axis, x/y quarter turns when x and y have the same spacing; the pixel
    mean/std of the percentile-normalised intensities.
