@@ -15,6 +15,7 @@ from det3d.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou
 from det3d.utils.axes import per_axis
 from det3d.utils.events import current_event_storage
 
+from ..foreground_head import foreground_targets
 from ..matcher import Matcher
 from ..postprocessing import expand_boxes
 from ..poolers import ROIPooler
@@ -416,7 +417,7 @@ class StandardROIHeads3D(ROIHeads3D):
             gt_union = None
             if self.mask_on and getattr(self.mask_head, "neighbor_weight", 1.0) != 1.0:
                 # every gt object of each volume: the mask loss weighs the neighbours in a RoI
-                gt_union = [t.gt_masks.tensor.any(dim=0) for t in targets]
+                gt_union = [u.bool() for u in foreground_targets(targets)]
             del targets
             losses = self._forward_box(features, proposals)
             losses.update(self._forward_mask(features, proposals, images, gt_union))
