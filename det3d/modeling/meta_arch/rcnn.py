@@ -513,11 +513,18 @@ class GeneralizedRCNN3D(_RCNNBase):
                 foreground_threshold=self.foreground_threshold,
                 claim_threshold=claim,
             )
+            grids = {}  # input channels on the labels' grid, each resampled once
+
+            def channel(c: int) -> torch.Tensor:
+                if c not in grids:
+                    image = input_dict["image"][c : c + 1].float()
+                    grids[c] = self._on_grid(image, out_size)[0]
+                return grids[c]
+
             if self.brightness_split is not None:
-                c = self.split_channel
                 labels, _ = split_by_brightness(
                     labels,
-                    self._on_grid(input_dict["image"][c : c + 1].float(), out_size)[0],
+                    channel(self.split_channel),
                     r,
                     foreground=fg[0] >= self.foreground_threshold if fg is not None else None,
                     mask_threshold=self.mask_threshold,
@@ -528,9 +535,9 @@ class GeneralizedRCNN3D(_RCNNBase):
                 labels, splits = split_by_centers(labels, fg[1], first_label=len(r) + 1, **split)
                 r = split_instances(r, labels, splits)
             if self.outline_refine is not None:
-                c = self.refine_channel
-                image = self._on_grid(input_dict["image"][c : c + 1].float(), out_size)[0]
-                labels = refine_outlines(labels, image, **self.outline_refine)
+                labels = refine_outlines(
+                    labels, channel(self.refine_channel), **self.outline_refine
+                )
             processed.append({"instances": r, "instance_labels": labels})
         return processed
 
