@@ -178,8 +178,8 @@ def split_by_brightness(
         local[part | (det & (local == 0))] = label
         pieces, n = ndi.label(local == owner)
         if n > 1:
-            sizes = ndi.sum_labels(np.ones_like(pieces), pieces, index=np.arange(1, n + 1))
-            local[(pieces > 0) & (pieces != 1 + int(np.argmax(sizes)))] = label
+            keep = 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+            local[(pieces > 0) & (pieces != keep)] = label
         regions[label] = region
         splits.append((owner, label))
     return torch.from_numpy(lab).to(device=labels.device, dtype=labels.dtype), splits
