@@ -275,7 +275,12 @@ def det3d_row(fam: dict, args, family_dir: str) -> dict:
         "scores": summary["scores"],
         "train_minutes": summary["train_minutes"],
         "infer_seconds_per_volume": summary["infer_seconds_per_volume"],
-        "detail": {"MAX_ITER": summary["max_iter"], "run": folder, "how": how},
+        "detail": {
+            "iterations": summary["iterations"],
+            "MAX_ITER": summary["max_iter"],
+            "run": folder,
+            "how": how,
+        },
     }
 
 

@@ -77,7 +77,7 @@ def _hms(s: str) -> float:
 def det3d_summary(output_dir: str) -> dict:
     """
     What a finished det3d run measured (module docstring): ``{"test", "scores", "train_minutes",
-    "infer_seconds_per_volume", "max_iter", "threads_note"}``.
+    "infer_seconds_per_volume", "max_iter" (the config's), "iterations" (trained)}``.
 
     Raises:
         FileNotFoundError / ValueError: naming the file or line that is missing.
@@ -101,6 +101,7 @@ def det3d_summary(output_dir: str) -> dict:
         log = f.read()
     train = _last(r"Total training time: (\d+:\d\d:\d\d)", log)
     infer = _last(r"Total inference pure compute time: \S+ \(([\d.]+) s / volume\)", log)
+    budget = _last(r"Time budget: (\d+) iterations in", log)
     if train is None or infer is None:
         missing = "'Total training time'" if train is None else "'inference pure compute time'"
         raise ValueError(f"{log_path}: no {missing} line; did training and evaluation finish?")
@@ -110,4 +111,6 @@ def det3d_summary(output_dir: str) -> dict:
         "train_minutes": _hms(train.group(1)) / 60.0,
         "infer_seconds_per_volume": float(infer.group(1)),
         "max_iter": cfg.get("SOLVER", {}).get("MAX_ITER"),
+        # a run with SOLVER.TIME_BUDGET_MINUTES re-fits MAX_ITER; its log says what it trained
+        "iterations": int(budget.group(1)) if budget else cfg.get("SOLVER", {}).get("MAX_ITER"),
     }

@@ -455,6 +455,9 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.SOLVER, "BEST_CHECKPOINT_METRIC", "")  # e.g. "segm/AP50"; empty disables
     _add(_C.SOLVER, "BEST_CHECKPOINT_MODE", "max")
     _add(_C.SOLVER, "LOG_PERIOD", 20)
+    # Wall-clock minutes the training iterations fill; 0 = off. When set, MAX_ITER is the first
+    # estimate and the run's length is re-fitted to its measured speed (engine.hooks.TimeBudget).
+    _add(_C.SOLVER, "TIME_BUDGET_MINUTES", 0.0)
     # DDP's find_unused_parameters; also turned on by a non-empty MODEL.FREEZE_MODULES.
     _add(_C.MODEL, "DDP_FIND_UNUSED_PARAMETERS", False)
     # An exponential moving average of the weights (det3d/engine/ema.py): updated after every

@@ -258,6 +258,19 @@ def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Eve
     return writers
 
 
+def _refit_until(cfg) -> float:
+    """
+    The fraction of a run after which ``TimeBudget`` only shortens it: 0.75, or the first decay
+    of a multi-step schedule if earlier (lengthening the run after it would move the schedule's
+    position back before the decay).
+    """
+    until = 0.75
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
+        max_iter = cfg.SOLVER.MAX_ITER
+        until = min([until] + [s / max_iter for s in cfg.SOLVER.STEPS if 0 < s < max_iter])
+    return until
+
+
 class DefaultTrainer(TrainerBase):
     """
     A trainer with the default behaviour, built from a config:
@@ -288,6 +301,9 @@ class DefaultTrainer(TrainerBase):
     ``MODEL.FREEZE_MODULES`` is not empty (a partly frozen graph can leave trainable parameters
     without gradient); it costs an extra graph traversal per iteration, so it is off otherwise.
 
+    * ``SOLVER.TIME_BUDGET_MINUTES``: ``MAX_ITER`` is a first estimate; the run's length is
+      re-fitted to its measured speed so that training fills that many minutes
+      (``hooks.TimeBudget``).
     * ``MODEL_EMA.ENABLED``: an exponential moving average of the weights (``det3d.engine.ema``),
       which evaluation uses and every checkpoint holds as ``"ema"``.
 
@@ -360,14 +376,20 @@ class DefaultTrainer(TrainerBase):
 
     def build_hooks(self) -> List[hooks.HookBase]:
         """
-        The default hooks, in this order: IterationTimer, LRScheduler, EMAHook (if
+        The default hooks, in this order: IterationTimer, TimeBudget (if
+        SOLVER.TIME_BUDGET_MINUTES), LRScheduler, EMAHook (if
         MODEL_EMA.ENABLED), PeriodicCheckpointer (main rank), EvalHook (with the EMA's weights if
         there is one), BestCheckpointer (main rank, if SOLVER.BEST_CHECKPOINT_METRIC),
         PeriodicWriter (main rank).
         """
         cfg = self.cfg
         check_supported(cfg)  # e.g. TEST.PRECISE_BN: an error naming the key, not a warning
-        ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer()]
+        if cfg.SOLVER.TIME_BUDGET_MINUTES:
+            ret.append(
+                hooks.TimeBudget(cfg.SOLVER.TIME_BUDGET_MINUTES, refit_until=_refit_until(cfg))
+            )
+        ret.append(hooks.LRScheduler())
         if self.ema is not None:
             ret.append(EMAHook(self.ema, cfg.MODEL_EMA.DECAY))
         if comm.is_main_process():
@@ -400,7 +422,8 @@ class DefaultTrainer(TrainerBase):
 
     def train(self) -> Optional[Dict]:
         """
-        Runs training from ``start_iter`` to ``SOLVER.MAX_ITER``.
+        Runs training from ``start_iter`` to ``SOLVER.MAX_ITER``, or with
+        ``SOLVER.TIME_BUDGET_MINUTES`` to the iteration that fills the budget.
 
         Returns:
             dict or None: the results of the last evaluation (main rank).

@@ -28,6 +28,7 @@ __all__ = [
     "BestCheckpointer",
     "LRScheduler",
     "EvalHook",
+    "TimeBudget",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
         self.max_iter = self.trainer.max_iter
 
     def after_step(self) -> None:
+        # The trainer's max_iter may have moved (TimeBudget): model_final goes at the real end.
+        self.max_iter = self.trainer.max_iter
         # No checkpoint at iteration 0 etc.: step() saves when (iter + 1) % period == 0.
         self.step(self.trainer.iter)
 
@@ -269,6 +272,13 @@ class LRScheduler(HookBase):
                 last_iter=self.trainer.iter - 1,
             )
         self._best_param_group_id = LRScheduler.get_best_param_group_id(self._optimizer)
+        self._follow_max_iter()
+
+    def _follow_max_iter(self) -> None:
+        # An LRMultiplier's schedule is a function of iteration / max_iter: it stretches with a
+        # run whose length a hook re-fits (TimeBudget), and after --resume it takes the saved one.
+        if isinstance(self.scheduler, LRMultiplier):
+            self.scheduler.set_max_iter(self.trainer.max_iter)
 
     @staticmethod
     def get_best_param_group_id(optimizer: torch.optim.Optimizer) -> int:
@@ -282,6 +292,7 @@ class LRScheduler(HookBase):
     def after_step(self) -> None:
         lr = self._optimizer.param_groups[self._best_param_group_id]["lr"]
         self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self._follow_max_iter()
         self.scheduler.step()
 
     @property
@@ -359,3 +370,112 @@ class EvalHook(HookBase):
             self._do_eval()
         # The function may hold the model and data: let them go.
         del self._func
+
+
+class TimeBudget(HookBase):
+    """
+    Fits the run's length to a wall-clock budget (``SOLVER.TIME_BUDGET_MINUTES``): from the time
+    the iterations so far took (data loading, hooks and periodic evaluations included), it sets
+    ``trainer.max_iter`` to the iteration at which training reaches ``minutes``. The configured
+    ``MAX_ITER`` is then only the first estimate, e.g. a planner's probe of a few steps, which
+    can be off by a fifth; the run still fills its budget and ends on time.
+
+    * The first ``skip`` iterations (start-up: loader workers, allocator warm-up) are not in
+      the speed, but their time is spent from the budget.
+    * It re-fits every ``period`` iterations. While the run is in the first ``refit_until`` of
+      its iterations the fit may lengthen or shorten it; ``LRMultiplier`` schedules are
+      functions of iteration / max_iter, so they stretch with it (``LRScheduler`` follows
+      ``trainer.max_iter``). Later it only shortens the run, so the LR never returns to a phase
+      it has left; set ``refit_until`` below the schedule's first decay.
+    * Register it after ``IterationTimer`` and before ``LRScheduler``, so that the next LR is
+      that of the new length.
+    * Its state (seconds spent, max_iter) is saved with the trainer: a run resumed with
+      ``--resume`` spends what is left of the budget.
+    * On several ranks, each fits from its own clock and all take the smallest fit.
+    * Each new length is put in the storage as ``max_iter`` (``metrics.json``; the printer's ETA).
+    """
+
+    def __init__(
+        self,
+        minutes: float,
+        skip: int = 10,
+        period: int = 20,
+        refit_until: float = 0.75,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        """
+        Args:
+            minutes (float): training time to fill (``SOLVER.TIME_BUDGET_MINUTES``), > 0.
+            skip (int): first iterations of the run left out of the speed.
+            period (int): iterations between fits.
+            refit_until (float): fraction of the run after which the fit only shortens it.
+            clock: seconds (for tests); default ``time.perf_counter``.
+        """
+        if not (math.isfinite(minutes) and minutes > 0):
+            raise ValueError(
+                f"SOLVER.TIME_BUDGET_MINUTES must be a positive number of minutes (0 = off), "
+                f"got {minutes}"
+            )
+        if skip < 1 or period < 1 or not 0 < refit_until <= 1:
+            raise ValueError(
+                f"TimeBudget needs skip >= 1, period >= 1 and 0 < refit_until <= 1; got skip "
+                f"{skip}, period {period}, refit_until {refit_until}"
+            )
+        self._seconds = 60.0 * minutes
+        self._skip, self._period, self._refit_until = skip, period, refit_until
+        self._clock = clock
+        self._spent_before = 0.0  # seconds of earlier runs of this training (--resume)
+        self._saved_max_iter: Optional[int] = None
+        self._start = 0.0
+        self._reference: Optional[tuple] = None  # (clock, iterations done) where timing starts
+        self._planned = self._logged = 0
+
+    def _spent(self) -> float:
+        return self._spent_before + self._clock() - self._start
+
+    def before_train(self) -> None:
+        self._start = self._clock()
+        self._reference = None
+        self._planned = self._logged = self.trainer.max_iter
+        if self._saved_max_iter is not None:
+            self.trainer.max_iter = self._saved_max_iter
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        done = trainer.iter + 1  # iterations finished, this one included
+        if done - trainer.start_iter == self._skip:
+            self._reference = (self._clock(), done)
+        if self._reference is None or done == self._reference[1]:
+            return
+        if (done - self._reference[1]) % self._period:
+            return
+        seconds_per_iter = (self._clock() - self._reference[0]) / (done - self._reference[1])
+        left = self._seconds - self._spent()
+        fit = done + max(int(left / seconds_per_iter), 0)
+        fit = min(comm.all_gather(fit))  # every rank must stop at the same iteration
+        if done >= self._refit_until * trainer.max_iter:
+            fit = min(fit, trainer.max_iter)
+        if fit == trainer.max_iter:
+            return
+        if abs(fit - self._logged) >= 0.02 * self._logged or fit == done:
+            self._logged = fit
+            logger.info(
+                f"Time budget: {seconds_per_iter:.3f} s per iteration, {left / 60:.1f} of "
+                f"{self._seconds / 60:g} min left: training ends after iteration {fit} "
+                f"(was {trainer.max_iter})"
+            )
+        trainer.max_iter = fit
+        trainer.storage.put_scalar("max_iter", fit, smoothing_hint=False)
+
+    def after_train(self) -> None:
+        logger.info(
+            f"Time budget: {self.trainer.iter} iterations in {self._spent() / 60:.1f} of "
+            f"{self._seconds / 60:g} min (the config's estimate was {self._planned})"
+        )
+
+    def state_dict(self) -> dict:
+        return {"seconds_spent": self._spent(), "max_iter": int(self.trainer.max_iter)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._spent_before = float(state_dict["seconds_spent"])
+        self._saved_max_iter = int(state_dict["max_iter"])

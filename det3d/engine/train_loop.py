@@ -29,11 +29,12 @@ class HookBase:
     .. code-block:: python
 
         hook.before_train()
-        for iter in range(start_iter, max_iter):
+        iter = start_iter
+        while iter < max_iter:          # a hook may change max_iter (see hooks.TimeBudget)
             hook.before_step()
             trainer.run_step()          # forward, backward: hook.after_backward(); optimizer step
             hook.after_step()
-        iter += 1
+            iter += 1
         hook.after_train()              # also after an exception; iter tells how far it got
 
     Hooks run in the order they were registered, for every method. Conventions:
@@ -81,7 +82,8 @@ class TrainerBase:
     Attributes:
         iter (int): the current iteration.
         start_iter (int): first iteration of this run (> 0 after ``--resume``).
-        max_iter (int): training stops before this iteration.
+        max_iter (int): training stops before this iteration; a hook may change it during the run
+            (hooks read it when they need it, never keep a copy).
         storage (EventStorage): metrics of this run, open during ``train``.
         train_completed (bool): set when the last iteration finished; hooks' ``after_train``
             reads it (a run failing in its last iteration is not complete).
@@ -114,13 +116,14 @@ class TrainerBase:
         with EventStorage(start_iter) as self.storage:
             try:
                 self.before_train()
-                for self.iter in range(start_iter, max_iter):
+                # A while loop, not range(): a hook may move max_iter during the run (TimeBudget).
+                while self.iter < self.max_iter:
                     self.before_step()
                     self.run_step()
                     self.after_step()
+                    self.iter += 1
                 # after_train tells a completed run (iter == max_iter) from a failed one. Also
                 # when there was nothing left to do (resumed from the final checkpoint).
-                self.iter = max_iter
                 self.train_completed = True
             except Exception:
                 logger.exception(f"Exception during training (iteration {self.iter}):")

@@ -93,6 +93,17 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         self._max_iter = max_iter
         super().__init__(optimizer, last_epoch=last_iter)
 
+    def set_max_iter(self, max_iter: int) -> None:
+        """
+        Moves the end of the run (e.g. to the iterations a time budget fits): the schedule
+        stretches or shrinks with it, and the optimizer's lr is set for the current iteration.
+        """
+        if max_iter <= 0:
+            raise ValueError(f"max_iter must be positive, got {max_iter}")
+        if max_iter != self._max_iter:
+            self._max_iter = max_iter
+            self._set_lrs(self.get_lr())
+
     def state_dict(self) -> dict:
         return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
 

@@ -294,6 +294,7 @@ class CommonMetricPrinter(EventWriter):
         """
         Args:
             max_iter (int): number of iterations of the run, to estimate the ETA; None: no ETA.
+                A ``max_iter`` scalar in the storage (a re-fitted run length) replaces it.
         """
         self.logger = logging.getLogger("det3d.utils.events")
         self._max_iter = max_iter
@@ -320,9 +321,16 @@ class CommonMetricPrinter(EventWriter):
             self._last_write = (iteration, time.perf_counter())
             return eta_string
 
+    def _follow_max_iter(self, storage: EventStorage) -> None:
+        # A run whose length a hook re-fits (engine.hooks.TimeBudget) records it as "max_iter".
+        latest = storage.latest().get("max_iter")
+        if latest is not None and self._max_iter is not None:
+            self._max_iter = int(latest[0])
+
     def write(self) -> None:
         storage = get_event_storage()
         iteration = storage.iter
+        self._follow_max_iter(storage)
         if self._max_iter is not None and iteration == self._max_iter:
             # The trainer's after_train writes once more after the last step; nothing new then.
             return

@@ -3,7 +3,12 @@ import os
 
 import pytest
 import torch
-from _engine_test_utils import dummy_trainer_class, reference_and_resumed, small_cfg
+from _engine_test_utils import (
+    dummy_trainer_class,
+    kill_in_iteration,
+    reference_and_resumed,
+    small_cfg,
+)
 
 from det3d.config import get_cfg
 from det3d.engine import DefaultTrainer, default_argument_parser, default_setup
@@ -184,3 +189,63 @@ def test_fresh_run_refuses_to_overwrite_an_earlier_runs_checkpoints(tmp_path):
     with pytest.raises(FileExistsError, match="model_final.pth.*--resume"):
         again.resume_or_load(resume=False)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("model_*.pth")} == saved
+
+
+def _budget_trainer(output_dir, clock):
+    """A DummyTrainer for 0.5 min at ``clock``'s 0.5 s per step (60 iterations; MAX_ITER 50)."""
+    from det3d.engine import hooks
+
+    cfg = _cfg(output_dir, MAX_ITER=50, STEPS=(42,), CHECKPOINT_PERIOD=20, TIME_BUDGET_MINUTES=0.5)
+    trainer = DummyTrainer(cfg)
+    budget = next(h for h in trainer._hooks if isinstance(h, hooks.TimeBudget))
+    budget._clock = clock
+    trainer.register_hooks([hooks.CallbackHook(before_step=lambda t: clock.tick())])
+    return trainer
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def tick(self):
+        self.t += 0.5
+
+
+def test_time_budget_from_the_config_fits_the_run_and_survives_a_resume(tmp_path):
+    ref = _budget_trainer(tmp_path / "ref", _Clock())
+    types = [type(h).__name__ for h in ref._hooks]
+    assert types[:3] == ["IterationTimer", "TimeBudget", "LRScheduler"]
+    ref.resume_or_load(resume=False)
+    ref.train()
+    assert ref.iter == 60
+    lrs = {it: v for v, it in ref.storage.history("lr").values()}
+    # the decay at 42/50 of the run: iteration 51 of 60
+    assert lrs[50] == pytest.approx(0.02) and lrs[51] == pytest.approx(0.002)
+    final = torch.load(tmp_path / "ref" / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 59
+
+    clock = _Clock()
+    first = _budget_trainer(tmp_path / "run", clock)
+    first.resume_or_load(resume=False)
+    kill_in_iteration(first, 45)  # after the checkpoint of iteration 39
+    clock.t += 100.0  # not training time
+    second = _budget_trainer(tmp_path / "run", clock)
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 40
+    second.train()
+    assert second.iter == 60
+    resumed = {it: v for v, it in second.storage.history("lr").values()}
+    assert resumed == pytest.approx({it: v for it, v in lrs.items() if it >= 40})
+
+
+def test_time_budget_must_be_positive_and_stops_lengthening_before_the_decay(tmp_path):
+    from det3d.engine import hooks
+
+    with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
+        DummyTrainer(_cfg(tmp_path, TIME_BUDGET_MINUTES=-1.0))
+    trainer = DummyTrainer(_cfg(tmp_path, MAX_ITER=100, STEPS=(40, 90), TIME_BUDGET_MINUTES=1.0))
+    budget = next(h for h in trainer._hooks if isinstance(h, hooks.TimeBudget))
+    assert budget._refit_until == pytest.approx(0.4)

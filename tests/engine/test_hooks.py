@@ -169,8 +169,104 @@ def test_hook_error_after_a_failed_run_does_not_replace_the_training_error():
     def after_train_error(t):
         raise RuntimeError("hook error")
 
-    trainer.register_hooks(
-        [hooks.CallbackHook(after_step=fail, after_train=after_train_error)]
-    )
+    trainer.register_hooks([hooks.CallbackHook(after_step=fail, after_train=after_train_error)])
     with pytest.raises(FloatingPointError, match="training error"):
         trainer.train(0, 10)
+
+
+class _Clock:
+    """A clock that a hook registered before the TimeBudget advances by ``step`` s per step."""
+
+    def __init__(self, step):
+        self.t, self.step = 0.0, step
+
+    def __call__(self):
+        return self.t
+
+    def tick(self, trainer):
+        self.t += self.step if not callable(self.step) else self.step(trainer.iter)
+
+
+def _budget_run(clock, minutes, max_iter, extra_hooks=(), **budget):
+    trainer = _trainer(lr=0.01)
+    budget_hook = hooks.TimeBudget(minutes, clock=clock, **budget)
+    trainer.register_hooks([hooks.CallbackHook(before_step=clock.tick), budget_hook])
+    trainer.register_hooks(list(extra_hooks))
+    trainer.train(0, max_iter)
+    return trainer, budget_hook
+
+
+def test_time_budget_lengthens_the_run_and_the_lr_schedule_stretches_with_it():
+    # 0.5 s per iteration, 1 minute: 120 iterations, whatever MAX_ITER guessed (50).
+    clock = _Clock(0.5)
+    sched = MultiStepParamScheduler(values=[1.0, 0.1], milestones=[85], num_updates=100)
+    trainer, _ = _budget_run(clock, 1.0, 50, [hooks.LRScheduler(scheduler=sched)])
+    assert trainer.iter == trainer.max_iter == 120
+    assert clock.t == pytest.approx(60.0)
+    # the decay at 85% of the run: iteration 102 of 120, not 42 of 50
+    lrs = [v for v, _ in trainer.storage.history("lr").values()]
+    assert lrs == pytest.approx([0.01] * 102 + [0.001] * 18)
+    assert [v for v, _ in trainer.storage.history("max_iter").values()] == [120]
+
+
+def test_time_budget_shortens_a_run_that_would_overrun_and_checkpoints_its_end(tmp_path):
+    clock = _Clock(1.0)
+    trainer = _trainer()
+    ckpt = DetectionCheckpointer(trainer.model, str(tmp_path))
+    trainer.register_hooks(
+        [
+            hooks.CallbackHook(before_step=clock.tick),
+            hooks.TimeBudget(1.0, clock=clock),
+            hooks.PeriodicCheckpointer(ckpt, 1000),
+        ]
+    )
+    trainer.train(0, 200)
+    assert trainer.iter == 60 and clock.t == pytest.approx(60.0)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 59
+
+
+def test_time_budget_only_shortens_after_refit_until():
+    # Fast steps would fit 120 iterations, but the first fit (after 30) is at 75% of 40.
+    trainer, _ = _budget_run(_Clock(0.5), 1.0, 40)
+    assert trainer.iter == 40
+    # Steps slowing from 0.5 to 0.75 s: the run stops before 100, near where the minute is spent
+    # (the speed is the mean since iteration 10, so it lags; at most a period's steps over).
+    clock = _Clock(lambda it: 0.5 if it < 40 else 0.75)
+    trainer, _ = _budget_run(clock, 1.0, 100, refit_until=0.3)
+    assert trainer.iter < 100
+    assert 60.0 - 0.75 * 20 <= clock.t <= 60.0 + 0.75 * 20
+
+
+def test_time_budget_resumed_spends_what_is_left():
+    clock = _Clock(0.5)
+    first = _trainer()
+    hook = hooks.TimeBudget(1.0, clock=clock)
+    first.register_hooks([hooks.CallbackHook(before_step=clock.tick), hook])
+
+    def crash(tr):
+        if tr.iter == 44:
+            raise RuntimeError("killed")
+
+    first.register_hooks([hooks.CallbackHook(after_step=crash)])
+    with pytest.raises(RuntimeError, match="killed"):
+        first.train(0, 50)
+    state = hook.state_dict()
+    assert state == {"seconds_spent": pytest.approx(22.5), "max_iter": 120}
+
+    clock.t = 1000.0  # the time between the runs is not training time
+    resumed = hooks.TimeBudget(1.0, clock=clock)
+    resumed.load_state_dict(state)
+    second = _trainer()
+    second.register_hooks([hooks.CallbackHook(before_step=clock.tick), resumed])
+    second.train(45, 50)  # the config's MAX_ITER; the saved fit replaces it
+    assert second.iter == 120
+    assert resumed.state_dict()["seconds_spent"] == pytest.approx(60.0)
+
+
+def test_time_budget_refuses_bad_values():
+    for minutes in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
+            hooks.TimeBudget(minutes)
+    with pytest.raises(ValueError, match="refit_until"):
+        hooks.TimeBudget(1.0, refit_until=0.0)

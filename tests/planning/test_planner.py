@@ -157,15 +157,18 @@ def test_anchor_coverage_matches_explicit_iou():
 
 def test_planned_config_loads_and_says_why(iso, tmp_path):
     plan = plan_config(iso, num_classes=2, seconds_per_iter=0.5, budget_minutes=10)
-    assert plan.values["SOLVER.MAX_ITER"] == 950  # 10 min * 0.8 / 0.5 s, whole 50s
-    assert plan.values["SOLVER.STEPS"] == [int(950 * 0.85)]
+    # training fills 90% of the budget; MAX_ITER is the first estimate at the probe's speed
+    assert plan.values["SOLVER.TIME_BUDGET_MINUTES"] == pytest.approx(9.0)
+    assert plan.values["SOLVER.MAX_ITER"] == 1050  # 9 min / 0.5 s = 1080, whole 50s
+    assert plan.values["SOLVER.STEPS"] == [int(1050 * 0.85)]
     import os
 
     base = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-RCNN-3D-FPN.yaml")
     text = planned_config_text(
         plan, os.path.abspath(base), "a test plan", {"DATASETS.TRAIN": ["a"], "OUTPUT_DIR": "o"}
     )
-    assert "# 10 minutes at 0.50 s per iteration" in text
+    assert "9 minutes at 0.50 s per iteration" in text
+    assert "90% of the 10-minute budget" in text
     path = tmp_path / "planned.yaml"
     path.write_text(text)
     cfg = get_cfg()
