@@ -12,8 +12,9 @@ Plans a config for a dataset from its fingerprint, as nnU-Net and nnDetection pl
 (``folder:``, ``ctc:``, ``coco3d:``; see ``det3d/data/datasets/specs.py``). The planner reads the
 training volumes (spacing, volume and object sizes per axis, objects per volume, touching
 objects, intensities), measures the planned model's seconds per iteration on this machine, and
-writes ``<output>`` (every planned value with the reason in a comment; the number of iterations
-fills ``--budget-minutes``) and ``<output stem>.fingerprint.json``.
+writes ``<output>`` (every planned value with the reason in a comment; training fills 90% of
+``--budget-minutes``: ``MAX_ITER`` is the probe's estimate and the run re-fits it to its own
+speed) and ``<output stem>.fingerprint.json``.
 ``tools/train_net.py --plan`` does the same into its ``OUTPUT_DIR`` and then trains.
 """
 
@@ -34,8 +35,17 @@ def main(argv=None):
     p.add_argument("--train", nargs="+", required=True, help="training dataset names or specs")
     p.add_argument("--test", nargs="*", default=[], help="evaluation dataset names or specs")
     p.add_argument("--output", required=True, help="the config file to write (.yaml)")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="training time to fill")
-    p.add_argument("--no-probe", action="store_true", help="do not time the model (no MAX_ITER)")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=30.0,
+        help="time budget: training fills 90%% of it (SOLVER.TIME_BUDGET_MINUTES), then evaluation",
+    )
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not time the model (no MAX_ITER, no SOLVER.TIME_BUDGET_MINUTES)",
+    )
     p.add_argument("--base", default=DEFAULT_BASE, help="the _BASE_ config")
     p.add_argument("--output-dir", default="", help="OUTPUT_DIR of the planned config")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")

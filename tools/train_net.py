@@ -81,7 +81,10 @@ def argument_parser():
         "(--config-file, if given, is the base) and train with it",
     )
     parser.add_argument(
-        "--plan-minutes", type=float, default=30.0, help="with --plan: the training time to fill"
+        "--plan-minutes",
+        type=float,
+        default=30.0,
+        help="with --plan: the time budget (training fills 90%% of it, evaluation follows)",
     )
     return parser
 

@@ -461,7 +461,7 @@ class TimeBudget(HookBase):
             self._logged = fit
             logger.info(
                 f"Time budget: {seconds_per_iter:.3f} s per iteration, {left / 60:.1f} of "
-                f"{self._seconds / 60:g} min left: training ends after iteration {fit} "
+                f"{self._seconds / 60:g} min left: the run is {fit} iterations long "
                 f"(was {trainer.max_iter})"
             )
         trainer.max_iter = fit

@@ -108,7 +108,8 @@ class TrainerBase:
         self._hooks.extend(hooks)
 
     def train(self, start_iter: int, max_iter: int) -> None:
-        """Runs iterations ``start_iter`` .. ``max_iter - 1``."""
+        """Runs iterations ``start_iter`` .. ``self.max_iter - 1`` (``max_iter``, or where a hook
+        moved it)."""
         logger.info(f"Starting training from iteration {start_iter}")
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter

@@ -78,6 +78,12 @@ class Trainer(DefaultTrainer):
         return DatasetEvaluators([builders[name]() for name in cfg.TEST.EVALUATORS])
 
     def build_hooks(self):
+        if self.cfg.SOLVER.TIME_BUDGET_MINUTES:
+            # Detectron2's loop runs a fixed MAX_ITER; only det3d's trainer re-fits it.
+            raise ValueError(
+                "SOLVER.TIME_BUDGET_MINUTES is set, but Detectron2's trainer runs SOLVER.MAX_ITER "
+                "iterations as given; train with det3d's tools/train_net.py or set it to 0"
+            )
         # Detectron2's hooks, plus its BestCheckpointer where the det3d config asks for one
         # (SOLVER.BEST_CHECKPOINT_METRIC), after the EvalHook that produces the metric.
         ret = super().build_hooks()
@@ -100,12 +106,6 @@ def setup(args):
     add_det3d_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.SOLVER.TIME_BUDGET_MINUTES:
-        # Detectron2's loop runs a fixed MAX_ITER; only det3d's trainer re-fits it.
-        raise ValueError(
-            "SOLVER.TIME_BUDGET_MINUTES is set, but Detectron2's trainer runs SOLVER.MAX_ITER "
-            "iterations as given; train with det3d's tools/train_net.py or set it to 0"
-        )
     cfg.freeze()
     # det3d's own set-up steps, before Detectron2's writes anything: refuse to train from
     # iteration 0 over an earlier run's checkpoints, register the dataset specs of

@@ -140,3 +140,10 @@ def test_detectron2_trainer_takes_det3ds_own_config_too(synthetic_root, tmp_path
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert DET3D_STATISTICS <= set().union(*_metrics(tmp_path))
+
+
+def test_detectron2_trainer_refuses_a_time_budget(synthetic_root, tmp_path):
+    common = ["OUTPUT_DIR", str(tmp_path), "SYNTHETIC.ROOT", synthetic_root, "DATASETS.TEST", "()"]
+    cfg = train_net.setup(_args(*common, "SOLVER.TIME_BUDGET_MINUTES", "1"))
+    with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
+        train_net.Trainer(cfg)

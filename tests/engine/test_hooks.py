@@ -270,3 +270,16 @@ def test_time_budget_refuses_bad_values():
             hooks.TimeBudget(minutes)
     with pytest.raises(ValueError, match="refit_until"):
         hooks.TimeBudget(1.0, refit_until=0.0)
+
+
+def test_printer_eta_follows_a_refitted_max_iter():
+    from det3d.utils.events import EventStorage
+
+    printer = CommonMetricPrinter(max_iter=10)
+    with EventStorage(4) as storage:
+        storage.put_scalar("time", 2.0)
+        assert printer._get_eta(storage) == "0:00:10"  # 5 iterations left at 2 s
+        printer.write()
+        storage.put_scalar("max_iter", 100, smoothing_hint=False)
+        printer.write()
+        assert printer._get_eta(storage) == "0:03:10"  # 95 left
