@@ -144,6 +144,6 @@ def test_detectron2_trainer_takes_det3ds_own_config_too(synthetic_root, tmp_path
 
 def test_detectron2_trainer_refuses_a_time_budget(synthetic_root, tmp_path):
     common = ["OUTPUT_DIR", str(tmp_path), "SYNTHETIC.ROOT", synthetic_root, "DATASETS.TEST", "()"]
-    cfg = train_net.setup(_args(*common, "SOLVER.TIME_BUDGET_MINUTES", "1"))
+    cfg = train_net.setup(_args(*common, "SOLVER.TIME_BUDGET_MINUTES", "1.0"))
     with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
         train_net.Trainer(cfg)
