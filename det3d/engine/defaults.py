@@ -260,14 +260,16 @@ def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Eve
 
 def _refit_until(cfg) -> float:
     """
-    The fraction of a run after which ``TimeBudget`` only shortens it: 0.75, or the first decay
-    of a multi-step schedule if earlier (lengthening the run after it would move the schedule's
-    position back before the decay).
+    The fraction of a run after which ``TimeBudget`` only shortens it: 0.75, or the schedule's
+    first decay if earlier (lengthening the run after it would move the schedule's position back
+    before the decay).
     """
     until = 0.75
-    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-        max_iter = cfg.SOLVER.MAX_ITER
+    name, max_iter = cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.MAX_ITER
+    if name == "WarmupMultiStepLR":
         until = min([until] + [s / max_iter for s in cfg.SOLVER.STEPS if 0 < s < max_iter])
+    elif name == "WarmupStepWithFixedGammaLR":  # NUM_DECAYS equally spaced decays
+        until = min(until, 1.0 / (cfg.SOLVER.NUM_DECAYS + 1))
     return until
 
 

@@ -413,7 +413,7 @@ def plan_config(
             minutes,
             f"{_TRAINING_SHARE:.0%} of the {budget_minutes:g}-minute budget for the training "
             "iterations, the rest for evaluation; the run re-fits MAX_ITER to its measured speed "
-            "(the probe's few steps were 10-20% off the speed of whole runs)",
+            "(the probe's few steps were 5-20% off the speed of whole runs)",
         )
         iters = int(minutes * 60 / seconds_per_iter)
         iters = max(iters // 50 * 50 if iters >= 200 else iters, 1)

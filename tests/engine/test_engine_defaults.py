@@ -249,3 +249,11 @@ def test_time_budget_must_be_positive_and_stops_lengthening_before_the_decay(tmp
     trainer = DummyTrainer(_cfg(tmp_path, MAX_ITER=100, STEPS=(40, 90), TIME_BUDGET_MINUTES=1.0))
     budget = next(h for h in trainer._hooks if isinstance(h, hooks.TimeBudget))
     assert budget._refit_until == pytest.approx(0.4)
+    fixed_gamma = _cfg(
+        tmp_path,
+        TIME_BUDGET_MINUTES=1.0,
+        LR_SCHEDULER_NAME="WarmupStepWithFixedGammaLR",
+        NUM_DECAYS=3,
+    )
+    budget = next(h for h in DummyTrainer(fixed_gamma)._hooks if isinstance(h, hooks.TimeBudget))
+    assert budget._refit_until == pytest.approx(0.25)
