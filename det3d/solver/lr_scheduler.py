@@ -119,6 +119,8 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         self._last_lr = list(lrs)
 
     def get_lr(self) -> List[float]:
-        # A schedule is defined on [0, 1); the step after the last iteration stays in it.
-        multiplier = self._multiplier(min(self.last_epoch / self._max_iter, 1.0 - 1e-12))
+        # A schedule is defined on [0, 1); the step after the last iteration keeps the last
+        # iteration's value. (Clamping just below 1 is not enough: fvcore's index-based
+        # schedules, e.g. StepWithFixedGamma, add an epsilon to the progress and overrun.)
+        multiplier = self._multiplier(min(self.last_epoch, self._max_iter - 1) / self._max_iter)
         return [base_lr * multiplier for base_lr in self.base_lrs]
