@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from det3d.checkpoint import DetectionCheckpointer, last_checkpoint_file
 from det3d.config.unsupported import check_supported
-from det3d.solver import build_lr_scheduler, build_optimizer
+from det3d.solver import build_lr_scheduler, build_optimizer, lr_first_decay
 from det3d.utils import comm
 from det3d.utils.collect_env import collect_env_info
 from det3d.utils.env import seed_all_rng
@@ -258,21 +258,6 @@ def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Eve
     return writers
 
 
-def _refit_until(cfg) -> float:
-    """
-    The fraction of a run after which ``TimeBudget`` only shortens it: 0.75, or the schedule's
-    first decay if earlier (lengthening the run after it would move the schedule's position back
-    before the decay).
-    """
-    until = 0.75
-    name, max_iter = cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.MAX_ITER
-    if name == "WarmupMultiStepLR":
-        until = min([until] + [s / max_iter for s in cfg.SOLVER.STEPS if 0 < s < max_iter])
-    elif name == "WarmupStepWithFixedGammaLR":  # NUM_DECAYS equally spaced decays
-        until = min(until, 1.0 / (cfg.SOLVER.NUM_DECAYS + 1))
-    return until
-
-
 class DefaultTrainer(TrainerBase):
     """
     A trainer with the default behaviour, built from a config:
@@ -388,9 +373,9 @@ class DefaultTrainer(TrainerBase):
         check_supported(cfg)  # e.g. TEST.PRECISE_BN: an error naming the key, not a warning
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer()]
         if cfg.SOLVER.TIME_BUDGET_MINUTES:
-            ret.append(
-                hooks.TimeBudget(cfg.SOLVER.TIME_BUDGET_MINUTES, refit_until=_refit_until(cfg))
-            )
+            # lengthening stops at 75% of the run, or at the schedule's first decay if earlier
+            until = min(0.75, lr_first_decay(cfg) or 1.0)
+            ret.append(hooks.TimeBudget(cfg.SOLVER.TIME_BUDGET_MINUTES, refit_until=until))
         ret.append(hooks.LRScheduler())
         if self.ema is not None:
             ret.append(EMAHook(self.ema, cfg.MODEL_EMA.DECAY))

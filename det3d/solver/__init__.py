@@ -4,6 +4,7 @@ from .build import (
     build_lr_scheduler,
     build_optimizer,
     get_default_optimizer_params,
+    lr_first_decay,
     maybe_add_gradient_clipping,
 )
 from .lr_scheduler import LRMultiplier, WarmupParamScheduler

@@ -18,6 +18,7 @@ from .lr_scheduler import LRMultiplier, WarmupParamScheduler
 __all__ = [
     "build_optimizer",
     "build_lr_scheduler",
+    "lr_first_decay",
     "get_default_optimizer_params",
     "maybe_add_gradient_clipping",
 ]
@@ -220,3 +221,19 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
         cfg.SOLVER.RESCALE_INTERVAL,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=max_iter)
+
+
+def lr_first_decay(cfg) -> Optional[float]:
+    """
+    Where the schedule of ``build_lr_scheduler`` first decays, as a fraction of ``MAX_ITER``
+    (the progress its multiplier is a function of): ``WarmupMultiStepLR``'s first step,
+    ``WarmupStepWithFixedGammaLR``'s ``1 / (NUM_DECAYS + 1)``; None for ``WarmupCosineLR``, which
+    decays continuously. A run whose length changes after this point would move back before it.
+    """
+    name, max_iter = cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.MAX_ITER
+    if name == "WarmupMultiStepLR":
+        steps = [s / max_iter for s in cfg.SOLVER.STEPS if 0 < s < max_iter]
+        return min(steps) if steps else None
+    if name == "WarmupStepWithFixedGammaLR":
+        return 1.0 / (cfg.SOLVER.NUM_DECAYS + 1)
+    return None

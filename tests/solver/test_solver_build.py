@@ -97,3 +97,28 @@ def test_gradient_clipping_by_norm():
 def test_unknown_clip_type():
     with pytest.raises(ValueError, match="CLIP_TYPE"):
         _one_step("full_model", 1.0)
+
+
+def test_lr_first_decay_is_where_the_built_schedule_first_drops():
+    from det3d.config import get_cfg
+    from det3d.solver import build_lr_scheduler, lr_first_decay
+
+    for name, extra, want in (
+        ("WarmupMultiStepLR", {"STEPS": (40, 90)}, 0.4),
+        ("WarmupStepWithFixedGammaLR", {"NUM_DECAYS": 3}, 0.25),
+        ("WarmupCosineLR", {}, None),
+    ):
+        cfg = get_cfg()
+        cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS = name, 100, 1
+        for k, v in extra.items():
+            setattr(cfg.SOLVER, k, v)
+        assert lr_first_decay(cfg) == want, name
+        if want is not None:  # the schedule itself: full LR just before, less from there on
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            sched = build_lr_scheduler(cfg, opt)
+            lrs = []
+            for _ in range(100):
+                lrs.append(opt.param_groups[0]["lr"])
+                sched.step()
+            first = int(round(want * 100))
+            assert lrs[first - 1] == pytest.approx(1.0) and lrs[first] < 1.0, name
