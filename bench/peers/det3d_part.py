@@ -105,12 +105,13 @@ def det3d_summary(output_dir: str) -> dict:
     if train is None or infer is None:
         missing = "'Total training time'" if train is None else "'inference pure compute time'"
         raise ValueError(f"{log_path}: no {missing} line; did training and evaluation finish?")
+    max_iter = cfg.get("SOLVER", {}).get("MAX_ITER")
     return {
         "test": tests[0],
         "scores": read_scores(folder),
         "train_minutes": _hms(train.group(1)) / 60.0,
         "infer_seconds_per_volume": float(infer.group(1)),
-        "max_iter": cfg.get("SOLVER", {}).get("MAX_ITER"),
+        "max_iter": max_iter,
         # a run with SOLVER.TIME_BUDGET_MINUTES re-fits MAX_ITER; its log says what it trained
-        "iterations": int(budget.group(1)) if budget else cfg.get("SOLVER", {}).get("MAX_ITER"),
+        "iterations": int(budget.group(1)) if budget else max_iter,
     }

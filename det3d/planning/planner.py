@@ -39,6 +39,9 @@ import numpy as np
 
 __all__ = ["Plan", "plan_config", "anchor_coverage"]
 
+# The share of the time budget that training fills; evaluation on the test split follows it.
+_TRAINING_SHARE = 0.9
+
 # Outlines are re-drawn from the image (TEST.OUTLINE_REFINE) where a threshold halfway between
 # object and background would get more than this fraction of single voxels wrong (contrast-to-
 # noise below 4.65): there the network, which sees the image at full resolution through a few
@@ -428,10 +431,6 @@ def plan_config(
             "SOLVER.WARMUP_ITERS", min(50, iters // 5), "warm-up: 50 steps, a fifth of short runs"
         )
     return plan
-
-
-# The share of the time budget that training fills; evaluation on the test split follows it.
-_TRAINING_SHARE = 0.9
 
 
 # Model size and optimiser for a CPU budget: the demo model (9.4M parameters), which trains from
