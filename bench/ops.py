@@ -18,6 +18,8 @@ both implementations give the same result.
   aligned=True. Reference: the same sample points built as a grid for F.grid_sample
   (trilinear, align_corners=True, coordinates clamped and out-of-range samples zeroed as the
   kernel does), then averaged within bins.
+* Linear resize (3D), forward + backward: the foreground head's step, (2, 8, 16, 16, 16) to 64^3.
+  Reference: ``F.interpolate(mode="trilinear", align_corners=False)``.
 """
 
 import argparse
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from det3d.layers.nms import nms
+from det3d.layers.resize import resize_linear
 from det3d.layers.roi_align import roi_align
 
 
@@ -166,13 +169,36 @@ def bench_roi_align(repeats):
     return [("roi_align 3D fwd+bwd K=512 (7,7,7) sr=2", t_ops, t_ref)]
 
 
+def bench_resize(repeats):
+    x = torch.randn(2, 8, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    size = (64, 64, 64)
+    grad = torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(1))
+
+    def run(fn):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        out.backward(grad)
+        return out.detach(), xi.grad
+
+    def trilinear(xi):
+        return F.interpolate(xi, size=size, mode="trilinear", align_corners=False)
+
+    out, gin = run(lambda xi: resize_linear(xi, size))
+    out_ref, gin_ref = run(trilinear)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gin, gin_ref, rtol=1e-4, atol=1e-4)
+    t_ops = median_time(lambda: run(lambda xi: resize_linear(xi, size)), max(repeats, 5))
+    t_ref = median_time(lambda: run(trilinear), max(repeats, 5))
+    return [("resize_linear 3D fwd+bwd (2,8,16^3)->64^3", t_ops, t_ref)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = bench_nms(args.repeats) + bench_roi_align(args.repeats)
+    rows = bench_nms(args.repeats) + bench_roi_align(args.repeats) + bench_resize(args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'case':<44} {'det3d (ms)':>11} {'torch ref (ms)':>15} {'speed-up':>9}")
     for name, t_ops, t_ref in rows:

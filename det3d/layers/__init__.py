@@ -14,6 +14,7 @@ from .losses import (
     softmax_focal_loss,
 )
 from .nms import batched_nms, nms
+from .resize import linear_resize_matrix, resize_linear
 from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec
 from .wrappers import (

@@ -29,12 +29,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from det3d.config import configurable, get_cfg
-from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss
+from det3d.layers import ShapeSpec, conv_nd, conv_norm_relu_stack, dice_loss, resize_linear
 from det3d.structures import ImageList, Instances
 from det3d.utils.axes import as_tuple
 
 from .center_split import center_targets
-from .postprocessing import INTERP_MODE
 from .registries import FOREGROUND_HEAD_REGISTRY
 
 __all__ = [
@@ -184,15 +183,14 @@ class FPNForegroundHead(nn.Module):
         """
         x = self.reduce(features[self.in_feature])
         images = images.to(x.dtype)
-        mode = INTERP_MODE[self.ndim]
         if self.mid_convs:
             pool = getattr(F, f"avg_pool{self.ndim}d")
             mid = pool(images, self.mid_factor, self.mid_factor, ceil_mode=True)
-            x = F.interpolate(x, size=mid.shape[2:], mode=mode, align_corners=False)
+            x = resize_linear(x, mid.shape[2:])
             x = F.relu(x + self.mid_image_conv(mid))
             for layer in self.mid_convs:
                 x = layer(x)
-        x = F.interpolate(x, size=images.shape[2:], mode=mode, align_corners=False)
+        x = resize_linear(x, images.shape[2:])
         x = F.relu(x + self.image_conv(images))
         for layer in self.convs:
             x = layer(x)
