@@ -79,6 +79,52 @@ def test_conv_applies_conv_then_norm_then_activation():
         conv(torch.randn(1, 2, 5, 6))
 
 
+@pytest.mark.parametrize("ndim,bias,norm", [(3, True, None), (3, False, "GN"), (2, True, None)])
+def test_conv_forward_concat_equals_forward_of_the_concatenation(ndim, bias, norm):
+    torch.manual_seed(0)
+    conv = Conv(
+        ndim,
+        17,
+        16,
+        kernel_size=3,
+        padding=1,
+        bias=bias,
+        norm=nn.GroupNorm(4, 16) if norm else None,
+        activation=F.relu,
+    )
+    feats = torch.randn((3, 16) + (6,) * ndim, requires_grad=True)
+    image = torch.randn((3, 1) + (6,) * ndim, requires_grad=True)
+    ours = conv.forward_concat([feats, image])
+    # the reference: the plain convolution of the concatenated input
+    ref_conv = getattr(F, f"conv{ndim}d")
+    ref = ref_conv(torch.cat([feats, image], 1), conv.weight, conv.bias, padding=1)
+    ref = F.relu(conv.norm(ref) if norm else ref)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape)
+    got = torch.autograd.grad(ours, [feats, image, conv.weight], grad)
+    want = torch.autograd.grad(ref, [feats, image, conv.weight], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="add up to the conv's 17 input channels"):
+        conv.forward_concat([feats])
+
+
+def test_conv_forward_concat_keeps_the_float32_rule_under_cpu_bfloat16_autocast():
+    # a kernel deeper than the input: Conv3d's float32 path must serve the parts too
+    torch.manual_seed(0)
+    conv = Conv(3, 9, 4, kernel_size=3, padding=1)
+    parts = [torch.randn(2, 8, 2, 4, 4), torch.randn(2, 1, 2, 4, 4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv.forward_concat(parts)
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    ref = nn.Conv3d(9, 4, 3, padding=1)
+    ref.load_state_dict(conv.conv.state_dict())
+    ref(torch.cat(parts, 1)).sum().backward()
+    scale = ref.weight.grad.abs().max()
+    assert (conv.weight.grad - ref.weight.grad).abs().max() <= 2e-2 * scale
+
+
 @pytest.mark.parametrize("norm", ["", "GN"])
 def test_conv_norm_relu_stack_chains_channels_and_keeps_size(norm):
     convs = list(conv_norm_relu_stack(3, 4, [8, 16], norm))

@@ -290,8 +290,11 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
                     f"mask head: RoI image has {image.shape[1]} channels, INPUT.IN_CHANNELS is "
                     f"{self.image_channels}"
                 )
-            x = cat([self.image_reduce(x), image.to(x.dtype)], dim=1)
-            for layer in self.image_refine:
+            # the first refine conv reads [features, image] without concatenating them: see
+            # Conv.forward_concat (16 + 1 channels ran at half the speed of 16 on a CPU)
+            first, *rest = self.image_refine
+            x = first.forward_concat([self.image_reduce(x), image.to(x.dtype)])
+            for layer in rest:
                 x = layer(x)
         return self.predictor(x)
 
