@@ -53,6 +53,45 @@ def test_build_optimizer_types(name, cls):
     assert isinstance(build_optimizer(cfg, _Net()), cls)
 
 
+@pytest.mark.parametrize("name", ["SGD", "ADAMW", "ADAM"])
+def test_cpu_optimizers_use_the_fused_kernel_and_step_as_the_loop_does(name):
+    # the independent reference: torch's own per-parameter loop with the same hyper-parameters
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = name
+    cfg.SOLVER.MOMENTUM = 0.9
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # the clipping subclass, fused too
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1e9  # that never clips here
+    torch.manual_seed(0)
+    net, ref_net = _Net(), _Net()
+    ref_net.load_state_dict(net.state_dict())
+    opt = build_optimizer(cfg, net)
+    assert all(g["fused"] for g in opt.param_groups)
+    ref_groups = [
+        {
+            **g,
+            "params": [dict(ref_net.named_parameters())[_name_of(net, p)] for p in g["params"]],
+            "fused": False,
+            "foreach": False,
+        }
+        for g in opt.param_groups
+    ]
+    ref = type(opt).__mro__[1](ref_groups)  # the optimizer class without the clipping
+    for step in range(3):
+        grads = {n: torch.randn_like(p) * 0.1 for n, p in net.named_parameters() if p.requires_grad}
+        for model in (net, ref_net):
+            for n, p in model.named_parameters():
+                if n in grads:
+                    p.grad = grads[n].clone()
+        opt.step()
+        ref.step()
+    for (n, p), q in zip(net.named_parameters(), ref_net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def _name_of(net, param):
+    return next(n for n, p in net.named_parameters() if p is param)
+
+
 def test_unknown_optimizer():
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZER = "LION"
