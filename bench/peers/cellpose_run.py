@@ -24,8 +24,10 @@ Training (all of it inside ``--minutes``, measured from the first volume read to
   rescaled. With the default 30, every test volume is resized by about 2.7 per axis before the
   network sees it (20 times the voxels): 336 s per 32x96x96 volume in 3D mode on one core.
 * Time box: ``train_seg`` runs whole epochs and sets its learning-rate schedule from
-  ``n_epochs``, so the epochs are chosen before training. Two short probe runs (1 and 13 batches)
-  measure the seconds per batch and the fixed cost of a ``train_seg`` call; the remaining budget
+  ``n_epochs``, so the epochs are chosen before training. After a one-batch warm-up run (the first
+  call pays one-time costs: on one machine it made the estimate half the true cost, and training
+  ran twice its budget), two short probe runs (1 and 13 batches) measure the seconds per batch and
+  the fixed cost of a ``train_seg`` call; the remaining budget
   gives the number of batches, split into ``n_epochs`` epochs of ``nimg_per_epoch`` images
   (about 200 epochs when the budget allows, so that the warm-up and the final learning-rate
   decay of ``train_seg`` keep their shape).
@@ -203,6 +205,7 @@ def main(argv=None):
 
     probe_dir = os.path.join(args.output, "probe")
     os.makedirs(probe_dir, exist_ok=True)
+    train(images, flows, 1, BATCH_SIZE, diam_mean, probe_dir, "probe")  # warm-up, not timed
     timings = []
     for n_batches in (1, 1 + PROBE_BATCHES):
         tp = time.perf_counter()
