@@ -24,13 +24,13 @@ Training (all of it inside ``--minutes``, measured from the first volume read to
   rescaled. With the default 30, every test volume is resized by about 2.7 per axis before the
   network sees it (20 times the voxels): 336 s per 32x96x96 volume in 3D mode on one core.
 * Time box: ``train_seg`` runs whole epochs and sets its learning-rate schedule from
-  ``n_epochs``, so the epochs are chosen before training. After a one-batch warm-up run (the first
-  call pays one-time costs: on one machine it made the estimate half the true cost, and training
-  ran twice its budget), two short probe runs (1 and 13 batches) measure the seconds per batch and
-  the fixed cost of a ``train_seg`` call; the remaining budget
-  gives the number of batches, split into ``n_epochs`` epochs of ``nimg_per_epoch`` images
-  (about 200 epochs when the budget allows, so that the warm-up and the final learning-rate
-  decay of ``train_seg`` keep their shape).
+  ``n_epochs``, so the epochs are chosen before training. A first one-batch run pays the one-time
+  costs and is left out of the estimate (as the first timed probe, it once made the estimate half
+  the true seconds per batch, and training ran twice its budget); then two short probe runs (1
+  and 13 batches) measure the seconds per batch and the fixed cost of a ``train_seg`` call. The
+  remaining budget gives the number of batches, split into ``n_epochs`` epochs of
+  ``nimg_per_epoch`` images (about 200 epochs when the budget allows, so that the warm-up and the
+  final learning-rate decay of ``train_seg`` keep their shape).
 * Crops: ``bsize`` is the smallest multiple of 16 that holds the training slices (96 px on the
   synthetic families) rather than Cellpose's 224, which pads each small slice to 224 x 224 and
   made a batch 5-12 times dearer (:func:`crop_size`).
@@ -205,7 +205,7 @@ def main(argv=None):
 
     probe_dir = os.path.join(args.output, "probe")
     os.makedirs(probe_dir, exist_ok=True)
-    # warm-up: its time counts in the budget, not in the estimate
+    # the first call's one-time costs: counted in the budget, left out of the estimate
     train(images, flows, 1, BATCH_SIZE, diam_mean, probe_dir, "probe")
     timings = []
     for n_batches in (1, 1 + PROBE_BATCHES):
