@@ -341,6 +341,11 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.MODEL.RPN, "CLS_LOSS_TYPE", "ce")
     _add(_C.MODEL.RPN, "FOCAL_LOSS_ALPHA", 0.25)
     _add(_C.MODEL.RPN, "FOCAL_LOSS_GAMMA", 2.0)
+    # Which anchors are positive: "iou" (IOU_THRESHOLDS / IOU_LABELS plus each object's best
+    # anchors, Detectron2) or "atss" (per object, the mean + std of the IoUs of its ATSS_TOPK
+    # nearest anchors per level; see det3d/modeling/matcher.py:ATSSMatcher)
+    _add(_C.MODEL.RPN, "MATCHER", "iou")
+    _add(_C.MODEL.RPN, "ATSS_TOPK", 9)
 
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)  # geometric-mean side mapped to level 4
     _add(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)

@@ -6,6 +6,7 @@ from _rcnn_test_utils import single_thread
 
 from det3d.config import get_cfg
 from det3d.modeling.backbone import build_backbone
+from det3d.modeling.matcher import ATSSMatcher
 from det3d.modeling.proposal_generator import (
     RPN3D,
     add_ground_truth_to_proposals,
@@ -367,3 +368,25 @@ def test_rpn_overfits_tiny_volume(seed=0, steps=80, lr=2e-3, top=10, norm="GN"):
         proposals, _ = rpn(images, backbone(images.tensor))
     iou = pairwise_iou(gts[0].gt_boxes, proposals[0].proposal_boxes[:top])
     assert (iou.max(dim=1).values > 0.5).all(), iou
+
+
+def test_atss_matcher_from_config():
+    images, gts = _inputs(3)
+    cfg = _cfg(3)
+    cfg.MODEL.RPN.MATCHER = "atss"
+    cfg.MODEL.RPN.ATSS_TOPK = 4
+    torch.manual_seed(0)
+    backbone, rpn = _build(cfg)
+    anchors = rpn.anchor_generator([backbone(images.tensor)[f] for f in rpn.in_features])
+    labels, _ = rpn.label_and_sample_anchors(anchors, gts)
+    _, expected = ATSSMatcher(4)(gts[0].gt_boxes, anchors)
+    # every ATSS positive is sampled (fewer than the batch's positive quota), no other anchor
+    assert torch.equal(labels[0] == 1, expected == 1)
+    _, losses = rpn(images, backbone(images.tensor), gts)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    for key, value in (("MATCHER", "hungarian"), ("ATSS_TOPK", 0)):
+        cfg = _cfg(3)
+        cfg.MODEL.RPN.MATCHER = "atss"
+        cfg.MODEL.RPN[key] = value
+        with pytest.raises(ValueError, match=key):
+            _build(cfg)

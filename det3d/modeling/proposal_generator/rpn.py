@@ -17,7 +17,7 @@ from ..box_regression import (
     _dense_box_regression_loss,
     box_reg_weights,
 )
-from ..matcher import Matcher
+from ..matcher import ATSSMatcher, Matcher
 from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
 from .proposal_utils import find_top_rpn_proposals
@@ -26,6 +26,7 @@ __all__ = [
     "StandardRPNHead3D",
     "RPN3D",
     "build_rpn_head",
+    "build_anchor_matcher",
     "flatten_objectness_logits",
     "flatten_anchor_deltas",
 ]
@@ -44,6 +45,22 @@ def flatten_anchor_deltas(x: torch.Tensor, box_dim: int) -> torch.Tensor:
     n, spatial = x.shape[0], x.shape[2:]
     x = x.view(n, -1, box_dim, *spatial)  # (N, A, B, *S)
     return x.permute(0, *range(3, x.dim()), 1, 2).flatten(1, -2)  # (N, *S, A, B) -> (N, S*A, B)
+
+
+ANCHOR_MATCHERS = ("iou", "atss")
+
+
+def build_anchor_matcher(cfg) -> Union[Matcher, ATSSMatcher]:
+    """The RPN's anchor matcher named by ``MODEL.RPN.MATCHER``."""
+    rpn = cfg.MODEL.RPN
+    name = str(rpn.MATCHER).lower()
+    if name == "iou":
+        return Matcher(rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True)
+    if name == "atss":
+        if int(rpn.ATSS_TOPK) != rpn.ATSS_TOPK or rpn.ATSS_TOPK < 1:
+            raise ValueError(f"MODEL.RPN.ATSS_TOPK {rpn.ATSS_TOPK!r} must be an integer >= 1")
+        return ATSSMatcher(int(rpn.ATSS_TOPK))
+    raise ValueError(f"MODEL.RPN.MATCHER {rpn.MATCHER!r}: expected one of {ANCHOR_MATCHERS}")
 
 
 def build_rpn_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
@@ -160,7 +177,7 @@ class RPN3D(nn.Module):
         in_features: List[str],
         head: nn.Module,
         anchor_generator: nn.Module,
-        anchor_matcher: Matcher,
+        anchor_matcher: Union[Matcher, ATSSMatcher],
         box2box_transform: Box2BoxTransform,
         batch_size_per_image: int,
         positive_fraction: float,
@@ -184,7 +201,9 @@ class RPN3D(nn.Module):
             in_features: names of the feature maps to use, finest first.
             head: maps the feature list to per-level objectness logits and deltas.
             anchor_generator: the anchors of every level (same order as the head's outputs).
-            anchor_matcher: labels anchors by their IoU with the ground truth.
+            anchor_matcher: labels anchors by their IoU with the ground truth (a
+                :class:`Matcher`), or by ATSS's per-object thresholds (an :class:`ATSSMatcher`,
+                which needs the anchors per level).
             box2box_transform: encodes/decodes the deltas.
             batch_size_per_image, positive_fraction: anchor sampling for the losses.
             pre_nms_topk, post_nms_topk: (train, test) numbers of proposals kept per level before
@@ -248,9 +267,7 @@ class RPN3D(nn.Module):
             "in_features": in_features,
             "head": build_rpn_head(cfg, shapes),
             "anchor_generator": build_anchor_generator(cfg, shapes),
-            "anchor_matcher": Matcher(
-                rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True
-            ),
+            "anchor_matcher": build_anchor_matcher(cfg),
             "box2box_transform": Box2BoxTransform(box_reg_weights(rpn.BBOX_REG_WEIGHTS, ndim)),
             "batch_size_per_image": rpn.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": rpn.POSITIVE_FRACTION,
@@ -324,12 +341,16 @@ class RPN3D(nn.Module):
             matched_gt_boxes: per image, (R, 2*ndim) the ground-truth box matched to each anchor
                 (meaningful for positives only).
         """
+        per_level = anchors
         anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for inst in gt_instances:
             image_size = inst.image_size
             gt_boxes_i = inst.gt_boxes.to(anchors.device)
-            matched_idxs, gt_labels_i = self._match(gt_boxes_i, anchors)
+            if isinstance(self.anchor_matcher, ATSSMatcher):
+                matched_idxs, gt_labels_i = self.anchor_matcher(gt_boxes_i, per_level)
+            else:
+                matched_idxs, gt_labels_i = self._match(gt_boxes_i, anchors)
             gt_labels_i = gt_labels_i.to(torch.int64)
             if self.anchor_boundary_thresh >= 0:
                 inside = anchors.inside_box(image_size, self.anchor_boundary_thresh)
