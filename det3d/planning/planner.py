@@ -17,9 +17,9 @@ The rules, in the order they are applied (each a short function below):
    shapes, measured worse).
 4. **RoI heads.** Pooled box features 5 bins per axis; mask resolution from the median object
    size (a mask twice as fine as the object is
-   wasted, one far coarser loses the boundary between touching objects); the canonical RoI size
-   maps median objects to p3; RoIs per volume from the objects per volume, and the mask
-   branch's from a median volume's objects; a full-resolution
+   wasted, one far coarser loses the boundary between touching objects); RoIs pool from the level
+   where they span 4-8 feature cells per axis (median objects from p2); RoIs per volume from the
+   objects per volume, and the mask branch's from a median volume's objects; a full-resolution
    foreground head sets where objects end in the label volume; where objects touch, an instance
    holding two of them of different brightness is split (``TEST.BRIGHTNESS_SPLIT``).
 5. **Input.** Whole volumes when they are small, else crops of at least 2.5x the largest common
@@ -250,10 +250,11 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
     plan.set(
         "MODEL.ROI_HEADS.CANONICAL_BOX_SIZE",
         canonical,
-        f"boxes of the p3 anchor's size (cube-root side {canonical}) pool from p3; median "
-        f"object cube-root side {gmean:.1f}",
+        f"boxes of the p3 anchor's size (cube-root side {canonical}) and up to twice it pool "
+        f"from p2, so a RoI spans 4-8 feature cells per axis (median object cube-root side "
+        f"{gmean:.1f}); from p3 it spanned 2-4 for the box head's 5 bins",
     )
-    plan.set("MODEL.ROI_HEADS.CANONICAL_LEVEL", 3, "see CANONICAL_BOX_SIZE")
+    plan.set("MODEL.ROI_HEADS.CANONICAL_LEVEL", 2, "see CANONICAL_BOX_SIZE")
     per_vol = fp["objects"]["per_volume"]
     # a quarter of the RoIs are foreground and each costs a mask-head pass (the dearest part of
     # a 3D Mask R-CNN step): about 1.5 foreground RoIs per object, at least 64 RoIs in all

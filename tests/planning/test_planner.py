@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from det3d.config import get_cfg
 from det3d.data.datasets import load_label_volume_dataset
@@ -180,3 +181,26 @@ def test_planned_config_loads_and_says_why(iso, tmp_path):
         want = tuple(value) if isinstance(node, tuple) else value
         assert node == want or list(node) == list(value), key
     assert cfg.DATASETS.TRAIN == ("a",) and cfg.OUTPUT_DIR == "o"
+
+
+@pytest.mark.parametrize("which", ["iso", "aniso"])
+def test_rois_pool_from_a_level_where_they_span_several_cells(which, iso, aniso):
+    from det3d.modeling.poolers import assign_boxes_to_levels
+    from det3d.structures import Boxes
+
+    v = plan_config(iso if which == "iso" else aniso, num_classes=2).values
+    canonical = v["MODEL.ROI_HEADS.CANONICAL_BOX_SIZE"]
+    z_ratio = v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"][0][0]
+    # boxes of the anchors' shape from the canonical size (cube root of the volume) to just under
+    # twice it: x/y side s, z side s * z_ratio
+    xy = torch.tensor([1.0, 1.4, 1.99]) * canonical / z_ratio ** (1 / 3)
+    boxes = torch.zeros(3, 6)
+    boxes[:, 3], boxes[:, 4], boxes[:, 5] = xy, xy, xy * z_ratio
+    levels = 2 + assign_boxes_to_levels(
+        [Boxes(boxes)], 2, 5, canonical, v["MODEL.ROI_HEADS.CANONICAL_LEVEL"]
+    )
+    # p_l has a stride of 2**l voxels in x/y: such a RoI spans 4-8 feature cells per axis there
+    # (the box head pools 5 bins per axis; at 2-4 cells its bins mostly interpolate one cell)
+    cells = xy / 2.0**levels
+    # (the canonical size is rounded to whole voxels: a few percent either way)
+    assert torch.all((cells >= 3.8) & (cells < 8.2)), (canonical, levels.tolist())
