@@ -5,7 +5,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from det3d.layers import nonzero_tuple
-from det3d.structures import Boxes
+from det3d.structures import Boxes, matched_boxlist_iou
 
 __all__ = ["Matcher", "ATSSMatcher"]
 
@@ -137,50 +137,50 @@ class ATSSMatcher:
         self.center_in_gt = bool(center_in_gt)
 
     def __call__(
-        self, gt_boxes: Boxes, anchors: Sequence[Boxes]
+        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: Sequence[int]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             gt_boxes: G ground-truth boxes.
-            anchors: per pyramid level, its anchors (R_l boxes, same ndim).
+            anchors: the R anchors of all pyramid levels, level after level.
+            num_anchors_per_level: R_l per level (they sum to R).
 
         Returns:
             matches (Tensor[int64]): (R,) index in [0, G) of the matched ground truth (0 for
-                negatives), R = the anchors of all levels in order.
+                negatives).
             match_labels (Tensor[int8]): (R,) 1 = positive, 0 = negative.
         """
-        all_anchors = Boxes.cat(list(anchors))
-        num_anchors = len(all_anchors)
-        device = all_anchors.device
-        matches = torch.zeros(num_anchors, dtype=torch.int64, device=device)
-        labels = torch.zeros(num_anchors, dtype=torch.int8, device=device)
+        num_anchors = len(anchors)
+        if sum(num_anchors_per_level) != num_anchors:
+            raise ValueError(
+                f"ATSSMatcher: {list(num_anchors_per_level)} anchors per level do not add up to "
+                f"the {num_anchors} anchors given"
+            )
+        matches = torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device)
+        labels = torch.zeros(num_anchors, dtype=torch.int8, device=anchors.device)
         if len(gt_boxes) == 0 or num_anchors == 0:
             return matches, labels
-        gt_centers = gt_boxes.centers()
+        gt_centers, centers = gt_boxes.centers(), anchors.centers()
         candidates, start = [], 0
-        for level in anchors:
-            if len(level):
-                dist = torch.cdist(gt_centers, level.centers())  # (G, R_l)
-                k = min(self.topk, len(level))
-                candidates.append(dist.topk(k, dim=1, largest=False).indices + start)
-            start += len(level)
-        cand = torch.cat(candidates, dim=1)  # (G, K) indices into all anchors
+        for n in num_anchors_per_level:
+            if n:
+                dist = torch.cdist(gt_centers, centers[start : start + n])  # (G, R_l)
+                candidates.append(
+                    dist.topk(min(self.topk, n), dim=1, largest=False).indices + start
+                )
+            start += n
+        cand = torch.cat(candidates, dim=1)  # (G, K) indices into the anchors
+        num_gt, k = cand.shape
         gt = gt_boxes.tensor
-        cand_boxes = all_anchors.tensor[cand]  # (G, K, 2 * ndim)
-        d = gt_boxes.ndim
-        lo = torch.maximum(gt[:, None, :d], cand_boxes[..., :d])
-        hi = torch.minimum(gt[:, None, d:], cand_boxes[..., d:])
-        inter = (hi - lo).clamp(min=0).prod(dim=2)
-        volumes = (gt[:, d:] - gt[:, :d]).prod(dim=1)[:, None]
-        cand_volumes = (cand_boxes[..., d:] - cand_boxes[..., :d]).prod(dim=2)
-        iou = torch.where(inter > 0, inter / (volumes + cand_volumes - inter), inter.new_zeros(()))
+        iou = matched_boxlist_iou(
+            Boxes(gt[:, None].expand(-1, k, -1).reshape(num_gt * k, -1)), anchors[cand.flatten()]
+        ).view(num_gt, k)
         threshold = iou.mean(dim=1) + iou.std(dim=1, unbiased=True).nan_to_num(0.0)
-        positive = iou >= threshold[:, None]
+        positive = (iou >= threshold[:, None]) & (iou > 0)
         if self.center_in_gt:
-            centers = (cand_boxes[..., :d] + cand_boxes[..., d:]) / 2
-            inside = (centers > gt[:, None, :d]) & (centers < gt[:, None, d:])
-            positive &= inside.all(dim=2)
-        positive &= iou > 0
+            d = gt_boxes.ndim
+            c = centers[cand]  # (G, K, ndim)
+            positive &= ((c > gt[:, None, :d]) & (c < gt[:, None, d:])).all(dim=2)
         best = iou.argmax(dim=1)
         lonely = ~positive.any(dim=1) & (iou.max(dim=1).values > 0)
         positive[lonely, best[lonely]] = True

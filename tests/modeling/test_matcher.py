@@ -118,6 +118,11 @@ def _atss_reference(gt, levels, topk, center_in_gt=True):
     return claims
 
 
+def _flat(levels):
+    """The anchors of all levels and their count per level, as the RPN passes them."""
+    return Boxes.cat(levels), [len(a) for a in levels]
+
+
 def _random_boxes(g, n, ndim, lo=2.0, hi=14.0, extent=40.0):
     start = torch.rand(n, ndim, generator=g) * (extent - hi)
     size = lo + torch.rand(n, ndim, generator=g) * (hi - lo)
@@ -133,7 +138,7 @@ def test_atss_against_reference(ndim, topk, center_in_gt):
         centers = torch.stack(torch.meshgrid(*[c] * ndim, indexing="ij"), dim=-1).reshape(-1, ndim)
         levels.append(Boxes(torch.cat([centers - size / 2, centers + size / 2], dim=1)))
     gt = Boxes(_random_boxes(g, 7, ndim))
-    matches, labels = ATSSMatcher(topk, center_in_gt)(gt, levels)
+    matches, labels = ATSSMatcher(topk, center_in_gt)(gt, *_flat(levels))
     claims = _atss_reference(
         gt.tensor.tolist(), [lv.tensor.tolist() for lv in levels], topk, center_in_gt
     )
@@ -152,7 +157,7 @@ def test_atss_gives_every_object_positives_where_iou_thresholds_give_one():
         centers = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1).reshape(-1, 3)
         levels.append(Boxes(torch.cat([centers - size / 2, centers + size / 2], dim=1)))
     gt = Boxes(torch.tensor([[5.0, 6, 7, 17, 18, 19], [30, 31, 29, 53, 52, 51]]))
-    _, labels = ATSSMatcher(9)(gt, levels)
+    _, labels = ATSSMatcher(9)(gt, *_flat(levels))
     _, iou_labels = Matcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True)(
         pairwise_iou(gt, Boxes.cat(levels))
     )
@@ -162,11 +167,13 @@ def test_atss_gives_every_object_positives_where_iou_thresholds_give_one():
 
 def test_atss_empty_and_bad_arguments():
     levels = [Boxes(torch.tensor([[0.0, 0, 0, 8, 8, 8], [4, 4, 4, 12, 12, 12]]))]
-    matches, labels = ATSSMatcher()(Boxes(torch.zeros(0, 6)), levels)
+    matches, labels = ATSSMatcher()(Boxes(torch.zeros(0, 6)), *_flat(levels))
     assert labels.tolist() == [0, 0] and matches.tolist() == [0, 0]
     # a ground truth far from every anchor overlaps none: no positive
-    _, labels = ATSSMatcher()(Boxes(torch.tensor([[50.0, 50, 50, 60, 60, 60]])), levels)
+    _, labels = ATSSMatcher()(Boxes(torch.tensor([[50.0, 50, 50, 60, 60, 60]])), *_flat(levels))
     assert labels.tolist() == [0, 0]
     for topk in (0, 2.5):
         with pytest.raises(ValueError, match="topk"):
             ATSSMatcher(topk)
+    with pytest.raises(ValueError, match="add up"):
+        ATSSMatcher()(Boxes(torch.tensor([[0.0, 0, 0, 8, 8, 8]])), levels[0], [3])

@@ -182,10 +182,11 @@ def test_chunked_matching_equals_full_matrix():
     backbone, rpn = _build(cfg)
     images, gts = _inputs(3, num_images=1)
     features = [backbone(images.tensor)[f] for f in rpn.in_features]
-    anchors = Boxes.cat(rpn.anchor_generator(features))
-    full = rpn._match(gts[0].gt_boxes, anchors)
+    levels = rpn.anchor_generator(features)
+    anchors, per_level = Boxes.cat(levels), [len(a) for a in levels]
+    full = rpn._match(gts[0].gt_boxes, anchors, per_level)
     rpn.max_match_elements = 50  # chunks of 16 anchors
-    chunked = rpn._match(gts[0].gt_boxes, anchors)
+    chunked = rpn._match(gts[0].gt_boxes, anchors, per_level)
     assert torch.equal(full[0], chunked[0]) and torch.equal(full[1], chunked[1])
 
 
@@ -379,7 +380,7 @@ def test_atss_matcher_from_config():
     backbone, rpn = _build(cfg)
     anchors = rpn.anchor_generator([backbone(images.tensor)[f] for f in rpn.in_features])
     labels, _ = rpn.label_and_sample_anchors(anchors, gts)
-    _, expected = ATSSMatcher(4)(gts[0].gt_boxes, anchors)
+    _, expected = ATSSMatcher(4)(gts[0].gt_boxes, Boxes.cat(anchors), [len(a) for a in anchors])
     # every ATSS positive is sampled (fewer than the batch's positive quota), no other anchor
     assert torch.equal(labels[0] == 1, expected == 1)
     _, losses = rpn(images, backbone(images.tensor), gts)

@@ -9,7 +9,9 @@ import torch
 from det3d.config import get_cfg
 from det3d.data.datasets import load_label_volume_dataset
 from det3d.data.synthetic import make_synthetic_dataset
+from det3d.modeling.poolers import assign_boxes_to_levels
 from det3d.planning import anchor_coverage, dataset_fingerprint, plan_config, planned_config_text
+from det3d.structures import Boxes
 
 
 def _fingerprint(tmp_path, spacing, shape):
@@ -185,9 +187,6 @@ def test_planned_config_loads_and_says_why(iso, tmp_path):
 
 @pytest.mark.parametrize("which", ["iso", "aniso"])
 def test_rois_pool_from_a_level_where_they_span_several_cells(which, iso, aniso):
-    from det3d.modeling.poolers import assign_boxes_to_levels
-    from det3d.structures import Boxes
-
     v = plan_config(iso if which == "iso" else aniso, num_classes=2).values
     canonical = v["MODEL.ROI_HEADS.CANONICAL_BOX_SIZE"]
     z_ratio = v["MODEL.ANCHOR_GENERATOR.Z_ASPECT_RATIOS"][0][0]

@@ -57,9 +57,10 @@ def build_anchor_matcher(cfg) -> Union[Matcher, ATSSMatcher]:
     if name == "iou":
         return Matcher(rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True)
     if name == "atss":
-        if int(rpn.ATSS_TOPK) != rpn.ATSS_TOPK or rpn.ATSS_TOPK < 1:
-            raise ValueError(f"MODEL.RPN.ATSS_TOPK {rpn.ATSS_TOPK!r} must be an integer >= 1")
-        return ATSSMatcher(int(rpn.ATSS_TOPK))
+        try:
+            return ATSSMatcher(rpn.ATSS_TOPK)
+        except ValueError as e:
+            raise ValueError(f"MODEL.RPN.ATSS_TOPK: {e}") from None
     raise ValueError(f"MODEL.RPN.MATCHER {rpn.MATCHER!r}: expected one of {ANCHOR_MATCHERS}")
 
 
@@ -290,8 +291,16 @@ class RPN3D(nn.Module):
         }
 
     # ------------------------------------------------------------------ training targets
-    def _match(self, gt_boxes: Boxes, anchors: Boxes) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The matcher on IoU(gt, anchors); in chunks of anchors when the matrix would be huge."""
+    def _match(
+        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: List[int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        ``(matches, labels)`` of the anchors of all levels. ATSS matches from the anchors and
+        their levels; the IoU matcher from IoU(gt, anchors), in chunks of anchors when the
+        matrix would be huge.
+        """
+        if isinstance(self.anchor_matcher, ATSSMatcher):
+            return self.anchor_matcher(gt_boxes, anchors, num_anchors_per_level)
         num_gt, num_anchors = len(gt_boxes), len(anchors)
         if num_gt == 0 or num_gt * num_anchors <= self.max_match_elements:
             return self.anchor_matcher(pairwise_iou(gt_boxes, anchors))
@@ -341,16 +350,13 @@ class RPN3D(nn.Module):
             matched_gt_boxes: per image, (R, 2*ndim) the ground-truth box matched to each anchor
                 (meaningful for positives only).
         """
-        per_level = anchors
+        num_anchors_per_level = [len(a) for a in anchors]
         anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for inst in gt_instances:
             image_size = inst.image_size
             gt_boxes_i = inst.gt_boxes.to(anchors.device)
-            if isinstance(self.anchor_matcher, ATSSMatcher):
-                matched_idxs, gt_labels_i = self.anchor_matcher(gt_boxes_i, per_level)
-            else:
-                matched_idxs, gt_labels_i = self._match(gt_boxes_i, anchors)
+            matched_idxs, gt_labels_i = self._match(gt_boxes_i, anchors, num_anchors_per_level)
             gt_labels_i = gt_labels_i.to(torch.int64)
             if self.anchor_boundary_thresh >= 0:
                 inside = anchors.inside_box(image_size, self.anchor_boundary_thresh)
