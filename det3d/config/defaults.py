@@ -440,6 +440,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.INPUT, "INTENSITY_SHIFT", [-0.1, 0.1])
     _add(_C.INPUT, "GAMMA", [0.8, 1.25])
     _add(_C.INPUT, "NOISE_STD", 0.02)
+    # Touching copy-paste (det3d/data/transforms/copy_paste.py): per training volume, this many
+    # copies of its objects pasted against other objects, each with a ring of RING background
+    # voxels (the object's blurred edge); 0 = off. A copy may lie on top of the objects it meets
+    # while each keeps a fraction of its voxels drawn between MIN_KEEP and 1 (1: face to face).
+    _add(_C.INPUT, "COPY_PASTE", CN())
+    _add(_C.INPUT.COPY_PASTE, "NUM_TOUCHING", 0)
+    _add(_C.INPUT.COPY_PASTE, "RING", 2)
+    _add(_C.INPUT.COPY_PASTE, "MIN_KEEP", 1.0)
 
     # Evaluation
     _add(_C.TEST, "EVALUATORS", ["coco3d", "matching", "seg"])

@@ -26,6 +26,7 @@ from .transforms import (
     RandomRotate90XY,
     ResampleTransform,
     apply_augmentations,
+    paste_touching_copies,
 )
 
 __all__ = [
@@ -174,6 +175,9 @@ class DatasetMapper3D:
         min_instance_voxels: int = 8,
         in_channels: Optional[int] = None,
         spatial_dims: int = 3,
+        touching_copies: int = 0,
+        copy_ring: int = 2,
+        copy_min_keep: float = 1.0,
         seed: int = 0,
     ):
         self.is_train = is_train
@@ -197,6 +201,19 @@ class DatasetMapper3D:
             else ()
         )
         self.crop_size = tuple(int(c) for c in crop)
+        if int(touching_copies) < 0 or int(copy_ring) < 0:
+            raise ValueError(
+                f"DatasetMapper3D: INPUT.COPY_PASTE.NUM_TOUCHING ({touching_copies}) and RING "
+                f"({copy_ring}) must be >= 0"
+            )
+        if not 0.5 <= float(copy_min_keep) <= 1.0:
+            raise ValueError(
+                f"DatasetMapper3D: INPUT.COPY_PASTE.MIN_KEEP must be in [0.5, 1], got "
+                f"{copy_min_keep}"
+            )
+        self.touching_copies = int(touching_copies)
+        self.copy_ring = int(copy_ring)
+        self.copy_min_keep = float(copy_min_keep)
         self.reseed(seed)
 
     @classmethod
@@ -211,6 +228,9 @@ class DatasetMapper3D:
             "min_instance_voxels": cfg.INPUT.MIN_INSTANCE_VOXELS,
             "in_channels": cfg.INPUT.IN_CHANNELS,
             "spatial_dims": cfg.MODEL.SPATIAL_DIMS,
+            "touching_copies": cfg.INPUT.COPY_PASTE.NUM_TOUCHING,
+            "copy_ring": cfg.INPUT.COPY_PASTE.RING,
+            "copy_min_keep": cfg.INPUT.COPY_PASTE.MIN_KEEP,
             "seed": max(cfg.SEED, 0),
         }
 
@@ -286,6 +306,16 @@ class DatasetMapper3D:
                 full_counts = np.bincount(aug_input.labels.ravel())
                 RandomCrop(self.crop_size)(aug_input, self.rng)
                 aug_input.labels = self._drop_cut_remnants(aug_input.labels, full_counts)
+            if self.touching_copies:
+                aug_input.image, aug_input.labels, classes, _ = paste_touching_copies(
+                    aug_input.image,
+                    aug_input.labels,
+                    classes,
+                    self.rng,
+                    self.touching_copies,
+                    ring=self.copy_ring,
+                    min_keep=self.copy_min_keep,
+                )
             apply_augmentations(self.augmentations, aug_input, self.rng)
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(aug_input.image, dtype=np.float32)),
