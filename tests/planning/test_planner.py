@@ -106,6 +106,12 @@ def test_instances_split_by_brightness_where_objects_touch(iso, touching):
     assert plan.values["TEST.BRIGHTNESS_SPLIT.ENABLED"] is (touching > 0)
     reason = plan.reasons["TEST.BRIGHTNESS_SPLIT.ENABLED"]
     assert f"{100 * touching:.0f}% of the objects touch" in reason
+    # touching pairs added by copy-paste: half of a median volume's objects, at least one
+    copies = plan.values["INPUT.COPY_PASTE.NUM_TOUCHING"]
+    per_volume = iso["objects"]["per_volume"]["p50"]
+    assert copies == (max(1, round(per_volume / 2)) if touching else 0)
+    assert plan.values.get("INPUT.COPY_PASTE.MIN_KEEP", 1.0) == (0.5 if touching else 1.0)
+    get_cfg().merge_from_list(["INPUT.COPY_PASTE.NUM_TOUCHING", str(copies)])
 
 
 def test_anisotropic_plan_keeps_z_resolution(aniso):
