@@ -142,7 +142,9 @@ class DatasetMapper3D:
        predictions back to the original grid;
     3. training: read the labels (``instance_label_file``, ``annotations`` RLEs), randomly crop
        to ``crop_size`` (padding axes that are shorter; the crop contains a random instance voxel
-       with probability 0.5), then flips / 90-degree xy rotations / intensity changes.
+       with probability 0.5), touching copy-paste (``INPUT.COPY_PASTE``,
+       :func:`~det3d.data.transforms.paste_touching_copies`), then flips / 90-degree xy
+       rotations / intensity changes.
        Instances cut by the crop keep their visible part; a cut remnant with fewer than
        ``crop_min_visible_fraction`` of the instance's voxels (counted on the whole volume) or
        fewer than ``min_instance_voxels`` voxels is dropped from the targets: its voxels stay in

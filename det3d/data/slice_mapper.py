@@ -92,6 +92,11 @@ class SliceDatasetMapper(DatasetMapper3D):
                 "INPUT.TARGET_SPACING is not supported by SliceDatasetMapper (resampling z "
                 "changes what a slice is); resample the volumes beforehand"
             )
+        if kwargs.get("touching_copies"):
+            raise ValueError(
+                "INPUT.COPY_PASTE.NUM_TOUCHING is not supported by SliceDatasetMapper (it pastes "
+                "into whole volumes, not slice windows); set it to 0"
+            )
         super().__init__(is_train, spatial_dims=3, **kwargs)
         self.num_slices = check_num_slices(num_slices)
         slice_window_indices(0, num_slices, num_slices, pad_mode)  # checks pad_mode

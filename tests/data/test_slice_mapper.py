@@ -207,6 +207,10 @@ def test_errors_name_the_file_and_key(tmp_path):
     cfg.INPUT.TARGET_SPACING = [1.0, 0.5, 0.5]
     with pytest.raises(ValueError, match="INPUT.TARGET_SPACING"):
         SliceDatasetMapper(cfg)
+    cfg = _cfg()
+    cfg.INPUT.COPY_PASTE.NUM_TOUCHING = 2
+    with pytest.raises(ValueError, match="INPUT.COPY_PASTE.NUM_TOUCHING"):
+        SliceDatasetMapper(cfg)
     with pytest.raises(ValueError, match="MODEL.SLICE_FUSION.NUM_SLICES"):
         SliceDatasetMapper(_cfg(NUM_SLICES=4))
 
