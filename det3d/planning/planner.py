@@ -368,8 +368,9 @@ def _plan_copy_paste(fp: dict, plan: Plan, voxels: float) -> None:
         copies,
         f"{100 * touching:.0f}% of the objects touch another, and touching objects are what a "
         f"detector misses: {copies} copies of objects pasted against others per training input "
-        f"(half of its {per_input:.1f} objects; measured on toy3d, one training each: test SEG "
-        f"0.817 -> 0.835, F1@0.5 0.939 -> 0.967, touching recall@0.5 0.53 -> 0.80)",
+        f"(half of its {per_input:.1f} objects; measured on toy3d, four trainings with copies "
+        f"against one without: test SEG 0.817 -> 0.823 on average (0.806-0.835), touching "
+        f"recall@0.5 0.53 -> 0.65, mask AP 42.3 -> 45.7, within the spread of trainings)",
     )
     plan.set(
         "INPUT.COPY_PASTE.MIN_KEEP",
