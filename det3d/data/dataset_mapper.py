@@ -26,6 +26,7 @@ from .transforms import (
     RandomRotate90XY,
     ResampleTransform,
     apply_augmentations,
+    check_copy_paste,
     paste_touching_copies,
 )
 
@@ -203,16 +204,8 @@ class DatasetMapper3D:
             else ()
         )
         self.crop_size = tuple(int(c) for c in crop)
-        if int(touching_copies) < 0 or int(copy_ring) < 0:
-            raise ValueError(
-                f"DatasetMapper3D: INPUT.COPY_PASTE.NUM_TOUCHING ({touching_copies}) and RING "
-                f"({copy_ring}) must be >= 0"
-            )
-        if not 0.5 <= float(copy_min_keep) <= 1.0:
-            raise ValueError(
-                f"DatasetMapper3D: INPUT.COPY_PASTE.MIN_KEEP must be in [0.5, 1], got "
-                f"{copy_min_keep}"
-            )
+        keys = tuple(f"INPUT.COPY_PASTE.{k}" for k in ("NUM_TOUCHING", "RING", "MIN_KEEP"))
+        check_copy_paste(touching_copies, copy_ring, copy_min_keep, names=keys)
         self.touching_copies = int(touching_copies)
         self.copy_ring = int(copy_ring)
         self.copy_min_keep = float(copy_min_keep)

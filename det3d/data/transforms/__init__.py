@@ -9,7 +9,7 @@ from .augmentation import (
     RandomRotate90XY,
     apply_augmentations,
 )
-from .copy_paste import paste_touching_copies
+from .copy_paste import check_copy_paste, paste_touching_copies
 from .transform import (
     CropTransform,
     FlipTransform,

@@ -25,7 +25,24 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["paste_touching_copies"]
+__all__ = ["check_copy_paste", "paste_touching_copies"]
+
+
+def check_copy_paste(
+    num_copies: int,
+    ring: int,
+    min_keep: float,
+    names: Tuple[str, str, str] = ("num_copies", "ring", "min_keep"),
+) -> None:
+    """
+    Raises ValueError naming the value (by ``names``: the arguments', or a config's keys) unless
+    ``num_copies`` and ``ring`` are >= 0 and ``min_keep`` is in [0.5, 1].
+    """
+    for name, value in zip(names[:2], (num_copies, ring)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if not 0.5 <= float(min_keep) <= 1.0:
+        raise ValueError(f"{names[2]} must be in [0.5, 1], got {min_keep!r}")
 
 
 def paste_touching_copies(
@@ -59,11 +76,9 @@ def paste_touching_copies(
         remnant is not an object's shape); a source an earlier copy covered part of is copied
         as it is now.
     """
-    if num_copies < 0 or ring < 0 or tries < 1 or not 0.5 <= min_keep <= 1.0:
-        raise ValueError(
-            f"paste_touching_copies: num_copies ({num_copies}) and ring ({ring}) must be >= 0, "
-            f"min_keep ({min_keep}) in [0.5, 1], tries ({tries}) >= 1"
-        )
+    check_copy_paste(num_copies, ring, min_keep)
+    if tries < 1:
+        raise ValueError(f"paste_touching_copies: tries must be >= 1, got {tries}")
     if tuple(image.shape[1:]) != tuple(labels.shape):
         raise ValueError(
             f"paste_touching_copies: image {image.shape} and labels {labels.shape} differ in shape"
@@ -118,8 +133,6 @@ def _paste_one(
     # the ring: background around the object, not a neighbour's voxels
     halo = ndimage.binary_dilation(mask, face, iterations=ring) & (local == 0) if ring else None
     values = image[(slice(None),) + region].copy()
-    # one voxel around the object: where it touches whatever it lands beside
-    contact = ndimage.binary_dilation(mask, face) & ~mask
     src_centre = np.array([c.mean() for c in np.nonzero(mask)]) + lo
     anchor_box = boxes[anchor - 1]
     anchor_centre = np.array([(s.start + s.stop - 1) / 2 for s in anchor_box])
@@ -138,8 +151,11 @@ def _paste_one(
         lost[0] = 0
         if (now - lost < keep * full)[lost > 0].any():
             continue
-        if not lost.any() and not (there[contact] != 0).any():
-            return False  # room, but against nothing: no touching pair
+        if not lost.any():
+            # covers nothing: it must share a face with what it lands beside
+            contact = ndimage.binary_dilation(mask, face) & ~mask
+            if not (there[contact] != 0).any():
+                return False  # room, but against nothing: no touching pair
         write = mask | (halo & (there == 0)) if halo is not None else mask
         image[(slice(None),) + dest][:, write] = values[:, write]
         there[mask] = new_id
