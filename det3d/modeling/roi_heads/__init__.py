@@ -1,6 +1,7 @@
 """ROI heads (box and mask branches) and their registries."""
 
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead3D, build_box_head
+from .cascade_rcnn import CascadeROIHeads3D
 from .fast_rcnn import FastRCNNOutputLayers3D, fast_rcnn_inference
 from .mask_head import (
     ROI_MASK_HEAD_REGISTRY,

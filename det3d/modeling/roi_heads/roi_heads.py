@@ -461,19 +461,31 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         return roi_chunks([len(x) for x in instances], 0 if self.training else self.roi_chunk_size)
 
-    def _box_predictions(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
-        """The box predictor's outputs for the boxes of every image, in order, pooled by chunks."""
+    def _box_predictions(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes], head=None, predictor=None
+    ):
+        """
+        The box predictor's outputs for the boxes of every image, in order, pooled by chunks.
+        ``head`` / ``predictor``: another box head and predictor than the branch's own (a
+        cascade stage's).
+        """
+        head = self.box_head if head is None else head
+        predictor = self.box_predictor if predictor is None else predictor
         feats = [features[f] for f in self.box_in_features]
         chunk_predictions = []
         for chunk in self._chunks(boxes):
             part = [b[a:e] for b, (a, e) in zip(boxes, chunk)]
-            box_features = self.box_head(self.box_pooler(feats, part))
-            chunk_predictions.append(self.box_predictor(box_features))
+            box_features = self.box_head_input(self.box_pooler(feats, part))
+            chunk_predictions.append(predictor(head(box_features)))
             del box_features
         if len(chunk_predictions) == 1:
             return chunk_predictions[0]
         # the predictor's outputs are per-RoI tensors (scores, deltas)
         return tuple(cat(list(p), dim=0) for p in zip(*chunk_predictions))
+
+    def box_head_input(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The pooled box features as the box head takes them (a cascade scales their gradient)."""
+        return pooled
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         predictions = self._box_predictions(features, [x.proposal_boxes for x in proposals])
