@@ -77,7 +77,22 @@ def _assert_equal_outputs(a, b):
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_shipped_config_builds_and_trains_alike_in_detectron2(path):
-    d2_cfg, alone_cfg = _configs(path)
+    _builds_and_trains_alike(*_configs(path))
+
+
+def test_cascade_heads_build_and_train_alike_in_detectron2():
+    d2_cfg, alone_cfg = _configs(
+        os.path.join(ROOT, "configs/Synthetic/mask_rcnn_R18_FPN_3d_demo.yaml")
+    )
+    for cfg in (d2_cfg, alone_cfg):
+        cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads3D"
+        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    # Detectron2's own ROI_BOX_CASCADE_HEAD (2D weights) gave way to det3d's (6 per stage)
+    assert [len(w) for w in d2_cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS] == [6, 6, 6]
+    _builds_and_trains_alike(d2_cfg, alone_cfg)
+
+
+def _builds_and_trains_alike(d2_cfg, alone_cfg):
     torch.manual_seed(0)
     d2_model = detectron2.modeling.build_model(d2_cfg)
     torch.manual_seed(0)
