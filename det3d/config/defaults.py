@@ -176,12 +176,13 @@ _C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
 # Cascade R-CNN's stages (MODEL.ROI_HEADS.NAME "CascadeROIHeads3D"): per stage, the box
 # regression weights (x, y, z, w, h, d) and the IoU from which a RoI is foreground
 _C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
-_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
-    (10.0, 10.0, 10.0, 5.0, 5.0, 5.0),
-    (20.0, 20.0, 20.0, 10.0, 10.0, 10.0),
-    (30.0, 30.0, 30.0, 15.0, 15.0, 15.0),
-)
-_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
+# (lists, not Detectron2's tuples: a list of lists survives the round trip through config.yaml)
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = [
+    [10.0, 10.0, 10.0, 5.0, 5.0, 5.0],
+    [20.0, 20.0, 20.0, 10.0, 10.0, 10.0],
+    [30.0, 30.0, 30.0, 15.0, 15.0, 15.0],
+]
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = [0.5, 0.6, 0.7]
 
 # ---------------------------------------------------------------------------- #
 # Mask head

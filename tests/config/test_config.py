@@ -22,6 +22,14 @@ def test_defaults_have_det3d_keys_and_no_detection_cap():
     assert get_cfg().MODEL.SPATIAL_DIMS == 3
 
 
+def test_the_default_config_survives_its_own_dump(tmp_path):
+    """What a training writes as config.yaml merges back into the same config (eval-only, resume)."""
+    cfg = get_cfg()
+    written = get_cfg()
+    written.merge_from_file(_write(tmp_path / "config.yaml", cfg.dump()))
+    assert written == cfg
+
+
 def test_base_inheritance_relative_paths(tmp_path):
     os.makedirs(tmp_path / "sub")
     _write(
