@@ -23,7 +23,7 @@ def test_defaults_have_det3d_keys_and_no_detection_cap():
 
 
 def test_the_default_config_survives_its_own_dump(tmp_path):
-    """What a training writes as config.yaml merges back into the same config (eval-only, resume)."""
+    """What a training writes as config.yaml merges back into the same config (eval, resume)."""
     cfg = get_cfg()
     written = get_cfg()
     written.merge_from_file(_write(tmp_path / "config.yaml", cfg.dump()))
