@@ -201,3 +201,26 @@ def test_cascade_config_errors_name_the_key(key, value, match):
     _, shapes = _features(3, (16, 32, 32))
     with pytest.raises(ValueError, match=match):
         build_roi_heads(cfg, shapes)
+
+
+def test_slice_fusion_model_takes_cascade_heads():
+    """The 2.5D model builds its 2D ROI heads from the same keys: a cascade there works too."""
+    from test_slice_fusion import _cfg as slice_cfg
+
+    cfg = slice_cfg()
+    cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads3D"
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert type(model.roi_heads).__name__ == "CascadeROIHeads3D"
+    assert model.roi_heads.box_predictor[2].bbox_pred.out_features == 4  # 2D boxes
+    volume = synthetic_input((6, 32, 32), seed=1, num_objects=2)
+    model.train()
+    losses = model([volume])
+    assert {"loss_cls_stage0", "loss_box_reg_stage2", "loss_mask"} <= set(losses)
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": volume["image"], "depth": 6, "height": 32, "width": 32}])
+    assert out["instance_labels"].shape == (6, 32, 32)
+    assert out["instances"].pred_boxes.tensor.shape[1] == 6
