@@ -13,7 +13,7 @@ branch is :class:`StandardROIHeads3D`'s, on the first stage's sampled RoIs in tr
 final detections at inference.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -21,10 +21,9 @@ from torch.autograd.function import Function
 
 from det3d.config import configurable
 from det3d.layers import ShapeSpec
-from det3d.structures import Boxes, ImageList, Instances, pairwise_iou
+from det3d.structures import Boxes, Instances, pairwise_iou
 
 from ..box_regression import Box2BoxTransform, box_reg_weights
-from ..foreground_head import foreground_targets
 from ..matcher import Matcher
 from ..registries import ROI_HEADS_REGISTRY
 from .box_head import build_box_head
@@ -140,27 +139,6 @@ class CascadeROIHeads3D(StandardROIHeads3D):
             "box_predictors": predictors,
             "proposal_matchers": matchers,
         }
-
-    def forward(
-        self,
-        images: ImageList,
-        features: Dict[str, torch.Tensor],
-        proposals: List[Instances],
-        targets: Optional[List[Instances]] = None,
-    ):
-        """As :meth:`StandardROIHeads3D.forward`; the box losses are per stage."""
-        if not self.training:
-            instances = self._forward_box(features, proposals)
-            return self.forward_with_given_boxes(features, instances, images), {}
-        if targets is None:
-            raise ValueError("CascadeROIHeads3D needs targets (gt instances) in training")
-        proposals = self.label_and_sample_proposals(proposals, targets)
-        gt_union = None
-        if self.mask_on and getattr(self.mask_head, "neighbor_weight", 1.0) != 1.0:
-            gt_union = [u.bool() for u in foreground_targets(targets)]
-        losses = self._forward_box(features, proposals, targets)
-        losses.update(self._forward_mask(features, proposals, images, gt_union))
-        return proposals, losses
 
     def box_head_input(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.training:

@@ -412,14 +412,13 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         if self.training:
             if targets is None:
-                raise ValueError("StandardROIHeads3D needs targets (gt instances) in training")
+                raise ValueError(f"{type(self).__name__} needs targets (gt instances) in training")
             proposals = self.label_and_sample_proposals(proposals, targets)
             gt_union = None
             if self.mask_on and getattr(self.mask_head, "neighbor_weight", 1.0) != 1.0:
                 # every gt object of each volume: the mask loss weighs the neighbours in a RoI
                 gt_union = [u.bool() for u in foreground_targets(targets)]
-            del targets
-            losses = self._forward_box(features, proposals)
+            losses = self._forward_box(features, proposals, targets)
             losses.update(self._forward_mask(features, proposals, images, gt_union))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
@@ -487,7 +486,16 @@ class StandardROIHeads3D(ROIHeads3D):
         """The pooled box features as the box head takes them (a cascade scales their gradient)."""
         return pooled
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+    def _forward_box(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
+        """
+        The box branch: losses in training, detections at inference. ``targets`` (training) are
+        for subclasses whose box branch matches boxes again (a cascade's later stages).
+        """
         predictions = self._box_predictions(features, [x.proposal_boxes for x in proposals])
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
