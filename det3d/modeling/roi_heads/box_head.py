@@ -73,14 +73,12 @@ class FastRCNNConvFCHead3D(nn.Sequential):
         return {
             "input_shape": input_shape,
             # the pooler's size travels in input_shape.size; the config only for a head built alone
-            "pooler_resolution": (
-                None
-                if input_shape.size is not None
-                else per_axis(
-                    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
-                    cfg.MODEL.SPATIAL_DIMS,
-                    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
-                )
+            "pooler_resolution": None
+            if input_shape.size is not None
+            else per_axis(
+                cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+                cfg.MODEL.SPATIAL_DIMS,
+                "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
             ),
             "conv_dims": [cfg.MODEL.ROI_BOX_HEAD.CONV_DIM] * num_conv,
             "fc_dims": [cfg.MODEL.ROI_BOX_HEAD.FC_DIM] * num_fc,
