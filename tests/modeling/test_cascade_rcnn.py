@@ -224,3 +224,24 @@ def test_slice_fusion_model_takes_cascade_heads():
         (out,) = model([{"image": volume["image"], "depth": 6, "height": 32, "width": 32}])
     assert out["instance_labels"].shape == (6, 32, 32)
     assert out["instances"].pred_boxes.tensor.shape[1] == 6
+
+
+def test_cascade_on_a_volume_without_objects_and_without_proposals():
+    cfg, heads, feats, targets, images = _setup(3, seed=5)
+    shape = images.image_sizes[0]
+    empty = targets[0][torch.zeros(0, dtype=torch.int64)]
+    heads.train()
+    # a volume without objects: every later stage's box is background
+    sampled = heads.label_and_sample_proposals(_proposals([empty]), [empty])
+    stage0 = heads._stage(feats, sampled, 0)
+    nxt = heads._match_and_label(heads._next_proposals((stage0, sampled), 0), 1, [empty])[0]
+    assert len(nxt) > 0 and (nxt.gt_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    assert nxt.gt_boxes.tensor.shape == (len(nxt), 6)
+    _, losses = heads(images, feats, _proposals([empty]), [empty])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_box_reg_stage2"]) == 0.0
+    heads.eval()
+    none = [p[torch.zeros(0, dtype=torch.int64)] for p in _proposals(targets)]
+    with torch.no_grad():
+        pred, _ = heads(images, feats, none)
+    assert len(pred[0]) == 0 and pred[0].image_size == shape
