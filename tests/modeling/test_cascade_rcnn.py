@@ -239,7 +239,7 @@ def test_cascade_on_a_volume_without_objects_and_without_proposals():
     assert nxt.gt_boxes.tensor.shape == (len(nxt), 6)
     _, losses = heads(images, feats, _proposals([empty]), [empty])
     assert all(torch.isfinite(v) for v in losses.values())
-    assert float(losses["loss_box_reg_stage2"]) == 0.0
+    assert float(losses["loss_box_reg_stage2"].detach()) == 0.0
     heads.eval()
     none = [p[torch.zeros(0, dtype=torch.int64)] for p in _proposals(targets)]
     with torch.no_grad():
