@@ -213,7 +213,7 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
     plan.set(
         "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
         5,
-        "5 bins per axis (7 measured no better on the synthetic data)",
+        "5 bins per axis (7 measured no better on the synthetic data, nor on toy3d)",
     )
     med = np.median(sizes, axis=0)  # (D, H, W)
     mask = int(np.clip(round(float(np.median(anchors["xy"])) / 2), 6, 12))
