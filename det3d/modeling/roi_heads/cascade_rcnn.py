@@ -28,7 +28,7 @@ from ..matcher import Matcher
 from ..registries import ROI_HEADS_REGISTRY
 from .box_head import build_box_head
 from .fast_rcnn import FastRCNNOutputLayers3D, fast_rcnn_inference
-from .roi_heads import StandardROIHeads3D, _input_channels
+from .roi_heads import StandardROIHeads3D
 
 __all__ = ["CascadeROIHeads3D"]
 
@@ -115,11 +115,7 @@ class CascadeROIHeads3D(StandardROIHeads3D):
                 "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True"
             )
         ndim = cfg.MODEL.SPATIAL_DIMS
-        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        box_pooler = cls._pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
-        shape = ShapeSpec(
-            channels=_input_channels(input_shape, in_features), size=box_pooler.output_size
-        )
+        in_features, box_pooler, shape = cls._box_pooler(cfg, input_shape)
         heads, predictors, matchers = [], [], []
         for iou, w in zip(ious, weights):
             head = build_box_head(cfg, shape)
@@ -187,39 +183,29 @@ class CascadeROIHeads3D(StandardROIHeads3D):
         for p, boxes in zip(proposals, self.box_predictor[k].predict_boxes(predictions, proposals)):
             boxes = Boxes(boxes.detach())
             boxes.clip(p.image_size)
-            keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.tensor.device)
             if self.training:  # an empty box has no IoU to learn from
-                keep = boxes.nonempty()
-            q = Instances(p.image_size)
-            q.proposal_boxes = boxes[keep]
-            out.append(q)
+                boxes = boxes[boxes.nonempty()]
+            out.append(Instances(p.image_size, proposal_boxes=boxes))
         return out
 
     @torch.no_grad()
     def _match_and_label(self, proposals: List[Instances], k: int, targets) -> List[Instances]:
         """Labels stage ``k``'s boxes against the ground truth at its IoU (no sampling)."""
         for p, t in zip(proposals, targets):
-            if len(t):
-                iou = pairwise_iou(t.gt_boxes, p.proposal_boxes)
-                idx, labels = self.proposal_matchers[k](iou)
-                gt_classes = t.gt_classes[idx].clone()
-                gt_classes[labels == 0] = self.num_classes
-                gt_boxes = t.gt_boxes[idx]
-            else:
-                gt_classes = torch.full(
-                    (len(p),), self.num_classes, dtype=torch.int64, device=p.proposal_boxes.device
-                )
-                gt_boxes = Boxes(p.proposal_boxes.tensor.new_zeros((len(p), 2 * self.ndim)))
-            p.gt_classes = gt_classes
-            p.gt_boxes = gt_boxes
+            idx, labels = self.proposal_matchers[k](pairwise_iou(t.gt_boxes, p.proposal_boxes))
+            p.gt_classes = self.matched_classes(idx, labels, t.gt_classes)
+            p.gt_boxes = (
+                t.gt_boxes[idx]
+                if len(t)
+                else Boxes(p.proposal_boxes.tensor.new_zeros((len(p), 2 * self.ndim)))
+            )
         return proposals
 
-    def box_objectness(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
+    def box_probs(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
         """
-        ``1 - p(background)`` of given boxes, the probabilities averaged over the stages (each
-        stage on the boxes themselves: given boxes are final, there is nothing to refine).
+        The class probabilities of given boxes, averaged over the stages (each stage on the boxes
+        themselves: given boxes are final, there is nothing to refine).
         """
-        assert not self.training
         total = None
         for k in range(self.num_cascade_stages):
             predictions = self._box_predictions(
@@ -227,4 +213,4 @@ class CascadeROIHeads3D(StandardROIHeads3D):
             )
             probs = self.box_predictor[k].predict_probs(predictions, boxes)
             total = probs if total is None else [a + b for a, b in zip(total, probs)]
-        return [1.0 - p[:, -1] / self.num_cascade_stages for p in total]
+        return [p / self.num_cascade_stages for p in total]

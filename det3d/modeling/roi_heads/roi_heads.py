@@ -167,6 +167,20 @@ class ROIHeads3D(nn.Module):
             "ndim": cfg.MODEL.SPATIAL_DIMS,
         }
 
+    def matched_classes(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Per proposal, from the matcher's output: its gt object's class, K (background) where the
+        label is 0 or the image has no gt, -1 where it is ignored.
+        """
+        if gt_classes.numel() == 0:
+            return torch.zeros_like(matched_idxs) + self.num_classes
+        classes = gt_classes[matched_idxs]
+        classes[matched_labels == 0] = self.num_classes
+        classes[matched_labels == -1] = -1
+        return classes
+
     def _sample_proposals(
         self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -175,13 +189,7 @@ class ROIHeads3D(nn.Module):
             Tensor: indices of the sampled proposals.
             Tensor: their classes (K = background).
         """
-        has_gt = gt_classes.numel() > 0
-        if has_gt:
-            gt_classes = gt_classes[matched_idxs]
-            gt_classes[matched_labels == 0] = self.num_classes
-            gt_classes[matched_labels == -1] = -1
-        else:
-            gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+        gt_classes = self.matched_classes(matched_idxs, matched_labels, gt_classes)
         fg_inds, bg_inds = subsample_labels(
             gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
         )
@@ -361,12 +369,18 @@ class StandardROIHeads3D(ROIHeads3D):
         )
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
+    def _box_pooler(cls, cfg, input_shape) -> Tuple[List[str], ROIPooler, ShapeSpec]:
+        """The box branch's input features, pooler, and the pooled shape its heads take."""
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         box_pooler = cls._pooler(cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, in_features)
         channels = _input_channels(input_shape, in_features)
-        # the pooled size travels with the shape, so the head cannot disagree with its pooler
-        box_head = build_box_head(cfg, ShapeSpec(channels=channels, size=box_pooler.output_size))
+        # the pooled size travels with the shape, so a head cannot disagree with its pooler
+        return in_features, box_pooler, ShapeSpec(channels=channels, size=box_pooler.output_size)
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        in_features, box_pooler, shape = cls._box_pooler(cfg, input_shape)
+        box_head = build_box_head(cfg, shape)
         box_predictor = FastRCNNOutputLayers3D(cfg, box_head.output_shape)
         return {
             "box_in_features": in_features,
@@ -450,8 +464,13 @@ class StandardROIHeads3D(ROIHeads3D):
             list[Tensor]: per image, (len(boxes[i]),).
         """
         assert not self.training
-        probs = self.box_predictor.predict_probs(self._box_predictions(features, boxes), boxes)
-        return [1.0 - p[:, -1] for p in probs]  # background last
+        return [1.0 - p[:, -1] for p in self.box_probs(features, boxes)]  # background last
+
+    def box_probs(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> List[torch.Tensor]:
+        """The box branch's class probabilities of given boxes: per image, (len(boxes[i]), K+1)."""
+        return self.box_predictor.predict_probs(self._box_predictions(features, boxes), boxes)
 
     def _chunks(self, instances: List) -> List[List[Tuple[int, int]]]:
         """
