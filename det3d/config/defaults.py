@@ -400,6 +400,10 @@ def add_det3d_config(cfg: CN) -> None:
     # random; 0 = all of them, as Detectron2. In 3D the mask branch (convolutions over (2P)^3
     # voxels per RoI) is the dearest part of a step: a cap makes steps cheaper on CPUs.
     _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_PER_IMAGE", 0)
+    # With TRAIN_ROIS_PER_IMAGE > 0, a foreground RoI is drawn with weight 1 + this * its box IoU
+    # with the gt object it is not matched to that its box overlaps most: RoIs that hold a
+    # touching neighbour, where a mask head spills into it, are drawn more often. 0 = uniform.
+    _add(_C.MODEL.ROI_MASK_HEAD, "TRAIN_ROIS_NEIGHBOR_BIAS", 0.0)
     # Channels of the mask head's image refinement: the RoI's input voxels, resampled at the mask
     # resolution, join the upsampled features for two last convs, so mask boundaries follow the
     # image and not only features of stride 4 and up. 0 = none (Detectron2's head).

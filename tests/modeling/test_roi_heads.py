@@ -391,12 +391,13 @@ def test_mask_branch_trains_on_a_capped_number_of_foreground_rois():
     heads.mask_train_rois = 0
     heads(images, feats, _proposals(targets), targets)
     assert len(seen["inst"][0]) > 3  # without the cap, more foreground RoIs
-    heads.mask_train_rois = 3
-    _, losses = heads(images, feats, _proposals(targets), targets)
-    (inst,) = seen["inst"]
-    assert len(inst) == 3 == seen["x"].shape[0]
-    assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
-    assert torch.isfinite(losses["loss_mask"])
+    for bias in (0.0, 4.0):  # uniform, and weighted by the overlap with a neighbour
+        heads.mask_train_rois, heads.mask_train_neighbor_bias = 3, bias
+        _, losses = heads(images, feats, _proposals(targets), targets)
+        (inst,) = seen["inst"]
+        assert len(inst) == 3 == seen["x"].shape[0]
+        assert (inst.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+        assert torch.isfinite(losses["loss_mask"])
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -431,6 +432,71 @@ def test_mask_head_with_image_refinement_gets_each_rois_image(ndim):
             heads.forward_with_given_boxes(feats, [whole])
     assert len(whole) > 2
     torch.testing.assert_close(chunked.pred_masks, whole.pred_masks)
+
+
+def test_neighbor_iou_is_the_iou_with_the_second_most_overlapped_gt_box():
+    from det3d.modeling.roi_heads.roi_heads import neighbor_iou
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand_boxes(n, ndim):
+        lo = torch.rand(n, ndim, generator=g) * 20
+        return Boxes(torch.cat([lo, lo + 1 + torch.rand(n, ndim, generator=g) * 15], 1))
+
+    for ndim in (2, 3):
+        boxes, gt = rand_boxes(30, ndim), rand_boxes(4, ndim)
+        got = neighbor_iou(boxes, gt)
+        for i in range(len(boxes)):  # brute force: sort the RoI's IoUs with each gt box
+            ious = sorted((pairwise_iou(boxes[i : i + 1], gt[j : j + 1]).item() for j in range(4)))
+            assert got[i].item() == pytest.approx(ious[-2], abs=1e-6)
+        assert torch.equal(neighbor_iou(boxes, gt[:1]), torch.zeros(30))
+    # a RoI on one object of a touching pair holds part of the other; one on an isolated one none
+    gt = Boxes(
+        torch.tensor([[0.0, 0, 0, 10, 10, 10], [8.0, 0, 0, 18, 10, 10], [40.0, 40, 40, 50, 50, 50]])
+    )
+    rois = Boxes(torch.tensor([[0.0, 0, 0, 10, 10, 10], [40.0, 40, 40, 50, 50, 50]]))
+    torch.testing.assert_close(neighbor_iou(rois, gt), torch.tensor([2 / 18, 0.0]))
+
+
+def test_mask_training_rois_drawn_by_neighbour_overlap():
+    # TRAIN_ROIS_NEIGHBOR_BIAS: each draw of one RoI picks RoI i with probability w_i / sum(w),
+    # w = 1 + bias * neighbor_iou; 0 draws uniformly.
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 1
+    _, shapes = _features(3, (16, 32, 32))
+    heads = build_roi_heads(cfg, shapes)
+    shape = (64, 64, 64)
+    gt = Instances(shape)
+    gt.gt_boxes = Boxes(
+        torch.tensor([[0.0, 0, 0, 10, 10, 10], [8.0, 0, 0, 18, 10, 10], [40.0, 40, 40, 50, 50, 50]])
+    )
+    rois = Instances(shape)  # RoI 0 on the touching pair's first object, RoI 1 on the isolated one
+    rois.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 0, 10, 10, 10], [40.0, 40, 40, 50, 50, 50]]))
+    rois.tag = torch.arange(2)
+    for bias, p_touching in ((0.0, 0.5), (36.0, 5.0 / 6.0)):  # w = 1 + 36 * 2 / 18 = 5 against 1
+        heads.mask_train_neighbor_bias = bias
+        torch.manual_seed(0)
+        picks = torch.stack([heads._mask_training_rois(rois, gt).tag for _ in range(4000)])
+        assert picks.shape == (4000, 1)
+        assert (picks == 0).float().mean().item() == pytest.approx(p_touching, abs=0.025)
+    heads.mask_train_rois = 2  # no more RoIs than the cap: all of them, none drawn
+    assert heads._mask_training_rois(rois, gt) is rois
+
+
+@pytest.mark.parametrize(
+    "rois, bias, match",
+    [
+        (4, -1.0, "TRAIN_ROIS_NEIGHBOR_BIAS must be a number >= 0"),
+        (0, 2.0, "TRAIN_ROIS_PER_IMAGE RoIs, which is 0"),
+    ],
+)
+def test_mask_train_neighbor_bias_errors(rois, bias, match):
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = rois
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_NEIGHBOR_BIAS = bias
+    _, shapes = _features(3, (16, 32, 32))
+    with pytest.raises(ValueError, match=match):
+        build_roi_heads(cfg, shapes)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5])

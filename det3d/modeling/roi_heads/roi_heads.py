@@ -32,6 +32,7 @@ __all__ = [
     "build_roi_heads",
     "select_foreground_proposals",
     "roi_chunks",
+    "neighbor_iou",
     "ROI_HEADS_REGISTRY",
 ]
 
@@ -91,6 +92,17 @@ def roi_chunks(lengths: List[int], chunk_size: int) -> List[List[Tuple[int, int]
             ]
         )
     return chunks
+
+
+def neighbor_iou(boxes: Boxes, gt_boxes: Boxes) -> torch.Tensor:
+    """
+    Per box, its IoU with the gt box it overlaps second most: for a RoI matched to the gt it
+    overlaps most (as :class:`Matcher` matches), the nearest other object, i.e. how much of a
+    neighbour the RoI holds. 0 with fewer than two gt boxes.
+    """
+    if len(gt_boxes) < 2:
+        return boxes.tensor.new_zeros(len(boxes))
+    return pairwise_iou(boxes, gt_boxes).topk(2, dim=1).values[:, 1]
 
 
 def _pooler_scales(input_shape: Dict[str, ShapeSpec], in_features: List[str], ndim: int):
@@ -280,6 +292,7 @@ class StandardROIHeads3D(ROIHeads3D):
         mask_box_expand: float = 1.0,
         mask_box_expand_test: float = 0.0,
         mask_train_rois: int = 0,
+        mask_train_neighbor_bias: float = 0.0,
         train_on_pred_boxes: bool = False,
         roi_chunk_size: int = 0,
         **kwargs,
@@ -296,6 +309,9 @@ class StandardROIHeads3D(ROIHeads3D):
             mask_box_expand_test: the factor at inference; 0 = ``mask_box_expand``.
             mask_train_rois: in training, the mask branch runs on at most this many foreground
                 RoIs per image, drawn at random (0 = all, as Detectron2).
+            mask_train_neighbor_bias: with ``mask_train_rois``, a RoI is drawn with weight
+                1 + this * :func:`neighbor_iou` (0 = uniform), so RoIs that hold a touching
+                neighbour train the mask branch more often.
             train_on_pred_boxes: train the mask branch on the box branch's predicted boxes.
             roi_chunk_size: at inference, pool and run each branch on at most this many RoIs at
                 a time (0 = all at once); the results are the same (``TEST.ROI_CHUNK_SIZE``).
@@ -342,6 +358,19 @@ class StandardROIHeads3D(ROIHeads3D):
         self.mask_box_expand = float(mask_box_expand)
         self.mask_box_expand_test = float(mask_box_expand_test or mask_box_expand)
         self.mask_train_rois = int(mask_train_rois)
+        bias = mask_train_neighbor_bias
+        if isinstance(bias, bool) or not bias >= 0:
+            raise ValueError(
+                "MODEL.ROI_MASK_HEAD.TRAIN_ROIS_NEIGHBOR_BIAS must be a number >= 0 (0 = a "
+                f"uniform draw), got {bias!r}"
+            )
+        if bias > 0 and self.mask_train_rois == 0:
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.TRAIN_ROIS_NEIGHBOR_BIAS {bias} biases the draw of "
+                "MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE RoIs, which is 0 (every foreground RoI, "
+                "no draw): set it, or the bias to 0"
+            )
+        self.mask_train_neighbor_bias = float(bias)
         self.train_on_pred_boxes = train_on_pred_boxes
         self.roi_chunk_size = int(roi_chunk_size)
 
@@ -399,6 +428,7 @@ class StandardROIHeads3D(ROIHeads3D):
             "mask_box_expand": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND,
             "mask_box_expand_test": cfg.MODEL.ROI_MASK_HEAD.BOX_EXPAND_TEST,
             "mask_train_rois": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
+            "mask_train_neighbor_bias": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_NEIGHBOR_BIAS,
             "mask_pooler": mask_pooler,
             "mask_head": build_mask_head(
                 cfg, ShapeSpec(channels=channels, size=mask_pooler.output_size)
@@ -433,7 +463,7 @@ class StandardROIHeads3D(ROIHeads3D):
                 # every gt object of each volume: the mask loss weighs the neighbours in a RoI
                 gt_union = [u.bool() for u in foreground_targets(targets)]
             losses = self._forward_box(features, proposals, targets)
-            losses.update(self._forward_mask(features, proposals, images, gt_union))
+            losses.update(self._forward_mask(features, proposals, images, gt_union, targets))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
         pred_instances = self.forward_with_given_boxes(features, pred_instances, images)
@@ -541,17 +571,37 @@ class StandardROIHeads3D(ROIHeads3D):
         image = self.mask_image_pooler([images.tensor], boxes)
         return self.mask_head(self.mask_pooler(feats, boxes), instances, image=image)
 
+    def _mask_training_rois(self, x: Instances, targets: Optional[Instances]) -> Instances:
+        """
+        At most ``mask_train_rois`` of one image's foreground RoIs, drawn without replacement:
+        uniformly, or with ``mask_train_neighbor_bias`` and the image's gt ``targets`` with
+        weight 1 + bias * :func:`neighbor_iou`.
+        """
+        if len(x) <= self.mask_train_rois:
+            return x
+        device = x.proposal_boxes.device
+        if self.mask_train_neighbor_bias > 0 and targets is not None and len(targets) > 1:
+            weights = 1.0 + self.mask_train_neighbor_bias * neighbor_iou(
+                x.proposal_boxes, targets.gt_boxes
+            )
+            keep = torch.multinomial(weights, self.mask_train_rois, replacement=False)
+        else:
+            keep = torch.randperm(len(x), device=device)[: self.mask_train_rois]
+        return x[keep]
+
     def _forward_mask(
         self,
         features: Dict[str, torch.Tensor],
         instances: List[Instances],
         images: Optional[ImageList] = None,
         gt_union: Optional[List[torch.Tensor]] = None,
+        targets: Optional[List[Instances]] = None,
     ):
         """
         The mask branch. In training, ``gt_union`` (per image, a bool volume of every gt object)
         becomes the foreground RoIs' ``gt_union_masks``, which the mask loss needs for
-        ``ROI_MASK_HEAD.NEIGHBOR_WEIGHT``.
+        ``ROI_MASK_HEAD.NEIGHBOR_WEIGHT``, and ``targets`` (per image, the gt ``Instances``)
+        weigh the draw of ``mask_train_rois`` RoIs by ``mask_train_neighbor_bias``.
         """
         if not self.mask_on:
             return {} if self.training else instances
@@ -559,18 +609,8 @@ class StandardROIHeads3D(ROIHeads3D):
             instances, _ = select_foreground_proposals(instances, self.num_classes)
             if self.mask_train_rois > 0:
                 # a random subset: the mask branch is the dearest part of a 3D training step
-                instances = [
-                    (
-                        x[
-                            torch.randperm(len(x), device=x.proposal_boxes.device)[
-                                : self.mask_train_rois
-                            ]
-                        ]
-                        if len(x) > self.mask_train_rois
-                        else x
-                    )
-                    for x in instances
-                ]
+                targets = targets if targets is not None else [None] * len(instances)
+                instances = [self._mask_training_rois(x, t) for x, t in zip(instances, targets)]
             for x, union in zip(instances, gt_union or []):
                 # one view of the volume's objects per RoI, not a copy
                 x.gt_union_masks = BitMasks(union[None].expand(len(x), *union.shape))
