@@ -194,11 +194,8 @@ class CascadeROIHeads3D(StandardROIHeads3D):
         for p, t in zip(proposals, targets):
             idx, labels = self.proposal_matchers[k](pairwise_iou(t.gt_boxes, p.proposal_boxes))
             p.gt_classes = self.matched_classes(idx, labels, t.gt_classes)
-            p.gt_boxes = (
-                t.gt_boxes[idx]
-                if len(t)
-                else Boxes(p.proposal_boxes.tensor.new_zeros((len(p), 2 * self.ndim)))
-            )
+            # the boxes only: a later stage has no mask branch to feed
+            self.attach_matched_gt(p, t, idx, fields=("gt_boxes",))
         return proposals
 
     def box_probs(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:

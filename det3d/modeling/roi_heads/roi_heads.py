@@ -193,6 +193,29 @@ class ROIHeads3D(nn.Module):
         classes[matched_labels == -1] = -1
         return classes
 
+    def attach_matched_gt(
+        self,
+        proposals: Instances,
+        targets: Instances,
+        matched_idxs: torch.Tensor,
+        fields: Optional[Tuple[str, ...]] = None,
+    ) -> None:
+        """
+        Gives each proposal the ``gt_*`` fields (all, or those named in ``fields``) of the gt
+        object ``matched_idxs`` names, leaving fields it already has; with no gt in the image,
+        an all-zero ``gt_boxes`` row each (the box loss ignores background RoIs).
+        """
+        if len(targets) == 0:
+            proposals.gt_boxes = Boxes(
+                proposals.proposal_boxes.tensor.new_zeros((len(proposals), 2 * self.ndim))
+            )
+            return
+        for name, value in targets.get_fields().items():
+            if not name.startswith("gt_") or proposals.has(name):
+                continue
+            if fields is None or name in fields:
+                proposals.set(name, value[matched_idxs])
+
     def _sample_proposals(
         self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +253,6 @@ class ROIHeads3D(nn.Module):
         sampled_proposals = []
         num_fg, num_bg = [], []
         for proposals_per_image, targets_per_image in zip(proposals, targets):
-            has_gt = len(targets_per_image) > 0
             iou = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
             sampled_idxs, gt_classes = self._sample_proposals(
@@ -238,17 +260,9 @@ class ROIHeads3D(nn.Module):
             )
             proposals_per_image = proposals_per_image[sampled_idxs]
             proposals_per_image.gt_classes = gt_classes
-            if has_gt:
-                sampled_targets = matched_idxs[sampled_idxs]
-                for name, value in targets_per_image.get_fields().items():
-                    if name.startswith("gt_") and not proposals_per_image.has(name):
-                        proposals_per_image.set(name, value[sampled_targets])
-            else:
-                proposals_per_image.gt_boxes = Boxes(
-                    proposals_per_image.proposal_boxes.tensor.new_zeros(
-                        (len(sampled_idxs), 2 * self.ndim)
-                    )
-                )
+            self.attach_matched_gt(
+                proposals_per_image, targets_per_image, matched_idxs[sampled_idxs]
+            )
             num_bg.append(int((gt_classes == self.num_classes).sum().item()))
             num_fg.append(len(gt_classes) - num_bg[-1])
             sampled_proposals.append(proposals_per_image)
