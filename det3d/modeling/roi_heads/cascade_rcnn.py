@@ -143,7 +143,12 @@ class CascadeROIHeads3D(StandardROIHeads3D):
 
     def _stage(self, features, proposals: List[Instances], k: int):
         boxes = [x.proposal_boxes for x in proposals]
-        return self._box_predictions(features, boxes, self.box_head[k], self.box_predictor[k])
+        return self._stage_predictions(features, boxes, [self._stages[k]])[0]
+
+    @property
+    def _stages(self):
+        """(box head, predictor) of each stage."""
+        return list(zip(self.box_head, self.box_predictor))
 
     def _forward_box(self, features, proposals: List[Instances], targets=None):
         stages = []  # (predictions, proposals) per stage
@@ -201,13 +206,8 @@ class CascadeROIHeads3D(StandardROIHeads3D):
     def box_probs(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
         """
         The class probabilities of given boxes, averaged over the stages (each stage on the boxes
-        themselves: given boxes are final, there is nothing to refine).
+        themselves: given boxes are final, there is nothing to refine; pooled once for all).
         """
-        total = None
-        for k in range(self.num_cascade_stages):
-            predictions = self._box_predictions(
-                features, boxes, self.box_head[k], self.box_predictor[k]
-            )
-            probs = self.box_predictor[k].predict_probs(predictions, boxes)
-            total = probs if total is None else [a + b for a, b in zip(total, probs)]
-        return [p / self.num_cascade_stages for p in total]
+        predictions = self._stage_predictions(features, boxes, self._stages)
+        probs = [p.predict_probs(x, boxes) for p, x in zip(self.box_predictor, predictions)]
+        return [sum(per_stage) / self.num_cascade_stages for per_stage in zip(*probs)]

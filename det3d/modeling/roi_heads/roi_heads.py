@@ -523,27 +523,34 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         return roi_chunks([len(x) for x in instances], 0 if self.training else self.roi_chunk_size)
 
-    def _box_predictions(
-        self, features: Dict[str, torch.Tensor], boxes: List[Boxes], head=None, predictor=None
-    ):
+    def _box_predictions(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
+        """The box predictor's outputs for the boxes of every image, in order, pooled by chunks."""
+        return self._stage_predictions(features, boxes, [(self.box_head, self.box_predictor)])[0]
+
+    def _stage_predictions(
+        self,
+        features: Dict[str, torch.Tensor],
+        boxes: List[Boxes],
+        stages: List[Tuple[nn.Module, nn.Module]],
+    ) -> list:
         """
-        The box predictor's outputs for the boxes of every image, in order, pooled by chunks.
-        ``head`` / ``predictor``: another box head and predictor than the branch's own (a
-        cascade stage's).
+        Per (box head, predictor) pair of ``stages`` (a cascade's, or the branch's own), its
+        outputs for the boxes of every image, in order: each chunk of boxes is pooled once and
+        every pair runs on the same pooled features.
         """
-        head = self.box_head if head is None else head
-        predictor = self.box_predictor if predictor is None else predictor
         feats = [features[f] for f in self.box_in_features]
-        chunk_predictions = []
+        per_stage = [[] for _ in stages]
         for chunk in self._chunks(boxes):
             part = [b[a:e] for b, (a, e) in zip(boxes, chunk)]
             box_features = self.box_head_input(self.box_pooler(feats, part))
-            chunk_predictions.append(predictor(head(box_features)))
+            for out, (head, predictor) in zip(per_stage, stages):
+                out.append(predictor(head(box_features)))
             del box_features
-        if len(chunk_predictions) == 1:
-            return chunk_predictions[0]
         # the predictor's outputs are per-RoI tensors (scores, deltas)
-        return tuple(cat(list(p), dim=0) for p in zip(*chunk_predictions))
+        return [
+            chunks[0] if len(chunks) == 1 else tuple(cat(list(p), dim=0) for p in zip(*chunks))
+            for chunks in per_stage
+        ]
 
     def box_head_input(self, pooled: torch.Tensor) -> torch.Tensor:
         """The pooled box features as the box head takes them (a cascade scales their gradient)."""
