@@ -600,14 +600,13 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         if len(x) <= self.mask_train_rois:
             return x
-        device = x.proposal_boxes.device
         if self.mask_train_neighbor_bias > 0 and targets is not None and len(targets) > 1:
             weights = 1.0 + self.mask_train_neighbor_bias * neighbor_iou(
                 x.proposal_boxes, targets.gt_boxes
             )
             keep = torch.multinomial(weights, self.mask_train_rois, replacement=False)
         else:
-            keep = torch.randperm(len(x), device=device)[: self.mask_train_rois]
+            keep = torch.randperm(len(x), device=x.proposal_boxes.device)[: self.mask_train_rois]
         return x[keep]
 
     def _forward_mask(
