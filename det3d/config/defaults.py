@@ -386,6 +386,13 @@ def add_det3d_config(cfg: CN) -> None:
     # objects touch, a box holds part of its neighbour, and a mask that takes it in merges the two
     # objects in the label volume. 1.0 = as every other voxel (Detectron2).
     _add(_C.MODEL.ROI_MASK_HEAD, "NEIGHBOR_WEIGHT", 1.0)
+    # A neighbour branch in the mask head (BCNet's occluder layer): this many 3x3(x3) convs on the
+    # pooled features learn which of the RoI's voxels belong to *other* gt objects (its own loss,
+    # "loss_mask_neighbor", times NEIGHBOR_LOSS_WEIGHT) and add their features to the pooled ones
+    # before the mask convs, so a mask is predicted knowing where its touching neighbours lie.
+    # 0 = none (Detectron2's head).
+    _add(_C.MODEL.ROI_MASK_HEAD, "NEIGHBOR_CONVS", 0)
+    _add(_C.MODEL.ROI_MASK_HEAD, "NEIGHBOR_LOSS_WEIGHT", 1.0)
     # Probability above which a pasted mask voxel belongs to the instance.
     _add(_C.MODEL.ROI_MASK_HEAD, "MASK_THRESHOLD", 0.5)
     # The mask branch pools and predicts in boxes scaled by this factor about their centres, so a

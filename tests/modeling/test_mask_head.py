@@ -159,3 +159,105 @@ def test_neighbor_weight_must_not_be_negative():
     cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_WEIGHT = -1.0
     with pytest.raises(ValueError, match="NEIGHBOR_WEIGHT must be >= 0, got -1.0"):
         build_mask_head(cfg, ShapeSpec(channels=16))
+
+
+def _touching_pair_roi():
+    """Two cubes touching along x; one RoI on the first reaching 2 voxels into the second."""
+    shape = (8, 8, 8)
+    labels = torch.zeros(shape, dtype=torch.int64)
+    labels[2:6, 2:6, 2:4] = 1
+    labels[2:6, 2:6, 4:6] = 2
+    boxes = torch.tensor([[2.0, 2.0, 2.0, 6.0, 6.0, 6.0]])  # x0 y0 z0 x1 y1 z1
+    inst = Instances(shape, proposal_boxes=Boxes(boxes), gt_classes=torch.tensor([0]))
+    inst.gt_masks = BitMasks((labels == 1)[None])
+    inst.gt_union_masks = BitMasks((labels > 0)[None])
+    return inst
+
+
+def test_neighbor_mask_loss_targets_the_other_objects_voxels_in_the_roi():
+    from det3d.modeling.roi_heads import neighbor_mask_loss
+
+    inst = _touching_pair_roi()
+    logits = torch.randn(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    target = torch.zeros(1, 4, 4, 4)
+    target[..., 2:] = 1.0  # the RoI's second half in x is the other cube
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], target)
+    torch.testing.assert_close(neighbor_mask_loss(logits, [inst]), expected)
+    # at a coarser grid the target is cropped at that size: 2 cells per axis, the second x cell
+    coarse = torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    target = torch.zeros(1, 2, 2, 2)
+    target[..., 1] = 1.0
+    expected = F.binary_cross_entropy_with_logits(coarse[:, 0], target)
+    torch.testing.assert_close(neighbor_mask_loss(coarse, [inst]), expected)
+    # background is not a neighbour: a lone object's RoI has an all-zero target
+    lone = _touching_pair_roi()
+    lone.gt_union_masks = lone.gt_masks
+    zeros = torch.zeros(1, 4, 4, 4)
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], zeros)
+    torch.testing.assert_close(neighbor_mask_loss(logits, [lone]), expected)
+    empty = neighbor_mask_loss(logits[:0], [inst[:0]])
+    assert empty.item() == 0
+    inst.remove("gt_union_masks")
+    with pytest.raises(ValueError, match="NEIGHBOR_CONVS needs gt_union_masks"):
+        neighbor_mask_loss(logits, [inst])
+
+
+def test_neighbor_branch_feeds_the_mask_convs_and_trains_on_its_own_loss():
+    from det3d.modeling.roi_heads import neighbor_mask_loss
+
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
+    torch.manual_seed(0)
+    plain = build_mask_head(cfg, ShapeSpec(channels=16))
+    assert not plain.needs_gt_union
+    cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_CONVS = 2
+    cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT = 0.5
+    torch.manual_seed(0)
+    head = build_mask_head(cfg, ShapeSpec(channels=16))
+    assert head.needs_gt_union
+    # built last: the mask convs start from the same weights as the plain head's
+    state = head.state_dict()
+    for name, value in plain.state_dict().items():
+        assert torch.equal(state[name], value), name
+    assert [c.out_channels for c in head.neighbor_convs] == [cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, 16]
+
+    x = torch.randn(1, 16, 2, 2, 2)
+    h = x
+    for layer in head.neighbor_convs:
+        h = layer(h)
+    assert h.abs().amax() > 0
+    # the mask is the plain head's on the pooled features plus the branch's
+    torch.testing.assert_close(head.layers(x), plain.layers(x + h))
+    assert not torch.allclose(head.layers(x), plain.layers(x))
+
+    head.train()
+    inst = _touching_pair_roi()
+    out = head(x, [inst])
+    assert set(out) == {"loss_mask", "loss_mask_neighbor"}
+    torch.testing.assert_close(out["loss_mask"], mask_rcnn_loss(head.layers(x), [inst]))
+    torch.testing.assert_close(
+        out["loss_mask_neighbor"], 0.5 * neighbor_mask_loss(head.neighbor_predictor(h), [inst])
+    )
+    # the branch's loss reaches the branch's weights
+    out["loss_mask_neighbor"].backward()
+    assert head.neighbor_fcn1.weight.grad.abs().amax() > 0
+    assert head.mask_fcn1.weight.grad is None
+
+    head.eval()
+    with torch.no_grad():
+        (det,) = head(x, [Instances((8, 8, 8), pred_classes=torch.tensor([1]))])
+    torch.testing.assert_close(det.pred_masks, head.layers(x)[:, 1].sigmoid())
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("NEIGHBOR_CONVS", -1, "NEIGHBOR_CONVS must be an int >= 0, got -1"),
+        ("NEIGHBOR_LOSS_WEIGHT", -0.5, "NEIGHBOR_LOSS_WEIGHT must be >= 0, got -0.5"),
+    ],
+)
+def test_neighbor_branch_errors(key, value, match):
+    cfg = tiny_cfg(3)
+    cfg.MODEL.ROI_MASK_HEAD[key] = value
+    with pytest.raises(ValueError, match=match):
+        build_mask_head(cfg, ShapeSpec(channels=16))

@@ -551,3 +551,22 @@ def test_mask_branch_weighs_other_objects_voxels_in_training(ndim):
     heads.mask_head.neighbor_weight = 1.0
     heads(images, feats, proposals, targets)
     assert not seen["inst"][0].has("gt_union_masks")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_branch_with_a_neighbour_branch_gets_every_gt_object(ndim):
+    # NEIGHBOR_CONVS: the foreground RoIs carry the volume's gt objects, and the neighbour
+    # branch's loss is the one of its logits against them
+    from det3d.modeling.roi_heads import neighbor_mask_loss
+
+    shape, _, feats, _, heads, targets = _mask_branch_setup(ndim, NEIGHBOR_CONVS=1)
+    images = ImageList(torch.zeros((1, 1) + shape), [shape])
+    inst, losses = _mask_head_input_in_training(heads, images, feats, targets)
+    assert len(inst) > 0
+    union = targets[0].gt_masks.tensor.any(0)
+    assert all(torch.equal(m, union) for m in inst.gt_union_masks.tensor)
+    pooled = heads.mask_pooler([feats[f] for f in heads.mask_in_features], [inst.proposal_boxes])
+    _, logits = heads.mask_head._layers(pooled)
+    assert torch.allclose(
+        losses["loss_mask_neighbor"], neighbor_mask_loss(logits, [inst]), atol=1e-6
+    )

@@ -9,6 +9,7 @@ from .mask_head import (
     build_mask_head,
     mask_rcnn_inference,
     mask_rcnn_loss,
+    neighbor_mask_loss,
 )
 from .roi_heads import (
     ROI_HEADS_REGISTRY,

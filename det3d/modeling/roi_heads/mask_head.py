@@ -27,6 +27,7 @@ __all__ = [
     "build_mask_head",
     "mask_rcnn_loss",
     "mask_rcnn_inference",
+    "neighbor_mask_loss",
     "ROI_MASK_HEAD_REGISTRY",
 ]
 
@@ -118,6 +119,41 @@ def mask_rcnn_loss(
     return loss
 
 
+def neighbor_mask_loss(neighbor_logits: torch.Tensor, instances: List[Instances]) -> torch.Tensor:
+    """
+    Loss of a mask head's neighbour branch: for each foreground RoI, which of its voxels belong to
+    another gt object of the volume (in its ``gt_union_masks``, not in its own ``gt_masks``), both
+    cropped to the RoI box and resized to the branch's resolution (thresholded at 0.5). Mean
+    binary cross-entropy over voxels (many RoIs hold no neighbour, where a Dice is undefined).
+
+    Args:
+        neighbor_logits: (R, 1, *S) one logit per voxel of the RoI grid.
+        instances: per image, foreground proposals with ``proposal_boxes`` (or ``mask_boxes``),
+            ``gt_masks`` and ``gt_union_masks``; their total length is R.
+
+    Returns:
+        scalar Tensor (0, attached to the graph, when there is no foreground RoI).
+    """
+    size = tuple(neighbor_logits.shape[2:])
+    targets = []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        if not inst.has("gt_union_masks"):
+            raise ValueError(
+                "neighbor_mask_loss: ROI_MASK_HEAD.NEIGHBOR_CONVS needs gt_union_masks (every gt "
+                "object of the volume) on the foreground RoIs; the ROI heads set it"
+            )
+        boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
+        own = inst.gt_masks.crop_and_resize(boxes.tensor, size) >= 0.5
+        union = inst.gt_union_masks.crop_and_resize(boxes.tensor, size) >= 0.5
+        targets.append((union & ~own).to(device=neighbor_logits.device))
+    if len(targets) == 0:
+        return neighbor_logits.sum() * 0.0
+    target = cat(targets, dim=0).to(neighbor_logits.dtype)
+    return F.binary_cross_entropy_with_logits(neighbor_logits[:, 0], target, reduction="mean")
+
+
 def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
     """
     Stores ``pred_masks`` (N, *M): the sigmoid probabilities of each detection's predicted class,
@@ -153,6 +189,14 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
     with ReLU refine them before the predictor. Pooled features come from strides of 4 and up, so
     on small, low-contrast objects they place a boundary to a few voxels only; the image places it
     to one. The ROI heads pool the image for the head (``image_input_size`` says at which size).
+
+    With ``neighbor_convs > 0`` (``NEIGHBOR_CONVS``; BCNet's occluder layer, Ke et al. 2021) a
+    branch of that many 3x3(x3) convs with ReLU reads the pooled features first and learns, with a
+    1x1(x1) predictor of its own, which voxels of the RoI belong to *other* gt objects
+    (``loss_mask_neighbor`` = ``NEIGHBOR_LOSS_WEIGHT * neighbor_mask_loss(...)``, at the pooled
+    resolution); its features are added to the pooled ones before the convs above, so the mask
+    is predicted knowing where the RoI's neighbours lie. At inference the branch's prediction is
+    not used, only its features.
     """
 
     @configurable
@@ -171,6 +215,8 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         loss_weight: float = 1.0,
         image_refine_dim: int = 0,
         image_channels: int = 1,
+        neighbor_convs: int = 0,
+        neighbor_loss_weight: float = 1.0,
     ):
         """
         Args:
@@ -186,6 +232,9 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             image_refine_dim: channels of the image refinement (0 = none, the head sees
                 features only).
             image_channels: channels of the input image (with ``image_refine_dim``).
+            neighbor_convs: convs of the neighbour branch (0 = none); the last one outputs the
+                pooled features' channels, the others ``conv_dims[0]``.
+            neighbor_loss_weight: multiplies the neighbour branch's loss.
         """
         super().__init__()
         if len(conv_dims) < 1:
@@ -249,6 +298,34 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.constant_(self.predictor.bias, 0)
 
+        # built last, so a head without it draws the same initial weights as before
+        if int(neighbor_convs) != neighbor_convs or neighbor_convs < 0:
+            raise ValueError(
+                f"ROI_MASK_HEAD.NEIGHBOR_CONVS must be an int >= 0, got {neighbor_convs}"
+            )
+        if not neighbor_loss_weight >= 0:
+            raise ValueError(
+                f"ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT must be >= 0, got {neighbor_loss_weight}"
+            )
+        self.neighbor_loss_weight = float(neighbor_loss_weight)
+        self.neighbor_convs = []
+        dims = [conv_dims[0]] * (int(neighbor_convs) - 1) + [input_shape.channels]
+        for k, conv in enumerate(
+            conv_norm_relu_stack(ndim, input_shape.channels, dims[: int(neighbor_convs)], conv_norm)
+        ):
+            weight_init.c2_msra_fill(conv)
+            self.add_module(f"neighbor_fcn{k + 1}", conv)
+            self.neighbor_convs.append(conv)
+        if self.neighbor_convs:
+            self.neighbor_predictor = conv_nd(ndim)(input_shape.channels, 1, kernel_size=1)
+            nn.init.normal_(self.neighbor_predictor.weight, std=0.001)
+            nn.init.constant_(self.neighbor_predictor.bias, 0)
+
+    @property
+    def needs_gt_union(self) -> bool:
+        """Whether training needs the foreground RoIs' ``gt_union_masks`` (every gt object)."""
+        return self.neighbor_weight != 1.0 or bool(self.neighbor_convs)
+
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
         head = cfg.MODEL.ROI_MASK_HEAD
@@ -265,6 +342,8 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             "loss_weight": head.LOSS_WEIGHT,
             "image_refine_dim": head.IMAGE_REFINE_DIM,
             "image_channels": cfg.INPUT.IN_CHANNELS,
+            "neighbor_convs": head.NEIGHBOR_CONVS,
+            "neighbor_loss_weight": head.NEIGHBOR_LOSS_WEIGHT,
         }
 
     def layers(self, x: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -272,6 +351,17 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         (R, C, *P) pooled features [and (R, image_channels, *2P) RoI image voxels]
         -> (R, num_classes, *2P) mask logits.
         """
+        return self._layers(x, image)[0]
+
+    def _layers(self, x: torch.Tensor, image: Optional[torch.Tensor] = None):
+        """``layers``, and the neighbour branch's (R, 1, *P) logits (None without it)."""
+        neighbor_logits = None
+        if self.neighbor_convs:
+            h = x
+            for layer in self.neighbor_convs:
+                h = layer(h)
+            neighbor_logits = self.neighbor_predictor(h)
+            x = x + h
         for layer in self.conv_norm_relus:
             x = layer(x)
         x = F.relu(self.deconv(x))
@@ -296,7 +386,7 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
             x = first.forward_concat([self.image_reduce(x), image.to(x.dtype)])
             for layer in rest:
                 x = layer(x)
-        return self.predictor(x)
+        return self.predictor(x), neighbor_logits
 
     def forward(
         self, x: torch.Tensor, instances: List[Instances], image: Optional[torch.Tensor] = None
@@ -310,10 +400,12 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
                 when ``image_refine_dim`` is set (see ``image_input_size``), else ignored.
 
         Returns:
-            training: ``{"loss_mask": Tensor}``; inference: ``instances`` with ``pred_masks``.
+            training: ``{"loss_mask": Tensor}`` (and ``"loss_mask_neighbor"`` with a neighbour
+            branch); inference: ``instances`` with ``pred_masks``.
         """
+        x, neighbor_logits = self._layers(x, image)
         # loss and probabilities in float32 (no-op without autocast)
-        x = self.layers(x, image).float()
+        x = x.float()
         if self.training:
             loss = mask_rcnn_loss(
                 x,
@@ -323,7 +415,11 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
                 self.dice_weight,
                 self.neighbor_weight,
             )
-            return {"loss_mask": loss * self.loss_weight}
+            losses = {"loss_mask": loss * self.loss_weight}
+            if neighbor_logits is not None:
+                loss = neighbor_mask_loss(neighbor_logits.float(), instances)
+                losses["loss_mask_neighbor"] = loss * self.neighbor_loss_weight
+            return losses
         mask_rcnn_inference(x, instances)
         return instances
 

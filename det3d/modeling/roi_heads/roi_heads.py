@@ -473,8 +473,8 @@ class StandardROIHeads3D(ROIHeads3D):
                 raise ValueError(f"{type(self).__name__} needs targets (gt instances) in training")
             proposals = self.label_and_sample_proposals(proposals, targets)
             gt_union = None
-            if self.mask_on and getattr(self.mask_head, "neighbor_weight", 1.0) != 1.0:
-                # every gt object of each volume: the mask loss weighs the neighbours in a RoI
+            if self.mask_on and getattr(self.mask_head, "needs_gt_union", False):
+                # every gt object of each volume: the mask head learns the neighbours in a RoI
                 gt_union = [u.bool() for u in foreground_targets(targets)]
             losses = self._forward_box(features, proposals, targets)
             losses.update(self._forward_mask(features, proposals, images, gt_union, targets))
@@ -619,9 +619,10 @@ class StandardROIHeads3D(ROIHeads3D):
     ):
         """
         The mask branch. In training, ``gt_union`` (per image, a bool volume of every gt object)
-        becomes the foreground RoIs' ``gt_union_masks``, which the mask loss needs for
-        ``ROI_MASK_HEAD.NEIGHBOR_WEIGHT``, and ``targets`` (per image, the gt ``Instances``)
-        weigh the draw of ``mask_train_rois`` RoIs by ``mask_train_neighbor_bias``.
+        becomes the foreground RoIs' ``gt_union_masks``, which the mask head needs for
+        ``ROI_MASK_HEAD.NEIGHBOR_WEIGHT`` and ``NEIGHBOR_CONVS``, and ``targets`` (per image, the
+        gt ``Instances``) weigh the draw of ``mask_train_rois`` RoIs by
+        ``mask_train_neighbor_bias``.
         """
         if not self.mask_on:
             return {} if self.training else instances
