@@ -476,6 +476,12 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.TEST, "MATCHING_IOU_THRESHOLDS", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     _add(_C.TEST, "MAX_DETS", 500)  # COCO3DEvaluator maxDets; does not cap dense volumes
 
+    # The shape (array order) of the inputs that RPN.PRE_NMS_TOPK_TEST, RPN.POST_NMS_TOPK_TEST and
+    # DETECTIONS_PER_IMAGE are meant for: an input of more voxels (a larger volume, a larger tile)
+    # gets them scaled by its voxel count over this shape's (det3d/modeling/counts.py). [] = the
+    # same counts for every input (Detectron2).
+    _add(_C.TEST, "COUNTS_REFERENCE_SHAPE", [])
+
     # Tiled prediction (det3d-predict; det3d/engine/tiling.py). Sizes per axis (D, H, W) in model
     # voxels (at INPUT.TARGET_SPACING when set). Each object is kept by the tile whose core holds
     # its centroid, and must fit within about half the overlap around that core.

@@ -187,6 +187,10 @@ def test_bad_config_combinations_name_the_key():
     cfg.MODEL.ROI_MASK_HEAD.IMAGE_REFINE_DIM = 8
     with pytest.raises(ValueError, match="IMAGE_REFINE_DIM"):
         build_model(cfg)
+    cfg = _cfg()
+    cfg.TEST.COUNTS_REFERENCE_SHAPE = [16, 32, 32]
+    with pytest.raises(ValueError, match="TEST.COUNTS_REFERENCE_SHAPE"):
+        build_model(cfg)
 
 
 def test_thin_volume_and_2d_image_name_the_key_and_file():

@@ -209,3 +209,24 @@ def test_rois_pool_from_a_level_where_they_span_several_cells(which, iso, aniso)
     cells = xy / 2.0**levels
     # (the canonical size is rounded to whole voxels: a few percent either way)
     assert torch.all((cells >= 3.8) & (cells < 8.2)), (canonical, levels.tolist())
+
+
+@pytest.mark.parametrize("which", ["iso", "aniso"])
+def test_test_counts_and_tiles_follow_the_training_input_and_the_largest_object(which, iso, aniso):
+    fp = iso if which == "iso" else aniso
+    v = plan_config(fp, num_classes=2).values
+    # volumes this small train whole: the counts are meant for the median volume
+    assert v["INPUT.CROP_SIZE"] == []
+    train = [int(round(s)) for s in fp["shape"]["median"]]
+    assert v["TEST.COUNTS_REFERENCE_SHAPE"] == train
+    largest = [fp["objects"]["size_voxels"][a]["p100"] for a in range(3)]
+    overlap, size = v["TEST.TILE.OVERLAP"], v["TEST.TILE.SIZE"]
+    div = [max(_z_strides(plan_config(fp, num_classes=2))), 32, 32]
+    for a in range(3):
+        # an object at the edge of a core reaches at most half the overlap past it
+        assert 1.25 * largest[a] <= overlap[a] <= 1.25 * largest[a] + 2
+        assert size[a] >= max(train[a], 2 * overlap[a]) and size[a] % div[a] == 0
+        assert size[a] - div[a] < max(train[a], 2 * overlap[a])  # the smallest such multiple
+    cfg = get_cfg()
+    cfg.merge_from_list(["TEST.TILE.SIZE", str(size), "TEST.TILE.OVERLAP", str(overlap)])
+    cfg.merge_from_list(["TEST.COUNTS_REFERENCE_SHAPE", str(train)])

@@ -96,6 +96,12 @@ _3D_ONLY_KEYS = [
         "outlines refined with the image are implemented for GeneralizedRCNN3D only",
     ),
     (
+        "TEST.COUNTS_REFERENCE_SHAPE",
+        lambda cfg: bool(cfg.TEST.COUNTS_REFERENCE_SHAPE),
+        "counts scaled with the input's voxels are implemented for GeneralizedRCNN3D only "
+        "(SliceFusionRCNN's RPN and ROI heads see one slice at a time)",
+    ),
+    (
         "TEST.BRIGHTNESS_SPLIT.ENABLED",
         lambda cfg: bool(cfg.TEST.BRIGHTNESS_SPLIT.ENABLED),
         "instances split by brightness are implemented for GeneralizedRCNN3D only",

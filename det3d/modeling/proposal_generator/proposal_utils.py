@@ -1,7 +1,7 @@
 """Selection of RPN proposals, and ground truth appended to proposals for the ROI heads."""
 
 import math
-from typing import List, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
@@ -17,7 +17,7 @@ def find_top_rpn_proposals(
     image_sizes: List[Tuple[int, ...]],
     nms_thresh: float,
     pre_nms_topk: int,
-    post_nms_topk: int,
+    post_nms_topk: Union[int, Sequence[int]],
     min_box_size: float,
     training: bool = False,
 ) -> List[Instances]:
@@ -32,7 +32,7 @@ def find_top_rpn_proposals(
         pred_objectness_logits: per level, (N, R_l).
         image_sizes: per image, its spatial array shape ``(D, H, W)`` / ``(H, W)`` before padding.
         nms_thresh: IoU threshold of NMS.
-        pre_nms_topk, post_nms_topk: see above.
+        pre_nms_topk, post_nms_topk: see above; ``post_nms_topk`` may be one count per image.
         min_box_size: every side of a kept box is >= this (and > 0).
         training: unused; kept for Detectron2's signature. Non-finite values always raise.
 
@@ -73,7 +73,7 @@ def find_top_rpn_proposals(
             boxes, scores_per_img, lvl = boxes[keep], scores_per_img[keep], lvl[keep]
 
         keep = batched_nms(boxes.tensor, scores_per_img, lvl, nms_thresh)
-        keep = keep[:post_nms_topk]
+        keep = keep[: post_nms_topk[n] if isinstance(post_nms_topk, Sequence) else post_nms_topk]
 
         res = Instances(tuple(image_size))
         res.proposal_boxes = boxes[keep]

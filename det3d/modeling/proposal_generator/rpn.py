@@ -17,6 +17,7 @@ from ..box_regression import (
     _dense_box_regression_loss,
     box_reg_weights,
 )
+from ..counts import counts_reference_voxels, scaled_count
 from ..matcher import ATSSMatcher, Matcher
 from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
@@ -196,6 +197,7 @@ class RPN3D(nn.Module):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         max_match_elements: int = 1 << 25,
+        counts_reference_voxels: float = 0.0,
     ):
         """
         Args:
@@ -219,6 +221,9 @@ class RPN3D(nn.Module):
             cls_loss_type: ``"ce"`` (binary cross-entropy) or ``"focal"`` (sigmoid focal loss).
             focal_loss_alpha, focal_loss_gamma: parameters of the focal loss.
             max_match_elements: IoU matrices of more elements are computed in chunks of anchors.
+            counts_reference_voxels: at inference, the test counts are for inputs of this many
+                voxels, and larger inputs get them scaled (:mod:`det3d.modeling.counts`; the
+                pre-NMS count by the batch's largest input); 0 = fixed counts.
         """
         super().__init__()
         self.in_features = list(in_features)
@@ -251,6 +256,7 @@ class RPN3D(nn.Module):
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.max_match_elements = max_match_elements
+        self.counts_reference_voxels = float(counts_reference_voxels)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -288,6 +294,9 @@ class RPN3D(nn.Module):
             "cls_loss_type": rpn.CLS_LOSS_TYPE,
             "focal_loss_alpha": rpn.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": rpn.FOCAL_LOSS_GAMMA,
+            "counts_reference_voxels": counts_reference_voxels(
+                cfg.TEST.COUNTS_REFERENCE_SHAPE, ndim
+            ),
         }
 
     # ------------------------------------------------------------------ training targets
@@ -491,13 +500,18 @@ class RPN3D(nn.Module):
     ) -> List[Instances]:
         """Decodes the deltas and selects the top proposals (``find_top_rpn_proposals``)."""
         pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
+        pre, post = self.pre_nms_topk[self.training], self.post_nms_topk[self.training]
+        if not self.training and self.counts_reference_voxels > 0:
+            ref = self.counts_reference_voxels
+            post = [scaled_count(post, size, ref) for size in image_sizes]
+            pre = max((scaled_count(pre, size, ref) for size in image_sizes), default=pre)
         return find_top_rpn_proposals(
             pred_proposals,
             pred_objectness_logits,
             image_sizes,
             self.nms_thresh,
-            self.pre_nms_topk[self.training],
-            self.post_nms_topk[self.training],
+            pre,
+            post,
             self.min_box_size,
             self.training,
         )

@@ -177,6 +177,7 @@ class CascadeROIHeads3D(StandardROIHeads3D):
             last.test_score_thresh,
             last.test_nms_thresh,
             last.test_topk_per_image,
+            last.counts_reference_voxels,
         )
         return instances
 

@@ -21,6 +21,7 @@ from ..box_regression import (
     box_reg_weights,
     box_regression_loss,
 )
+from ..counts import counts_reference_voxels, scaled_count
 
 __all__ = ["FastRCNNOutputLayers3D", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
@@ -52,10 +53,12 @@ def fast_rcnn_inference(
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
+    counts_reference_voxels: float = 0.0,
 ) -> Tuple[List[Instances], List[torch.Tensor]]:
     """
     Per image: drop the background column, clip boxes, keep scores above ``score_thresh``, run NMS
-    per class and keep the ``topk_per_image`` best (all if < 0).
+    per class and keep the ``topk_per_image`` best (all if < 0); with ``counts_reference_voxels``
+    (> 0) an image of more voxels keeps that many times more (:mod:`det3d.modeling.counts`).
 
     Args:
         boxes: per image, (R, K * 2*ndim) or (R, 2*ndim) (class-agnostic) decoded boxes.
@@ -72,7 +75,14 @@ def fast_rcnn_inference(
         list[Tensor]: per image, the RoI index of each detection.
     """
     results = [
-        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+        fast_rcnn_inference_single_image(
+            b,
+            s,
+            shape,
+            score_thresh,
+            nms_thresh,
+            scaled_count(topk_per_image, shape, counts_reference_voxels),
+        )
         for b, s, shape in zip(boxes, scores, image_shapes)
     ]
     return [r[0] for r in results], [r[1] for r in results]
@@ -145,6 +155,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         test_score_thresh: float = 0.0,
         test_nms_thresh: float = 0.5,
         test_topk_per_image: int = 500,
+        counts_reference_voxels: float = 0.0,
         cls_agnostic_bbox_reg: bool = False,
         smooth_l1_beta: float = 0.0,
         cls_loss_type: str = "ce",
@@ -161,6 +172,8 @@ class FastRCNNOutputLayers3D(nn.Module):
             box2box_transform: encodes / decodes box deltas (2*ndim weights).
             num_classes: foreground classes K.
             test_score_thresh, test_nms_thresh, test_topk_per_image: inference filtering.
+            counts_reference_voxels: ``test_topk_per_image`` is for inputs of this many voxels;
+                larger ones keep proportionally more (0 = fixed; :mod:`det3d.modeling.counts`).
             cls_loss_type: "ce" or "focal"; box_reg_loss_type: "smooth_l1", "huber" or "giou".
             loss_weight: ``{"loss_cls": w, "loss_box_reg": w}``; missing keys weigh 1.
         """
@@ -190,6 +203,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
+        self.counts_reference_voxels = float(counts_reference_voxels)
         self.cls_loss_type = cls_loss_type
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
@@ -218,6 +232,9 @@ class FastRCNNOutputLayers3D(nn.Module):
             "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
             "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "counts_reference_voxels": counts_reference_voxels(
+                cfg.TEST.COUNTS_REFERENCE_SHAPE, ndim
+            ),
             "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
             "smooth_l1_beta": box_head.SMOOTH_L1_BETA,
             "cls_loss_type": box_head.CLS_LOSS_TYPE,
@@ -345,6 +362,7 @@ class FastRCNNOutputLayers3D(nn.Module):
             self.test_score_thresh,
             self.test_nms_thresh,
             self.test_topk_per_image,
+            self.counts_reference_voxels,
         )
 
     def predict_boxes(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
