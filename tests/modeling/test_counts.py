@@ -79,8 +79,11 @@ def test_rpn_keeps_proposals_in_proportion_to_the_input_at_inference_only():
         with torch.no_grad():
             feats = backbone(x)
             (scaled,), _ = rpn(images, feats)
+            rpn.train()  # training keeps its own counts (POST_NMS_TOPK_TRAIN 50 of 200 per level)
+            (trained,), _ = rpn(images, feats)
+            rpn.eval()
             rpn.counts_reference_voxels = 0.0
             (fixed,), _ = rpn(images, feats)
     # 4x the reference's voxels: 40 proposals from 200 per level instead of 10 from 50
-    assert len(fixed) == 10 and len(scaled) == 40
+    assert len(fixed) == 10 and len(scaled) == 40 and len(trained) == 50
     assert torch.equal(scaled.proposal_boxes.tensor[:10], fixed.proposal_boxes.tensor)
