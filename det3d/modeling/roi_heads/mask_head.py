@@ -354,13 +354,15 @@ class MaskRCNNConvUpsampleHead3D(nn.Module):
         return self._layers(x, image)[0]
 
     def _layers(self, x: torch.Tensor, image: Optional[torch.Tensor] = None):
-        """``layers``, and the neighbour branch's (R, 1, *P) logits (None without it)."""
+        """``layers``, and the neighbour branch's (R, 1, *P) logits (None without it or at
+        inference)."""
         neighbor_logits = None
         if self.neighbor_convs:
             h = x
             for layer in self.neighbor_convs:
                 h = layer(h)
-            neighbor_logits = self.neighbor_predictor(h)
+            if self.training:  # only its loss reads the prediction; inference needs the features
+                neighbor_logits = self.neighbor_predictor(h)
             x = x + h
         for layer in self.conv_norm_relus:
             x = layer(x)
