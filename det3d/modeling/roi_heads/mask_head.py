@@ -47,6 +47,13 @@ def _log_mask_stats(logits: torch.Tensor, gt_masks: torch.Tensor) -> None:
     storage.put_scalar("mask_rcnn/dice", dice.mean().item())
 
 
+def _roi_crops(inst: Instances, name: str, size) -> torch.Tensor:
+    """The masks of field ``name`` cropped to the RoIs the masks were pooled from (``mask_boxes``
+    where those differ from ``proposal_boxes``) and resized to ``size``."""
+    boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
+    return inst.get(name).crop_and_resize(boxes.tensor, size)
+
+
 def mask_rcnn_loss(
     pred_mask_logits: torch.Tensor,
     instances: List[Instances],
@@ -89,8 +96,7 @@ def mask_rcnn_loss(
             continue
         if not cls_agnostic:
             gt_classes.append(inst.gt_classes.to(torch.int64))
-        boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
-        crops = inst.gt_masks.crop_and_resize(boxes.tensor, mask_size)
+        crops = _roi_crops(inst, "gt_masks", mask_size)
         gt_masks.append(crops.to(device=pred_mask_logits.device))
         if weigh:
             if not inst.has("gt_union_masks"):
@@ -98,7 +104,7 @@ def mask_rcnn_loss(
                     "mask_rcnn_loss: ROI_MASK_HEAD.NEIGHBOR_WEIGHT needs gt_union_masks (every gt "
                     "object of the volume) on the foreground RoIs; the ROI heads set it"
                 )
-            union = inst.gt_union_masks.crop_and_resize(boxes.tensor, mask_size)
+            union = _roi_crops(inst, "gt_union_masks", mask_size)
             unions.append(union.to(device=pred_mask_logits.device))
     if len(gt_masks) == 0:
         return pred_mask_logits.sum() * 0.0
@@ -144,9 +150,8 @@ def neighbor_mask_loss(neighbor_logits: torch.Tensor, instances: List[Instances]
                 "neighbor_mask_loss: ROI_MASK_HEAD.NEIGHBOR_CONVS needs gt_union_masks (every gt "
                 "object of the volume) on the foreground RoIs; the ROI heads set it"
             )
-        boxes = inst.mask_boxes if inst.has("mask_boxes") else inst.proposal_boxes
-        own = inst.gt_masks.crop_and_resize(boxes.tensor, size) >= 0.5
-        union = inst.gt_union_masks.crop_and_resize(boxes.tensor, size) >= 0.5
+        own = _roi_crops(inst, "gt_masks", size) >= 0.5
+        union = _roi_crops(inst, "gt_union_masks", size) >= 0.5
         targets.append((union & ~own).to(device=neighbor_logits.device))
     if len(targets) == 0:
         return neighbor_logits.sum() * 0.0
