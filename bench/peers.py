@@ -35,7 +35,9 @@ spec), for quick checks.
 Prints one table per family: method, SEG, F1@0.5, F1@0.7, precision@0.5, recall@0.5, training
 minutes (wall clock, as each method measured it) and inference seconds per volume (mean over the
 test volumes after the first, which is warm-up; det3d's evaluation likewise leaves out its first
-volumes).
+volumes). Under each table: 95% intervals of each row's SEG and F1@0.5, and of det3d's lead over
+each peer, from drawing the test volumes with replacement 2000 times (``bench/peers/intervals.py``;
+a split of ten volumes leaves SEG uncertain by about +-0.03).
 """
 
 import argparse
@@ -51,6 +53,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, PEERS_DIR)
 
 from det3d_part import MARKER, det3d_summary, train_det3d  # noqa: E402
+from intervals import format_intervals, read_per_volume, volume_bootstrap  # noqa: E402
 from score import SCORE_KEYS, record_stem, score_label_folder  # noqa: E402
 from scratch_venv import PINS, ensure_peers_venv, venv_python  # noqa: E402
 
@@ -226,6 +229,7 @@ def peer_rows(method: str, folder: str, test: str) -> list:
                 "method": method,
                 "mode": mode,
                 "scores": scores,
+                "eval_folder": evaluation,
                 "train_minutes": run["train_seconds"] / 60.0,
                 "infer_seconds_per_volume": _mean_after_warmup(info["seconds_per_volume"]),
                 "detail": run.get("training", run.get("params", {})),
@@ -273,6 +277,7 @@ def det3d_row(fam: dict, args, family_dir: str) -> dict:
         "method": "det3d",
         "mode": "",
         "scores": summary["scores"],
+        "eval_folder": summary["eval_folder"],
         "train_minutes": summary["train_minutes"],
         "infer_seconds_per_volume": summary["infer_seconds_per_volume"],
         "detail": {
@@ -320,6 +325,32 @@ def print_table(fam: dict, rows: list, others: list, args) -> None:
         )
     for r in rows:
         print(f"  {r['method']}: {json.dumps(r['detail'], default=str)}")
+    if fam.get("intervals"):
+        for line in format_intervals(fam["intervals"], _row_labels(rows), "det3d"):
+            print(line)
+
+
+def _row_labels(rows: list) -> dict:
+    out = {}
+    for r in rows:
+        mode = MODE_NAMES.get(r["mode"])
+        out[r["method"]] = LABELS[r["method"]] + (f" ({mode})" if mode else "")
+    return out
+
+
+def table_intervals(rows: list) -> dict:
+    """
+    Bootstrap intervals of the table's rows over the test volumes (``bench/peers/intervals.py``);
+    {} (with a warning naming why) where an evaluation lacks per-volume sums, so that a finished
+    bench still prints its table.
+    """
+    try:
+        per_volume = {r["method"]: read_per_volume(r["eval_folder"]) for r in rows}
+        reference = "det3d" if "det3d" in per_volume and len(per_volume) > 1 else ""
+        return volume_bootstrap(per_volume, reference=reference)
+    except (KeyError, ValueError) as e:
+        print(f"WARNING: no intervals for this table: {e}")
+        return {}
 
 
 def parse_det3d_outputs(values, families) -> dict:
@@ -384,8 +415,9 @@ def main(argv=None):
             best, *rest = peer_rows(method, folder, fam["test"])
             rows.append(best)
             others.extend(rest)
+        fam["intervals"] = table_intervals(rows)
         print_table(fam, rows, others, args)
-        summary[family] = {"rows": rows, "others": others}
+        summary[family] = {"rows": rows, "others": others, "intervals": fam["intervals"]}
     write_json_atomic(os.path.join(args.output, "peers_results.json"), summary)
     print(f"\nResults: {os.path.join(args.output, 'peers_results.json')}")
     return summary

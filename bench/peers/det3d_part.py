@@ -76,8 +76,9 @@ def _hms(s: str) -> float:
 
 def det3d_summary(output_dir: str) -> dict:
     """
-    What a finished det3d run measured (module docstring): ``{"test", "scores", "train_minutes",
-    "infer_seconds_per_volume", "max_iter" (the config's), "iterations" (trained)}``.
+    What a finished det3d run measured (module docstring): ``{"test", "scores", "eval_folder"
+    (its evaluators' files), "train_minutes", "infer_seconds_per_volume", "max_iter" (the
+    config's), "iterations" (trained)}``.
 
     Raises:
         FileNotFoundError / ValueError: naming the file or line that is missing.
@@ -109,6 +110,7 @@ def det3d_summary(output_dir: str) -> dict:
     return {
         "test": tests[0],
         "scores": read_scores(folder),
+        "eval_folder": folder,
         "train_minutes": _hms(train.group(1)) / 60.0,
         "infer_seconds_per_volume": float(infer.group(1)),
         "max_iter": max_iter,
