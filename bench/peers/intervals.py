@@ -23,6 +23,7 @@ from det3d.utils.file_io import read_json
 __all__ = ["read_per_volume", "volume_bootstrap", "format_intervals", "STATISTICS"]
 
 STATISTICS = ("SEG", "f1@0.5")
+_SHOWN = {"SEG": "SEG", "f1@0.5": "F1@0.5"}  # as the table's header names them
 
 
 def read_per_volume(folder: str, iou: str = "0.5") -> Dict[int, Dict[str, float]]:
@@ -167,10 +168,12 @@ def format_intervals(result: dict, labels: Mapping[str, str], reference: str = "
     )
     lines = [head]
     for name, s in result["methods"].items():
-        cells = ", ".join(f"{k} {v[1]:.3f}-{v[2]:.3f}" for k, v in s.items())
+        cells = ", ".join(f"{_SHOWN[k]} {v[1]:.3f}-{v[2]:.3f}" for k, v in s.items())
         lines.append(f"    {labels.get(name, name)}: {cells}")
     for name, s in result.get("differences", {}).items():
-        cells = ", ".join(f"{k} {v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in s.items())
+        cells = ", ".join(
+            f"{_SHOWN[k]} {v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in s.items()
+        )
         lines.append(
             f"    {labels.get(reference, reference)} minus {labels.get(name, name)}: {cells}"
         )

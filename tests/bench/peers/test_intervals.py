@@ -135,5 +135,5 @@ def test_format_names_each_row_and_the_lead(iv):
     out = iv.volume_bootstrap({"det3d": a, "peer": b}, reference="det3d", samples=200)
     lines = iv.format_intervals(out, {"det3d": "det3d (planned)", "peer": "Peer"}, "det3d")
     assert lines[0].startswith("  95% intervals, the 2 test volumes drawn with replacement 200")
-    assert lines[1].startswith("    det3d (planned): SEG ")
+    assert lines[1].startswith("    det3d (planned): SEG ") and ", F1@0.5 " in lines[1]
     assert lines[3].startswith("    det3d (planned) minus Peer: SEG +0.250 (")
