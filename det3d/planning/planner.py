@@ -311,10 +311,10 @@ def _plan_input(fp: dict, plan: Plan, sizes: np.ndarray, z_cum: List[int]) -> No
     shape = np.asarray(fp["shape"]["median"], dtype=np.float64)
     voxels = float(np.prod(shape))
     sp = np.asarray(fp["spacing"]["median"])
+    div = np.array([z_cum[-1], 32, 32])  # the coarsest stride (p5) per axis
     if voxels <= 64 * 128 * 128:
         plan.set("INPUT.CROP_SIZE", [], f"volumes of {shape.astype(int).tolist()} train whole")
     else:
-        div = np.array([z_cum[-1], 32, 32])
         want = np.maximum(2.5 * np.percentile(sizes, 95, axis=0), [16, 64, 64])
         crop = np.minimum(np.ceil(want / div) * div, np.ceil(shape / div) * div).astype(int)
         plan.set(
@@ -322,7 +322,7 @@ def _plan_input(fp: dict, plan: Plan, sizes: np.ndarray, z_cum: List[int]) -> No
             crop.tolist(),
             "crops of 2.5x the 95th-percentile object, multiples of the coarsest stride",
         )
-    _plan_tiles(fp, plan, np.array([z_cum[-1], 32, 32]))
+    _plan_tiles(fp, plan, div)
     flips = [0, 1, 2]
     plan.set("INPUT.RANDOM_FLIP_AXES", flips, "flips on every axis")
     _plan_copy_paste(fp, plan, voxels)
