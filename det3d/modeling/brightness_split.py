@@ -35,7 +35,7 @@ from scipy import stats
 
 from det3d.structures import Instances
 
-from .postprocessing import mask_boxes, paste_mask_probs
+from .postprocessing import label_rank, mask_boxes, paste_mask_probs
 
 __all__ = ["split_by_brightness", "check_split_args"]
 
@@ -143,7 +143,7 @@ def split_by_brightness(
     lab = labels.cpu().numpy().copy()
     img = image.detach().float().cpu().numpy()
     fg = foreground.cpu().numpy().astype(bool) if foreground is not None else None
-    rank = (instances.objectness if instances.has("objectness") else instances.scores).cpu()
+    rank = label_rank(instances).cpu()
     boxes = mask_boxes(instances)
     regions = {i + 1: s for i, s in enumerate(ndi.find_objects(lab)) if s is not None}
     splits = []

@@ -22,6 +22,7 @@ __all__ = [
     "VOXEL_OWNERS",
     "mask_boxes",
     "expand_boxes",
+    "label_rank",
 ]
 
 # F.interpolate's linear mode per number of spatial dims
@@ -37,6 +38,17 @@ def check_voxel_owner(voxel_owner: str) -> str:
             f"MODEL.ROI_HEADS.LABELS_VOXEL_OWNER {voxel_owner!r} is not one of {VOXEL_OWNERS}"
         )
     return voxel_owner
+
+
+def label_rank(instances: Instances) -> torch.Tensor:
+    """
+    What decides whether a detection enters ``instance_labels``: its ``objectness`` (the
+    foreground probability of its RoI) where the instances have that field, else its ``scores``.
+
+    Returns:
+        (N,) the field itself (not a copy).
+    """
+    return instances.objectness if instances.has("objectness") else instances.scores
 
 
 def expand_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
@@ -251,7 +263,7 @@ def instances_to_label_volume(
     if len(boxes) == 0:
         return labels
     if instances.has("scores"):
-        rank = instances.objectness if instances.has("objectness") else instances.scores
+        rank = label_rank(instances)
         # sort by score, then stably by rank: rank decides, score breaks its ties
         order = torch.argsort(instances.scores, descending=True, stable=True)
         order = order[torch.argsort(rank[order], descending=True, stable=True)]
