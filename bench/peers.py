@@ -54,7 +54,7 @@ sys.path.insert(0, PEERS_DIR)
 
 from det3d_part import MARKER, det3d_summary, train_det3d  # noqa: E402
 from intervals import format_intervals, read_per_volume, volume_bootstrap  # noqa: E402
-from score import SCORE_KEYS, record_stem, score_label_folder  # noqa: E402
+from score import SCORE_KEYS, SCORE_NAMES, record_stem, score_label_folder  # noqa: E402
 from scratch_venv import PINS, ensure_peers_venv, venv_python  # noqa: E402
 
 from det3d.data import DatasetCatalog, MetadataCatalog, register_dataset_specs  # noqa: E402
@@ -301,7 +301,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def print_table(fam: dict, rows: list, others: list, args) -> None:
-    head = ("method", "SEG", "F1@0.5", "F1@0.7", "P@0.5", "R@0.5", "train min", "infer s/vol")
+    head = ("method", *SCORE_NAMES.values(), "train min", "infer s/vol")
     print(
         f"\n{fam['family']}: trained on {fam['train_desc']} ({len(fam['train_volumes'])} volumes), "
         f"tested on {fam['test_desc']} ({len(fam['test_volumes'])} volumes); budget "
@@ -317,7 +317,9 @@ def print_table(fam: dict, rows: list, others: list, args) -> None:
         cells += [_fmt(r["train_minutes"], ".1f"), _fmt(r["infer_seconds_per_volume"], ".2f")]
         print("| " + " | ".join(cells) + " |")
     for r in others:
-        figures = ", ".join(f"{k} {_fmt(r['scores'][k], '.3f')}" for k in SCORE_KEYS[:3])
+        figures = ", ".join(
+            f"{SCORE_NAMES[k]} {_fmt(r['scores'][k], '.3f')}" for k in SCORE_KEYS[:3]
+        )
         seconds = r["infer_seconds_per_volume"]
         print(
             f"  also measured: {LABELS[r['method']]} ({MODE_NAMES[r['mode']]}): {figures}, "
@@ -326,7 +328,7 @@ def print_table(fam: dict, rows: list, others: list, args) -> None:
     for r in rows:
         print(f"  {r['method']}: {json.dumps(r['detail'], default=str)}")
     if fam.get("intervals"):
-        for line in format_intervals(fam["intervals"], _row_labels(rows), "det3d"):
+        for line in format_intervals(fam["intervals"], _row_labels(rows), "det3d", SCORE_NAMES):
             print(line)
 
 

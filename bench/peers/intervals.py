@@ -14,7 +14,7 @@ The per-volume sums come from the evaluators' own files (``seg_results.json``,
 """
 
 import os
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +23,6 @@ from det3d.utils.file_io import read_json
 __all__ = ["read_per_volume", "volume_bootstrap", "format_intervals", "STATISTICS"]
 
 STATISTICS = ("SEG", "f1@0.5")
-_SHOWN = {"SEG": "SEG", "f1@0.5": "F1@0.5"}  # as the table's header names them
 
 
 def read_per_volume(folder: str, iou: str = "0.5") -> Dict[int, Dict[str, float]]:
@@ -159,8 +158,17 @@ def volume_bootstrap(
     return out
 
 
-def format_intervals(result: dict, labels: Mapping[str, str], reference: str = "") -> Sequence[str]:
-    """The table's lines under it: each method's intervals, then the paired differences."""
+def format_intervals(
+    result: dict,
+    labels: Mapping[str, str],
+    reference: str = "",
+    names: Optional[Mapping[str, str]] = None,
+) -> Sequence[str]:
+    """
+    The table's lines under it: each method's intervals, then the paired differences; each
+    statistic under its name in ``names`` (the table's, ``score.SCORE_NAMES``), else its key.
+    """
+    names = names or {}
     pct = f"{100 * result['level']:g}%"
     head = (
         f"  {pct} intervals, the {result['volumes']} test volumes drawn with replacement "
@@ -168,11 +176,11 @@ def format_intervals(result: dict, labels: Mapping[str, str], reference: str = "
     )
     lines = [head]
     for name, s in result["methods"].items():
-        cells = ", ".join(f"{_SHOWN[k]} {v[1]:.3f}-{v[2]:.3f}" for k, v in s.items())
+        cells = ", ".join(f"{names.get(k, k)} {v[1]:.3f}-{v[2]:.3f}" for k, v in s.items())
         lines.append(f"    {labels.get(name, name)}: {cells}")
     for name, s in result.get("differences", {}).items():
         cells = ", ".join(
-            f"{_SHOWN[k]} {v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in s.items()
+            f"{names.get(k, k)} {v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})" for k, v in s.items()
         )
         lines.append(
             f"    {labels.get(reference, reference)} minus {labels.get(name, name)}: {cells}"

@@ -13,7 +13,15 @@ from det3d.data.io import read_labels
 from det3d.evaluation import InstanceMatchingEvaluator, SEGEvaluator
 from det3d.utils.file_io import read_json
 
-SCORE_KEYS = ("SEG", "f1@0.5", "f1@0.7", "precision@0.5", "recall@0.5")
+# the figures read_scores gives, each with the name the peers table prints for it
+SCORE_NAMES = {
+    "SEG": "SEG",
+    "f1@0.5": "F1@0.5",
+    "f1@0.7": "F1@0.7",
+    "precision@0.5": "P@0.5",
+    "recall@0.5": "R@0.5",
+}
+SCORE_KEYS = tuple(SCORE_NAMES)
 
 
 def record_stem(record: dict) -> str:

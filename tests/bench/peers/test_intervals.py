@@ -133,7 +133,9 @@ def test_format_names_each_row_and_the_lead(iv):
     a = {0: _vol(1.0, 2, 2, 0, 0), 1: _vol(1.5, 2, 2, 0, 0)}
     b = {0: _vol(0.5, 2, 1, 0, 1), 1: _vol(1.0, 2, 2, 1, 0)}
     out = iv.volume_bootstrap({"det3d": a, "peer": b}, reference="det3d", samples=200)
-    lines = iv.format_intervals(out, {"det3d": "det3d (planned)", "peer": "Peer"}, "det3d")
+    labels = {"det3d": "det3d (planned)", "peer": "Peer"}
+    # the statistics under the table's names, from the module that names them
+    lines = iv.format_intervals(out, labels, "det3d", _load("score").SCORE_NAMES)
     assert lines[0].startswith("  95% intervals, the 2 test volumes drawn with replacement 200")
     assert lines[1].startswith("    det3d (planned): SEG ") and ", F1@0.5 " in lines[1]
     assert lines[3].startswith("    det3d (planned) minus Peer: SEG +0.250 (")
