@@ -470,6 +470,14 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.INPUT.COPY_PASTE, "NUM_TOUCHING", 0)
     _add(_C.INPUT.COPY_PASTE, "RING", 2)
     _add(_C.INPUT.COPY_PASTE, "MIN_KEEP", 1.0)
+    # Mosaic (DatasetMapper3D.map_mosaic): each training sample joins NUM_VOLUMES augmented
+    # volumes side by side along one spatial axis drawn from AXES (array axes, D=0, H=1, W=2), so
+    # the network also trains on inputs larger than one volume, as it will meet at inference (a
+    # larger volume, a tile). SOLVER.IMS_PER_BATCH counts samples: a batch then holds
+    # IMS_PER_BATCH * NUM_VOLUMES volumes. 1 = off. AXES empty = every spatial axis.
+    _add(_C.INPUT, "MOSAIC", CN())
+    _add(_C.INPUT.MOSAIC, "NUM_VOLUMES", 1)
+    _add(_C.INPUT.MOSAIC, "AXES", [])
 
     # Evaluation
     _add(_C.TEST, "EVALUATORS", ["coco3d", "matching", "seg"])

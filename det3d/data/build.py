@@ -99,7 +99,9 @@ def get_detection_dataset_dicts(
 class _TrainStream(torchdata.IterableDataset):
     """
     Maps the sampler's ``(position, index)`` stream; worker ``k`` of ``n`` takes every ``n``-th
-    item. A mapper returning None skips that sample.
+    item. A mapper returning None skips that sample. A mapper whose ``mosaic_volumes`` is ``m`` >
+    1 gets ``m`` consecutive records of the stream at a time (``mapper.map_mosaic(records)``),
+    reseeded from the first one's position.
     """
 
     def __init__(self, records: List[dict], sampler: TrainingSampler, mapper: Callable):
@@ -107,16 +109,28 @@ class _TrainStream(torchdata.IterableDataset):
         self.sampler = sampler
         self.mapper = mapper
 
+    def _items(self):
+        per_sample = int(getattr(self.mapper, "mosaic_volumes", 1))
+        group = []
+        for position, idx in self.sampler:
+            group.append((position, idx))
+            if len(group) == per_sample:
+                yield group
+                group = []
+
     def __iter__(self):
         info = torchdata.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reseed = getattr(self.mapper, "reseed", None)
-        for k, (position, idx) in enumerate(self.sampler):
+        for k, group in enumerate(self._items()):
             if k % num_workers != worker:
                 continue
             if reseed is not None:
-                reseed(sample_seed(self.sampler.seed, position))
-            out = self.mapper(self.records[idx])
+                reseed(sample_seed(self.sampler.seed, group[0][0]))
+            if len(group) == 1:
+                out = self.mapper(self.records[group[0][1]])
+            else:
+                out = self.mapper.map_mosaic([self.records[idx] for _, idx in group])
             if out is not None:
                 yield out
 
@@ -145,6 +159,12 @@ class _WorkerInit:
 def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None):
     if mapper is None:
         mapper = DATASET_MAPPER_REGISTRY.get(cfg.DATALOADER.TRAIN_MAPPER)(cfg, True)
+    if cfg.INPUT.MOSAIC.NUM_VOLUMES > 1 and not hasattr(mapper, "map_mosaic"):
+        raise ValueError(
+            f"INPUT.MOSAIC.NUM_VOLUMES is {cfg.INPUT.MOSAIC.NUM_VOLUMES}, but the training mapper "
+            f"{type(mapper).__name__} (DATALOADER.TRAIN_MAPPER {cfg.DATALOADER.TRAIN_MAPPER!r}) "
+            f"has no map_mosaic; set it to 1"
+        )
     if dataset is None:
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,

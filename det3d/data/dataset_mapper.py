@@ -27,6 +27,8 @@ from .transforms import (
     ResampleTransform,
     apply_augmentations,
     check_copy_paste,
+    check_mosaic,
+    join_volumes,
     paste_touching_copies,
 )
 
@@ -152,6 +154,10 @@ class DatasetMapper3D:
        the image and become background (label 0) in the targets;
     4. targets ``Instances`` (``gt_boxes`` tight around ``gt_masks``, ``gt_classes``).
 
+    With ``mosaic_volumes`` > 1 (``INPUT.MOSAIC``), the training loader calls :meth:`map_mosaic`
+    with that many records: each goes through steps 1-3 on its own, then they are joined along a
+    random axis of ``mosaic_axes`` (:func:`~det3d.data.transforms.join_volumes`) into one input.
+
     Randomness: all draws come from ``self.rng``; :meth:`reseed` (called by the training loader
     before each sample with a seed derived from the loader seed and the sample's position) makes
     batches reproducible. Records with sparse ground truth (``seg_slices``) cannot be used for
@@ -181,6 +187,8 @@ class DatasetMapper3D:
         touching_copies: int = 0,
         copy_ring: int = 2,
         copy_min_keep: float = 1.0,
+        mosaic_volumes: int = 1,
+        mosaic_axes: Sequence[int] = (),
         seed: int = 0,
     ):
         self.is_train = is_train
@@ -209,6 +217,10 @@ class DatasetMapper3D:
         self.touching_copies = int(touching_copies)
         self.copy_ring = int(copy_ring)
         self.copy_min_keep = float(copy_min_keep)
+        keys = ("INPUT.MOSAIC.NUM_VOLUMES", "INPUT.MOSAIC.AXES")
+        check_mosaic(mosaic_volumes, mosaic_axes, spatial_dims, names=keys)
+        self.mosaic_volumes = int(mosaic_volumes) if is_train else 1
+        self.mosaic_axes = [int(a) for a in mosaic_axes] or list(range(spatial_dims))
         self.reseed(seed)
 
     @classmethod
@@ -226,6 +238,8 @@ class DatasetMapper3D:
             "touching_copies": cfg.INPUT.COPY_PASTE.NUM_TOUCHING,
             "copy_ring": cfg.INPUT.COPY_PASTE.RING,
             "copy_min_keep": cfg.INPUT.COPY_PASTE.MIN_KEEP,
+            "mosaic_volumes": cfg.INPUT.MOSAIC.NUM_VOLUMES,
+            "mosaic_axes": cfg.INPUT.MOSAIC.AXES,
             "seed": max(cfg.SEED, 0),
         }
 
@@ -269,6 +283,40 @@ class DatasetMapper3D:
 
     def __call__(self, record: dict) -> dict:
         record = copy.copy(record)  # the caller's record is never modified
+        aug_input, classes, spacing = self._augmented(record)
+        return self._output(record, aug_input.image, aug_input.labels, classes, spacing)
+
+    def map_mosaic(self, records: Sequence[dict]) -> dict:
+        """
+        One training input from several records joined side by side (``INPUT.MOSAIC``): each is
+        read and augmented on its own, then they are joined, in the order given, along an axis
+        drawn from ``mosaic_axes``. The output's ``"depth"``, ``"height"`` and ``"width"`` are the
+        joined input's; ``"file_name"`` and ``"image_id"`` are the first record's, and
+        ``"mosaic"`` lists every record's file name.
+        """
+        if not self.is_train:
+            raise ValueError("DatasetMapper3D.map_mosaic: mosaics are for training only")
+        parts = [self._augmented(copy.copy(r)) for r in records]
+        spacings = {p[2] for p in parts}
+        if len(spacings) > 1:
+            raise ValueError(
+                f"INPUT.MOSAIC: volumes of different spacing cannot be joined "
+                f"({[r['file_name'] for r in records]}: {[p[2] for p in parts]}); set "
+                f"INPUT.TARGET_SPACING to resample them to one"
+            )
+        axis = int(self.mosaic_axes[int(self.rng.integers(len(self.mosaic_axes)))])
+        image, labels, classes = join_volumes(
+            [p[0].image for p in parts], [p[0].labels for p in parts], [p[1] for p in parts], axis
+        )
+        record = copy.copy(records[0])
+        for k, n in zip(("depth", "height", "width")[3 - self.spatial_dims :], labels.shape):
+            record[k] = int(n)
+        out = self._output(record, image, labels, classes, parts[0][2])
+        out["mosaic"] = [r["file_name"] for r in records]
+        return out
+
+    def _augmented(self, record: dict):
+        """Steps 1-3 of the class docstring: (AugInput, id -> class map or None, spacing)."""
         path = record["file_name"]
         image = self._read_image(record)
         labels = classes = None
@@ -312,8 +360,13 @@ class DatasetMapper3D:
                     min_keep=self.copy_min_keep,
                 )
             apply_augmentations(self.augmentations, aug_input, self.rng)
+        return aug_input, classes, spacing
+
+    def _output(self, record, image, labels, classes, spacing) -> dict:
+        """Step 4: the model input dict."""
+        path = record["file_name"]
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(aug_input.image, dtype=np.float32)),
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "file_name": path,
             "image_id": record.get("image_id"),
             "spacing": spacing,
@@ -321,10 +374,10 @@ class DatasetMapper3D:
         for k in ("depth", "height", "width"):
             if k in record:
                 out[k] = int(record[k])
-        if ndim == 2:
+        if self.spatial_dims == 2:
             out.pop("depth", None)
         if self.is_train:
-            lab = np.ascontiguousarray(aug_input.labels)
+            lab = np.ascontiguousarray(labels)
             out["instances"] = label_volume_to_instances(lab, classes, lab.shape)
         return out
 

@@ -10,6 +10,7 @@ from .augmentation import (
     apply_augmentations,
 )
 from .copy_paste import check_copy_paste, paste_touching_copies
+from .mosaic import check_mosaic, join_volumes
 from .transform import (
     CropTransform,
     FlipTransform,
