@@ -35,6 +35,15 @@ class Conv3d(nn.Conv3d):
     class runs those convolutions, and only those, in float32 while gradients are needed. Such
     maps are tiny, so the cost is nil. ``tests/layers/test_wrappers.py`` checks the gradients
     against a float32 reference.
+
+    It also keeps single-volume convolutions on oneDNN. On a CPU, for a float32 input of one
+    volume ``(1, C, D, H, W)``, torch picks its native kernel over oneDNN when ``C * D * H <=
+    20480`` (a rule written for 2D images); for a 3D kernel that native path is several times
+    slower, forward and backward (torch 2.13, one thread: a 3x3x3 convolution of 16 to 32 channels
+    on a 32^3 map took 0.14 s forward and backward against 0.038 s for two such maps). Every
+    inference pass is one volume. Such a call is run as a batch of two: the input is cut into two
+    halves along a spatial axis, each with the voxels its half of the output needs, so the result
+    is the same convolution (``tests/layers/test_wrappers.py``).
     """
 
     def _float32_needed(self, x: torch.Tensor) -> bool:
@@ -47,13 +56,66 @@ class Conv3d(nn.Conv3d):
             and self.weight.requires_grad
         )
 
+    def _split_axis(self, x: torch.Tensor) -> Optional[int]:
+        """The spatial axis to cut a single-volume input along, or None to run it as it is."""
+        if (
+            x.shape[0] != 1
+            or x.shape[1] * x.shape[2] * x.shape[3] > _NATIVE_CONV_MAX
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+            or all(k == 1 for k in self.kernel_size)
+            or self.groups > 1  # torch takes oneDNN for these anyway
+            or (self.kernel_size[1] > 3 and self.kernel_size[2] > 3)
+        ):
+            return None
+        out = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(
+                x.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride
+            )
+        ]
+        even = [a for a in range(3) if out[a] >= 2 and out[a] % 2 == 0]
+        return max(even, key=lambda a: out[a]) if even else None
+
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         # every convolution of this module comes here (forward, Conv.forward_concat)
         if not self._float32_needed(x):
-            return super()._conv_forward(x, weight, bias)
+            axis = self._split_axis(x)
+            if axis is None:
+                return super()._conv_forward(x, weight, bias)
+            return _conv3d_in_halves(
+                x, weight, bias, self.stride, self.padding, self.dilation, self.groups, axis
+            )
         with torch.autocast("cpu", enabled=False):
             bias = None if bias is None else bias.float()
             return super()._conv_forward(x.float(), weight.float(), bias)
+
+
+# torch's rule (ConvParams::use_mkldnn): a float32 CPU input of batch 1 goes to oneDNN only when
+# its first three sizes, times, exceed this, or for grouped convolutions or kernels wider than 3
+# in both last axes
+_NATIVE_CONV_MAX = 20480
+
+
+def _conv3d_in_halves(x, weight, bias, stride, padding, dilation, groups, axis: int):
+    """
+    ``F.conv3d`` of a one-volume ``x`` as a batch of two: the output is cut in two equal halves
+    along spatial ``axis`` (its size there must be even), each computed from the window of the
+    zero-padded input that it reads.
+    """
+    dim = 2 + axis
+    k, s, p, d = weight.shape[dim], stride[axis], padding[axis], dilation[axis]
+    half = ((x.shape[dim] + 2 * p - d * (k - 1) - 1) // s + 1) // 2
+    span = (half - 1) * s + d * (k - 1) + 1  # input voxels one half of the output reads
+    pads = [0, 0] * 3
+    pads[2 * (2 - axis)] = pads[2 * (2 - axis) + 1] = p  # F.pad lists the last axis first
+    xp = F.pad(x, pads) if p else x
+    both = torch.cat([xp.narrow(dim, 0, span), xp.narrow(dim, half * s, span)])
+    pad_rest = tuple(0 if a == axis else padding[a] for a in range(3))
+    y = F.conv3d(both, weight, bias, stride, pad_rest, dilation, groups)
+    return torch.cat([y[:1], y[1:]], dim=dim)
 
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: Conv3d}

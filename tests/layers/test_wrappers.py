@@ -208,3 +208,50 @@ def test_get_norm():
     assert type(get_norm("LN", 8, ndim=3)).__name__ == "LayerNorm"  # channels-first, det3d's
     with pytest.raises(ValueError, match="'IN'"):
         get_norm("IN", 8, ndim=3)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding, dilation",
+    [
+        ((1, 16, 16, 16, 16), 3, 1, 1, 1),  # the usual 3x3x3, cut along the first axis
+        ((1, 4, 9, 12, 5), 3, 2, 1, 1),  # strided; only the second axis' output is even
+        ((1, 3, 17, 20, 9), (7, 3, 7), 2, (3, 1, 3), 1),  # strided, 7 deep
+        ((1, 5, 10, 13, 11), 3, 1, 2, 2),  # dilated
+        ((1, 6, 5, 12, 12), (1, 3, 3), 1, (0, 1, 1), 1),  # anisotropic kernel
+        ((1, 6, 8, 9, 10), 2, 2, 0, 1),  # no padding
+    ],
+)
+def test_conv3d_of_one_volume_in_two_halves_is_the_convolution(
+    shape, kernel, stride, padding, dilation
+):
+    torch.manual_seed(0)
+    conv = Conv3d(shape[1], 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(shape, requires_grad=True)
+    assert conv._split_axis(x) is not None  # the case under test: torch would run it natively
+    y = conv(x)
+    # reference: the same convolution in float64 (never cut: the cut is for float32 only)
+    w64 = conv.weight.detach().double().requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    ref = F.conv3d(x64, w64, conv.bias.detach().double(), stride, padding, dilation)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(ref.shape, dtype=torch.float64)
+    (y.double() * grad_out).sum().backward()
+    (ref * grad_out).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.weight.grad.double(), w64.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_conv3d_cuts_only_single_volumes_torch_would_run_natively():
+    conv = Conv3d(8, 8, 3, padding=1)
+    assert conv._split_axis(torch.zeros(1, 8, 8, 8, 8)) == 0
+    assert conv._split_axis(torch.zeros(2, 8, 8, 8, 8)) is None  # a batch: oneDNN already
+    assert conv._split_axis(torch.zeros(1, 8, 64, 64, 8)) is None  # 8 * 64 * 64 > 20480
+    assert conv._split_axis(torch.zeros(1, 8, 8, 8, 8, dtype=torch.float64)) is None
+    assert conv._split_axis(torch.zeros(1, 8, 1, 1, 1)) is None  # no output axis to halve
+    assert conv._split_axis(torch.zeros(1, 8, 7, 9, 7)) is None  # no even output axis
+    assert Conv3d(8, 8, 1)._split_axis(torch.zeros(1, 8, 8, 8, 8)) is None  # 1x1x1: native
+    assert Conv3d(1, 8, 7, padding=3)._split_axis(torch.zeros(1, 1, 8, 8, 8)) is None  # oneDNN
+    assert Conv3d(8, 8, 3, groups=2)._split_axis(torch.zeros(1, 8, 8, 8, 8)) is None  # oneDNN
+    reflect = Conv3d(8, 8, 3, padding=1, padding_mode="reflect")
+    assert reflect._split_axis(torch.zeros(1, 8, 8, 8, 8)) is None
