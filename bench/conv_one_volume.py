@@ -15,10 +15,9 @@ checking that both give the same output:
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from ops import median_time, print_speed_table  # bench/ops.py (this folder is on sys.path)
 from torch import nn
 
 from det3d.config import get_cfg
@@ -26,14 +25,9 @@ from det3d.layers import Conv3d
 from det3d.modeling import build_backbone
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def warm_median_time(fn, repeats):
+    fn()  # warm-up: oneDNN builds its kernels on the first call of a shape
+    return median_time(fn, repeats)
 
 
 def bench_layers(repeats):
@@ -63,10 +57,10 @@ def bench_layers(repeats):
         def fwd_bwd(m):
             m(x).sum().backward()
 
-        rows.append((f"{name} fwd", median_time(lambda: fwd(ours), repeats),
-                     median_time(lambda: fwd(ref), repeats)))  # fmt: skip
-        rows.append((f"{name} fwd+bwd", median_time(lambda: fwd_bwd(ours), repeats),
-                     median_time(lambda: fwd_bwd(ref), repeats)))  # fmt: skip
+        rows.append((f"{name} fwd", warm_median_time(lambda: fwd(ours), repeats),
+                     warm_median_time(lambda: fwd(ref), repeats)))  # fmt: skip
+        rows.append((f"{name} fwd+bwd", warm_median_time(lambda: fwd_bwd(ours), repeats),
+                     warm_median_time(lambda: fwd_bwd(ref), repeats)))  # fmt: skip
     return rows
 
 
@@ -84,12 +78,12 @@ def bench_backbone(config, repeats):
                 return backbone(x)
 
         ours = run()
-        t_ours = median_time(run, repeats)
+        t_ours = warm_median_time(run, repeats)
         own = Conv3d._split_axis
         Conv3d._split_axis = lambda self, x: None  # every convolution as torch runs it
         try:
             ref = run()
-            t_ref = median_time(run, repeats)
+            t_ref = warm_median_time(run, repeats)
         finally:
             Conv3d._split_axis = own
         for k in ours:
@@ -106,10 +100,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = bench_layers(args.repeats) + bench_backbone(args.config, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'case':<40} {'det3d (ms)':>11} {'torch (ms)':>11} {'speed-up':>9}")
-    for name, t_ours, t_ref in rows:
-        print(f"{name:<40} {t_ours * 1e3:>11.2f} {t_ref * 1e3:>11.2f} {t_ref / t_ours:>8.1f}x")
+    print_speed_table(rows, args.repeats, ref="torch", width=40)
 
 
 if __name__ == "__main__":

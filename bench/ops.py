@@ -199,10 +199,16 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = bench_nms(args.repeats) + bench_roi_align(args.repeats) + bench_resize(args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'case':<44} {'det3d (ms)':>11} {'torch ref (ms)':>15} {'speed-up':>9}")
+    print_speed_table(rows, args.repeats)
+
+
+def print_speed_table(rows, repeats, ref="torch ref", width=44):
+    """Prints ``(case, det3d seconds, reference seconds)`` rows as milliseconds and a ratio."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
+    w = len(ref) + 6
+    print(f"{'case':<{width}} {'det3d (ms)':>11} {ref + ' (ms)':>{w}} {'speed-up':>9}")
     for name, t_ops, t_ref in rows:
-        print(f"{name:<44} {t_ops * 1e3:>11.2f} {t_ref * 1e3:>15.2f} {t_ref / t_ops:>8.1f}x")
+        print(f"{name:<{width}} {t_ops * 1e3:>11.2f} {t_ref * 1e3:>{w}.2f} {t_ref / t_ops:>8.1f}x")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from det3d.data import (
 )
 from det3d.data.samplers import InferenceSampler, TrainingSampler
 
+from . import keep_raw_values
+
 
 def _record(tmp_path, name, image, labels, spacing=(1.0, 1.0, 1.0), **extra):
     img_path, lab_path = str(tmp_path / f"{name}.tif"), str(tmp_path / f"{name}_labels.tif")
@@ -33,13 +35,8 @@ def _record(tmp_path, name, image, labels, spacing=(1.0, 1.0, 1.0), **extra):
 
 
 def _geometric_cfg(crop=(8, 16, 16)):
-    cfg = get_cfg()
-    cfg.INPUT.NORM_PERCENTILES = []  # keep raw values so image == labels stays checkable
+    cfg = keep_raw_values(get_cfg())  # image == labels stays checkable
     cfg.INPUT.CROP_SIZE = list(crop)
-    cfg.INPUT.INTENSITY_SCALE = [1.0, 1.0]
-    cfg.INPUT.INTENSITY_SHIFT = [0.0, 0.0]
-    cfg.INPUT.GAMMA = [1.0, 1.0]
-    cfg.INPUT.NOISE_STD = 0.0
     return cfg
 
 

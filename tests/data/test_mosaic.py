@@ -7,6 +7,8 @@ from det3d.data import DatasetCatalog, DatasetMapper3D, build_detection_train_lo
 from det3d.data.samplers import TrainingSampler
 from det3d.data.transforms import check_mosaic, join_volumes
 
+from . import keep_raw_values
+
 
 def test_join_volumes_places_pads_and_renumbers():
     a_lab = np.zeros((2, 3, 4), np.int32)
@@ -69,15 +71,8 @@ def _records(tmp_path, shapes, spacings=None):
 
 
 def _mosaic_cfg(name):
-    cfg = get_cfg()
+    cfg = keep_raw_values(get_cfg(), flips=False)  # each voxel says which volume it came from
     cfg.DATASETS.TRAIN = (name,)
-    cfg.INPUT.NORM_PERCENTILES = []  # raw values: each voxel says which volume it came from
-    cfg.INPUT.RANDOM_FLIP_AXES = []
-    cfg.INPUT.ROTATE90_XY = False
-    cfg.INPUT.INTENSITY_SCALE = [1.0, 1.0]
-    cfg.INPUT.INTENSITY_SHIFT = [0.0, 0.0]
-    cfg.INPUT.GAMMA = [1.0, 1.0]
-    cfg.INPUT.NOISE_STD = 0.0
     cfg.INPUT.MOSAIC.NUM_VOLUMES = 2
     cfg.SOLVER.IMS_PER_BATCH = 1
     cfg.DATALOADER.NUM_WORKERS = 0

@@ -18,6 +18,8 @@ from det3d.data import (
     write_volume,
 )
 
+from . import keep_raw_values
+
 
 def _record(tmp_path, name, image, labels, **extra):
     img_path, lab_path = str(tmp_path / f"{name}.tif"), str(tmp_path / f"{name}_labels.tif")
@@ -42,13 +44,7 @@ def _cfg(augment=False, **slice_fusion):
     for k, v in slice_fusion.items():
         cfg.MODEL.SLICE_FUSION[k] = v
     if not augment:
-        cfg.INPUT.NORM_PERCENTILES = []  # raw values: the image (= labels) stays checkable
-        cfg.INPUT.RANDOM_FLIP_AXES = []
-        cfg.INPUT.ROTATE90_XY = False
-        cfg.INPUT.INTENSITY_SCALE = [1.0, 1.0]
-        cfg.INPUT.INTENSITY_SHIFT = [0.0, 0.0]
-        cfg.INPUT.GAMMA = [1.0, 1.0]
-        cfg.INPUT.NOISE_STD = 0.0
+        keep_raw_values(cfg, flips=False)  # the image (= labels) stays checkable
     return cfg
 
 
