@@ -63,6 +63,7 @@ class Conv3d(nn.Conv3d):
             or x.shape[1] * x.shape[2] * x.shape[3] > _NATIVE_CONV_MAX
             or x.dtype != torch.float32
             or x.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")  # bfloat16 goes to oneDNN at any batch
             or self.padding_mode != "zeros"
             or isinstance(self.padding, str)
             or all(k == 1 for k in self.kernel_size)

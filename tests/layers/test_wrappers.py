@@ -248,6 +248,8 @@ def test_conv3d_cuts_only_single_volumes_torch_would_run_natively():
     assert conv._split_axis(torch.zeros(2, 8, 8, 8, 8)) is None  # a batch: oneDNN already
     assert conv._split_axis(torch.zeros(1, 8, 64, 64, 8)) is None  # 8 * 64 * 64 > 20480
     assert conv._split_axis(torch.zeros(1, 8, 8, 8, 8, dtype=torch.float64)) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._split_axis(torch.zeros(1, 8, 8, 8, 8)) is None
     assert conv._split_axis(torch.zeros(1, 8, 1, 1, 1)) is None  # no output axis to halve
     assert conv._split_axis(torch.zeros(1, 8, 7, 9, 7)) is None  # no even output axis
     assert Conv3d(8, 8, 1)._split_axis(torch.zeros(1, 8, 8, 8, 8)) is None  # 1x1x1: native
