@@ -16,6 +16,7 @@ __all__ = [
     "array_axis_to_box_axis",
     "array_shape_to_box_order",
     "box_order_to_array_shape",
+    "check_spatial_axes",
 ]
 
 T = TypeVar("T")
@@ -55,6 +56,20 @@ def per_axis(value: Union[T, Sequence[T]], ndim: int, name: str = "value") -> Tu
     if isinstance(value, (list, tuple)) and ndim == 2 and len(value) == 3:
         value = value[1:]
     return as_tuple(value, ndim, name)
+
+
+def check_spatial_axes(axes: Sequence[int], ndim: int, name: str) -> Tuple[int, ...]:
+    """
+    ``axes`` as a tuple, after checking that it lists distinct array axes of ``ndim`` spatial
+    dims (0 .. ndim - 1; may be empty); else ValueError naming ``name`` (a config key).
+    """
+    axes = list(axes)
+    valid = all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < ndim for a in axes)
+    if not valid or len(set(axes)) != len(axes):
+        raise ValueError(
+            f"{name} must list distinct spatial axes in 0..{ndim - 1} (array order), got {axes!r}"
+        )
+    return tuple(axes)
 
 
 def box_axis_to_array_axis(k: int, ndim: int) -> int:

@@ -15,6 +15,8 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from det3d.utils.axes import check_spatial_axes
+
 __all__ = ["check_mosaic", "join_volumes"]
 
 
@@ -31,15 +33,7 @@ def check_mosaic(
     """
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"{names[0]} must be an int >= 1 (1 = no mosaic), got {num_volumes!r}")
-    axes = list(axes)
-    valid = all(
-        isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in axes
-    )
-    if not valid or len(set(axes)) != len(axes):
-        raise ValueError(
-            f"{names[1]} must list distinct spatial axes in 0..{spatial_dims - 1} (array order; "
-            f"empty: all), got {axes!r}"
-        )
+    check_spatial_axes(axes, spatial_dims, names[1])
 
 
 def join_volumes(

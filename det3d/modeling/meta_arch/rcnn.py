@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from det3d.config import configurable
 from det3d.structures import ImageList, Instances
 from det3d.utils.amp import resolve_amp_dtype
+from det3d.utils.axes import check_spatial_axes
 
 from ..backbone import Backbone, build_backbone
 from ..brightness_split import check_split_args, split_by_brightness
@@ -295,13 +296,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
         self.label_voxel_owner = check_voxel_owner(label_voxel_owner)
-        self.mask_flip_axes = tuple(int(a) for a in mask_flip_axes)
-        axes = set(self.mask_flip_axes)
-        if len(axes) != len(self.mask_flip_axes) or not axes <= set(range(ndim)):
-            raise ValueError(
-                f"TEST.MASK_FLIP_AXES {list(mask_flip_axes)} must name distinct spatial axes "
-                f"0..{ndim - 1} (array order)"
-            )
+        self.mask_flip_axes = check_spatial_axes(mask_flip_axes, ndim, "TEST.MASK_FLIP_AXES")
         self.flip_objectness = bool(flip_objectness)
         self.transpose_xy = bool(transpose_xy)
         if self.flip_objectness and not (self.mask_flip_axes or self.transpose_xy):
