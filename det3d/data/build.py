@@ -159,11 +159,14 @@ class _WorkerInit:
 def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None):
     if mapper is None:
         mapper = DATASET_MAPPER_REGISTRY.get(cfg.DATALOADER.TRAIN_MAPPER)(cfg, True)
-    if cfg.INPUT.MOSAIC.NUM_VOLUMES > 1 and not hasattr(mapper, "map_mosaic"):
+    # the stream groups records by the mapper's own count (_TrainStream): it must be the config's
+    joins = getattr(mapper, "mosaic_volumes", 1)
+    if joins != cfg.INPUT.MOSAIC.NUM_VOLUMES:
+        what = f"joins {joins} volumes" if hasattr(mapper, "map_mosaic") else "has no map_mosaic"
         raise ValueError(
             f"INPUT.MOSAIC.NUM_VOLUMES is {cfg.INPUT.MOSAIC.NUM_VOLUMES}, but the training mapper "
             f"{type(mapper).__name__} (DATALOADER.TRAIN_MAPPER {cfg.DATALOADER.TRAIN_MAPPER!r}) "
-            f"has no map_mosaic; set it to 1"
+            f"{what}; set it to {joins}"
         )
     if dataset is None:
         dataset = get_detection_dataset_dicts(

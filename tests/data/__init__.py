@@ -1,3 +1,13 @@
+from det3d.data import DatasetCatalog
+
+
+def register_records(name: str, records) -> None:
+    """Registers ``records`` as dataset ``name`` (replacing one of that name)."""
+    if name in DatasetCatalog:
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: list(records))
+
+
 def keep_raw_values(cfg, flips: bool = True):
     """
     Turns off the input pipeline's intensity changes and normalisation (and, with ``flips=False``,

@@ -14,7 +14,7 @@ from det3d.data import (
 )
 from det3d.data.samplers import InferenceSampler, TrainingSampler
 
-from . import keep_raw_values
+from . import keep_raw_values, register_records
 
 
 def _record(tmp_path, name, image, labels, spacing=(1.0, 1.0, 1.0), **extra):
@@ -140,19 +140,13 @@ def test_mapper_errors_name_the_file(tmp_path):
         DatasetMapper3D(get_cfg(), is_train=True)(sparse)
 
 
-def _register(name, records):
-    if name in DatasetCatalog:
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: list(records))
-
-
 def test_filter_empty(tmp_path, touching_record, caplog):
     record, labels = touching_record
     empty = _record(
         tmp_path, "empty", np.ones((12, 24, 24), np.float32), np.zeros((12, 24, 24), np.int32)
     )
-    _register("_test_mixed", [record, empty])
-    _register("_test_empty", [empty])
+    register_records("_test_mixed", [record, empty])
+    register_records("_test_empty", [empty])
     try:
         assert len(get_detection_dataset_dicts("_test_mixed")) == 1
         assert len(get_detection_dataset_dicts("_test_mixed", filter_empty=False)) == 2
@@ -175,7 +169,7 @@ def test_same_seed_same_batches(tmp_path):
     for i in range(3):
         im, lab, _ = make_synthetic_volume((8, 20, 20), 3, size_range=(2.0, 3.0), seed=i)
         recs.append(_record(tmp_path, f"v{i}", im, lab))
-    _register("_test_seeded", recs)
+    register_records("_test_seeded", recs)
     try:
         cfg = get_cfg()
         cfg.DATASETS.TRAIN = ("_test_seeded",)

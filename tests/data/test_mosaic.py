@@ -7,7 +7,7 @@ from det3d.data import DatasetCatalog, DatasetMapper3D, build_detection_train_lo
 from det3d.data.samplers import TrainingSampler
 from det3d.data.transforms import check_mosaic, join_volumes
 
-from . import keep_raw_values
+from . import keep_raw_values, register_records
 
 
 def test_join_volumes_places_pads_and_renumbers():
@@ -80,15 +80,9 @@ def _mosaic_cfg(name):
     return cfg
 
 
-def _register(name, records):
-    if name in DatasetCatalog:
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: list(records))
-
-
 def test_train_loader_joins_consecutive_records_of_the_sampler(tmp_path):
     records = _records(tmp_path, [(6, 8, 10)] * 3)
-    _register("_test_mosaic", records)
+    register_records("_test_mosaic", records)
     try:
         cfg = _mosaic_cfg("_test_mosaic")
         it = iter(build_detection_train_loader(cfg))
@@ -141,3 +135,6 @@ def test_mosaic_errors_name_what_is_wrong(tmp_path):
     cfg.INPUT.MOSAIC.AXES = [0]
     with pytest.raises(ValueError, match="INPUT.MOSAIC.NUM_VOLUMES is 2.*has no map_mosaic"):
         build_detection_train_loader(cfg, mapper=lambda record: record)
+    single = DatasetMapper3D(cfg, is_train=True, mosaic_volumes=1)  # the config says 2
+    with pytest.raises(ValueError, match="NUM_VOLUMES is 2.*joins 1 volumes; set it to 1"):
+        build_detection_train_loader(cfg, mapper=single)
