@@ -296,7 +296,7 @@ class DatasetMapper3D:
         """
         if not self.is_train:
             raise ValueError("DatasetMapper3D.map_mosaic: mosaics are for training only")
-        parts = [self._augmented(copy.copy(r)) for r in records]
+        parts = [self._augmented(r) for r in records]  # reads the records, writes none
         spacings = {p[2] for p in parts}
         if len(spacings) > 1:
             raise ValueError(
