@@ -11,10 +11,11 @@ Plans a config for a dataset from its fingerprint, as nnU-Net and nnDetection pl
 ``--train`` / ``--test`` take registered dataset names (``toy3d_train``) or dataset specs
 (``folder:``, ``ctc:``, ``coco3d:``; see ``det3d/data/datasets/specs.py``). The planner reads the
 training volumes (spacing, volume and object sizes per axis, objects per volume, touching
-objects, intensities), measures the planned model's seconds per iteration on this machine, and
-writes ``<output>`` (every planned value with the reason in a comment; training fills 90% of
-``--budget-minutes``: ``MAX_ITER`` is the probe's estimate and the run re-fits it to its own
-speed) and ``<output stem>.fingerprint.json``.
+objects, intensities), measures the planned model's seconds per iteration and its inference in
+float32 and under autocast on this machine, and writes ``<output>`` (every planned value with the
+reason in a comment; training fills 90% of ``--budget-minutes``: ``MAX_ITER`` is the probe's
+estimate and the run re-fits it to its own speed; ``TEST.AMP`` where autocast infers faster) and
+``<output stem>.fingerprint.json``.
 ``tools/train_net.py --plan`` does the same into its ``OUTPUT_DIR`` and then trains.
 """
 
@@ -44,7 +45,7 @@ def main(argv=None):
     p.add_argument(
         "--no-probe",
         action="store_true",
-        help="do not time the model (no MAX_ITER, no SOLVER.TIME_BUDGET_MINUTES)",
+        help="do not time the model (no MAX_ITER, no SOLVER.TIME_BUDGET_MINUTES, no TEST.AMP)",
     )
     p.add_argument("--base", default=DEFAULT_BASE, help="the _BASE_ config")
     p.add_argument("--output-dir", default="", help="OUTPUT_DIR of the planned config")

@@ -8,7 +8,7 @@ from det3d.utils.file_io import write_json_atomic
 
 from .fingerprint import dataset_fingerprint
 from .planner import Plan, plan_config
-from .probe import measure_iteration_time
+from .probe import measure_inference_time, measure_iteration_time
 from .write import planned_config_text, write_planned_config
 
 __all__ = ["plan_dataset", "DEFAULT_BASE"]
@@ -55,6 +55,8 @@ def plan_dataset(
             per iteration on this machine; without it ``SOLVER.MAX_ITER`` is the base's).
         base: the ``_BASE_`` config.
         output_dir: ``OUTPUT_DIR`` of the planned config (default ``output/<output stem>``).
+        probe: measure on this machine the seconds of a training iteration (``MAX_ITER``) and of
+            inference on a volume in float32 and under autocast (``TEST.AMP``).
         command: how to re-plan, for the file's header.
 
     Raises:
@@ -85,8 +87,16 @@ def plan_dataset(
         plan.apply(cfg)
         cfg.DATASETS.TRAIN = tuple(train)
         seconds = measure_iteration_time(cfg)
+        inference = []
+        for amp in (False, True):
+            cfg.TEST.AMP.ENABLED = amp
+            inference.append(measure_inference_time(cfg))
         plan = plan_config(
-            fp, num_classes=len(classes), seconds_per_iter=seconds, budget_minutes=budget_minutes
+            fp,
+            num_classes=len(classes),
+            seconds_per_iter=seconds,
+            budget_minutes=budget_minutes,
+            inference_seconds=tuple(inference),
         )
     base_rel = os.path.relpath(os.path.abspath(base), os.path.dirname(os.path.abspath(output)))
     header = (

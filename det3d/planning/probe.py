@@ -1,10 +1,11 @@
-"""Measures what a planned config costs on this machine: seconds per training iteration."""
+"""Measures what a planned config costs on this machine: seconds per training iteration, and
+seconds per volume at inference in float32 and under autocast."""
 
 import time
 
 import torch
 
-__all__ = ["measure_iteration_time"]
+__all__ = ["measure_iteration_time", "measure_inference_time"]
 
 
 def _steady_state_proposals(module, args, kwargs):
@@ -87,6 +88,42 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
             optimizer.step()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+    finally:
+        torch.set_rng_state(rng_state)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure_inference_time(cfg, warmup: int = 1, iters: int = 3) -> float:
+    """
+    Runs the model of ``cfg`` (as built: untrained) in eval mode on the first volume of its
+    training data, ``warmup + iters`` times, and returns the median seconds of the last
+    ``iters``: the whole inference, test-time flips and the label volume included, under
+    ``TEST.AMP`` as the config sets it (the model's own ``inference_autocast``). An untrained box
+    head scores every class alike, so the model keeps up to ``TEST.DETECTIONS_PER_IMAGE``
+    detections of random boxes; the figure is for comparing settings on this machine, not a
+    trained model's speed. Nothing is written; the torch random state is restored afterwards.
+
+    Args:
+        cfg: a det3d config with ``DATASETS.TRAIN``.
+    """
+    from det3d.data import DatasetMapper3D
+    from det3d.data.build import get_detection_dataset_dicts
+    from det3d.modeling import build_model
+
+    rng_state = torch.get_rng_state()
+    try:
+        record = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN))[0]
+        batch = [DatasetMapper3D(cfg, is_train=False)(record)]
+        model = build_model(cfg)
+        model.eval()
+        times = []
+        with torch.no_grad():
+            for i in range(warmup + iters):
+                start = time.perf_counter()
+                model(batch)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
     finally:
         torch.set_rng_state(rng_state)
     times.sort()

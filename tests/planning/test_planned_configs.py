@@ -31,6 +31,12 @@ def test_planned_config_matches_its_fingerprint(path):
     text = open(path).read()
     budget = re.search(r"of the ([\d.]+)-minute budget", text).group(1)
     seconds = re.search(r"minutes at ([\d.]+) s per iteration", text).group(1)
+    # TEST.AMP follows the inference times measured when the config was planned
+    inference = re.search(
+        r"inference took ([\d.]+) s per training volume in float32 and "
+        r"([\d.]+) s under autocast",
+        text,
+    )
     cfg = get_cfg()
     cfg.merge_from_file(path)
     plan = plan_config(
@@ -38,6 +44,7 @@ def test_planned_config_matches_its_fingerprint(path):
         num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
         seconds_per_iter=float(seconds),
         budget_minutes=float(budget),
+        inference_seconds=tuple(map(float, inference.groups())) if inference else None,
     )
     differ = {}
     for key, value in plan.values.items():

@@ -191,6 +191,18 @@ def test_planned_config_loads_and_says_why(iso, tmp_path):
     assert cfg.DATASETS.TRAIN == ("a",) and cfg.OUTPUT_DIR == "o"
 
 
+@pytest.mark.parametrize(
+    "seconds, on", [((1.0, 0.6), True), ((1.0, 0.95), False), ((1.0, 1.4), False)]
+)
+def test_inference_autocast_where_the_probe_measured_it_faster(iso, seconds, on):
+    plan = plan_config(iso, num_classes=2, seconds_per_iter=0.5, inference_seconds=seconds)
+    assert plan.values["TEST.AMP.ENABLED"] is on
+    reason = plan.reasons["TEST.AMP.ENABLED"]
+    assert f"{seconds[0]:.2f} s per training volume in float32 and {seconds[1]:.2f} s" in reason
+    # without a measurement the base config's precision stands
+    assert "TEST.AMP.ENABLED" not in plan_config(iso, num_classes=2, seconds_per_iter=0.5).values
+
+
 @pytest.mark.parametrize("which", ["iso", "aniso"])
 def test_rois_pool_from_a_level_where_they_span_several_cells(which, iso, aniso):
     v = plan_config(iso if which == "iso" else aniso, num_classes=2).values
