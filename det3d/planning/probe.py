@@ -2,6 +2,7 @@
 seconds per volume at inference in float32 and under autocast."""
 
 import time
+from typing import Callable
 
 import torch
 
@@ -43,6 +44,18 @@ def _steady_state_proposals(module, args, kwargs):
     return tuple(new_args), kwargs
 
 
+def _median_seconds(step: Callable[[], object], warmup: int, iters: int) -> float:
+    """Runs ``step`` ``warmup + iters`` times; the median seconds of the last ``iters``."""
+    times = []
+    for i in range(warmup + iters):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     """
     Trains the model of ``cfg`` for ``warmup + iters`` iterations on batches of its training data
@@ -75,23 +88,20 @@ def measure_iteration_time(cfg, warmup: int = 3, iters: int = 6) -> float:
     device = next(model.parameters()).device.type
     amp = cfg.SOLVER.AMP.ENABLED
     dtype = resolve_amp_dtype(cfg.SOLVER.AMP.DTYPE, device, "SOLVER.AMP.DTYPE") if amp else None
-    times = []
+
+    def step():
+        data = next(loader)
+        with torch.autocast(device, dtype=dtype, enabled=amp):
+            losses = model(data)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
     try:
-        for i in range(warmup + iters):
-            start = time.perf_counter()
-            data = next(loader)
-            with torch.autocast(device, dtype=dtype, enabled=amp):
-                losses = model(data)
-            loss = sum(losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        return _median_seconds(step, warmup, iters)
     finally:
         torch.set_rng_state(rng_state)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def measure_inference_time(cfg, warmup: int = 1, iters: int = 3) -> float:
@@ -117,14 +127,7 @@ def measure_inference_time(cfg, warmup: int = 1, iters: int = 3) -> float:
         batch = [DatasetMapper3D(cfg, is_train=False)(record)]
         model = build_model(cfg)
         model.eval()
-        times = []
         with torch.no_grad():
-            for i in range(warmup + iters):
-                start = time.perf_counter()
-                model(batch)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            return _median_seconds(lambda: model(batch), warmup, iters)
     finally:
         torch.set_rng_state(rng_state)
-    times.sort()
-    return times[len(times) // 2]
