@@ -16,13 +16,13 @@ the check that doing so leaves the scores where they were.
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench", "peers"))
 
+from det3d_part import inference_seconds_per_volume  # noqa: E402  (bench/peers/det3d_part.py)
 from score import read_scores  # noqa: E402  (bench/peers/score.py)
 
 from det3d.data.datasets import dataset_folder_name  # noqa: E402
@@ -45,15 +45,18 @@ def evaluate(run: str, dataset: str, amp: str, out: str, threads: int) -> dict:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise RuntimeError(f"evaluation of {dataset} failed (exit {rc}); see {out}/bench.log")
-    with open(os.path.join(out, "log.txt")) as f:
-        timed = re.findall(r"pure compute time: \S+ \(([\d.]+) s / volume\)", f.read())
+    log = os.path.join(out, "log.txt")
+    with open(log) as f:
+        seconds = inference_seconds_per_volume(f.read())
+    if seconds is None:
+        raise ValueError(f"{log}: no 'inference pure compute time' line; did the evaluation run?")
     folder = os.path.join(out, "inference", dataset_folder_name(dataset))
     scores = read_scores(folder)
     coco = os.path.join(folder, "coco3d_results.json")
     if os.path.isfile(coco):
         segm = read_json(coco, "COCO-3D results").get("segm", {}).get("metrics", {})
         scores["mask AP"] = segm.get("AP", float("nan"))
-    scores["s/vol"] = float(timed[-1])
+    scores["s/vol"] = seconds
     return scores
 
 

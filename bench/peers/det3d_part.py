@@ -69,6 +69,13 @@ def _last(pattern: str, text: str) -> Optional[re.Match]:
     return found[-1] if found else None
 
 
+def inference_seconds_per_volume(log: str) -> Optional[float]:
+    """The seconds per volume of the last evaluation in a run's ``log.txt`` text (its ``Total
+    inference pure compute time ... (s / volume)`` line), or None where it has none."""
+    found = _last(r"Total inference pure compute time: \S+ \(([\d.]+) s / volume\)", log)
+    return float(found.group(1)) if found else None
+
+
 def _hms(s: str) -> float:
     h, m, sec = (int(x) for x in s.split(":"))
     return 3600.0 * h + 60.0 * m + sec
@@ -101,7 +108,7 @@ def det3d_summary(output_dir: str) -> dict:
     with open(log_path) as f:
         log = f.read()
     train = _last(r"Total training time: (\d+:\d\d:\d\d)", log)
-    infer = _last(r"Total inference pure compute time: \S+ \(([\d.]+) s / volume\)", log)
+    infer = inference_seconds_per_volume(log)
     budget = _last(r"Time budget: (\d+) iterations in", log)
     if train is None or infer is None:
         missing = "'Total training time'" if train is None else "'inference pure compute time'"
@@ -112,7 +119,7 @@ def det3d_summary(output_dir: str) -> dict:
         "scores": read_scores(folder),
         "eval_folder": folder,
         "train_minutes": _hms(train.group(1)) / 60.0,
-        "infer_seconds_per_volume": float(infer.group(1)),
+        "infer_seconds_per_volume": infer,
         "max_iter": max_iter,
         # a run with SOLVER.TIME_BUDGET_MINUTES re-fits MAX_ITER; its log says what it trained
         "iterations": int(budget.group(1)) if budget else max_iter,
