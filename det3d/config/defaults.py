@@ -374,6 +374,19 @@ def add_det3d_config(cfg: CN) -> None:
     # probability is higher there (touching objects split where their masks cross), or "first",
     # the earlier-pasted (more confident) one, as Detectron2's panoptic merge.
     _add(_C.MODEL.ROI_HEADS, "LABELS_VOXEL_OWNER", "mask_prob")
+    # Localisation quality (IoU-Net, Jiang et al., ECCV 2018): with ENABLED the box predictor also
+    # estimates, for each RoI, the IoU of its box with the object it overlaps most (one sigmoid
+    # output, loss LOSS_WEIGHT * binary cross-entropy against that IoU over every sampled RoI),
+    # and each detection carries the estimate for its final box ("pred_box_iou"). StandardROIHeads
+    # only.
+    _add(_C.MODEL.ROI_BOX_HEAD, "IOU_HEAD", CN({"ENABLED": False}))
+    _add(_C.MODEL.ROI_BOX_HEAD.IOU_HEAD, "LOSS_WEIGHT", 1.0)
+    # Where detections carry "pred_box_iou", the label volume pastes them in decreasing
+    # objectness * pred_box_iou ** LABELS_IOU_POWER (0: objectness alone); whether a detection
+    # enters is still decided by its objectness (LABELS_SCORE_THRESH_TEST). A box that spans two
+    # touching objects is a confident detection but a poor box of either: pasted after the
+    # objects' own detections, the overlap rule leaves it out instead of them.
+    _add(_C.MODEL.ROI_HEADS, "LABELS_IOU_POWER", 1.0)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_CLIP", 3.0)
     _add(_C.MODEL.ROI_BOX_HEAD, "HUBER_DELTA", 1.0)
 

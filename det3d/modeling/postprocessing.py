@@ -201,6 +201,7 @@ def instances_to_label_volume(
     foreground: Optional[torch.Tensor] = None,
     foreground_threshold: float = 0.5,
     claim_threshold: Optional[float] = None,
+    iou_power: float = 0.0,
 ) -> torch.Tensor:
     """
     Pastes instances into an int32 label volume: row ``i`` gets label ``i + 1``.
@@ -210,7 +211,11 @@ def instances_to_label_volume(
     that field, else by ``scores``: a detection whose class probability is split between two
     classes (0.45 each) is still a confident object and must not vanish from the label volume.
     Instances are pasted in decreasing objectness (ties: decreasing score, so of two detections
-    of one RoI the one of its most likely class is pasted). A voxel that two pasted instances
+    of one RoI the one of its most likely class is pasted); with ``iou_power`` > 0 and a
+    ``pred_box_iou`` field (the box head's estimate of each box's IoU with its object), in
+    decreasing ``objectness * pred_box_iou ** iou_power``: of a box around one object and a
+    confident box spanning it and its touching neighbour, the better box comes first, and the
+    overlap rule then leaves the other out. A voxel that two pasted instances
     claim goes, with ``voxel_owner="mask_prob"``, to the one whose mask probability is higher
     there (ties: the earlier), so touching objects split along the line where their masks
     cross; with ``"first"`` it stays with the earlier instance (Detectron2's panoptic rule).
@@ -243,6 +248,8 @@ def instances_to_label_volume(
         foreground_threshold: foreground probability a voxel needs to be claimed.
         claim_threshold: None (= ``threshold``), or the mask probability down to which an
             instance claims voxels.
+        iou_power: weight of ``pred_box_iou`` in the pasting order (0: not used;
+            ``MODEL.ROI_HEADS.LABELS_IOU_POWER``); it does not decide which instances enter.
 
     Returns:
         Tensor: int32 ``image_shape`` volume, on the instances' device.
@@ -262,11 +269,16 @@ def instances_to_label_volume(
         foreground = foreground.to(boxes.device) >= foreground_threshold
     if len(boxes) == 0:
         return labels
+    if iou_power < 0:
+        raise ValueError(f"instances_to_label_volume: iou_power must be >= 0, got {iou_power}")
     if instances.has("scores"):
         rank = label_rank(instances)
-        # sort by score, then stably by rank: rank decides, score breaks its ties
+        key = rank
+        if iou_power > 0 and instances.has("pred_box_iou"):
+            key = rank * instances.pred_box_iou.clamp(min=0.0) ** iou_power
+        # sort by score, then stably by key: key decides, score breaks its ties
         order = torch.argsort(instances.scores, descending=True, stable=True)
-        order = order[torch.argsort(rank[order], descending=True, stable=True)]
+        order = order[torch.argsort(key[order], descending=True, stable=True)]
         order = order[rank[order] >= score_threshold].tolist()
     else:
         order = range(len(instances))

@@ -191,6 +191,10 @@ def test_bad_config_combinations_name_the_key():
     cfg.TEST.COUNTS_REFERENCE_SHAPE = [16, 32, 32]
     with pytest.raises(ValueError, match="TEST.COUNTS_REFERENCE_SHAPE"):
         build_model(cfg)
+    cfg = _cfg()
+    cfg.MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED = True
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED"):
+        build_model(cfg)
 
 
 def test_thin_volume_and_2d_image_name_the_key_and_file():

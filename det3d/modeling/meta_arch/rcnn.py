@@ -224,6 +224,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         label_score_threshold: float = 0.0,
         label_overlap_threshold: float = 0.5,
         label_voxel_owner: str = "mask_prob",
+        label_iou_power: float = 1.0,
         mask_flip_axes: Sequence[int] = (),
         flip_objectness: bool = False,
         transpose_xy: bool = False,
@@ -246,6 +247,9 @@ class GeneralizedRCNN3D(_RCNNBase):
                 ``instance_labels`` (all detections stay in ``instances``).
             label_overlap_threshold: a detection whose mask is claimed by higher-scoring ones
                 for more than this fraction stays out of ``instance_labels``.
+            label_iou_power: with detections that carry ``pred_box_iou`` (an IoU head), the
+                label volume pastes them in decreasing objectness times ``pred_box_iou`` to this
+                power (``MODEL.ROI_HEADS.LABELS_IOU_POWER``; 0: objectness alone).
             label_voxel_owner: who gets a voxel two pasted detections claim (see
                 :func:`instances_to_label_volume`).
             mask_flip_axes: at inference, the masks of the final detections are averaged over
@@ -255,7 +259,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             flip_objectness: with ``mask_flip_axes``, each detection's ``objectness`` (what
                 decides whether it enters ``instance_labels``) is averaged over the same flips:
                 the plain pass's and, in each flipped pass, the box branch's foreground
-                probability of the flipped box (``TEST.FLIP_OBJECTNESS``).
+                probability of the flipped box (``TEST.FLIP_OBJECTNESS``); so is
+                ``pred_box_iou``, where the detections carry it.
             transpose_xy: the same averages also run on the input with its last two axes
                 swapped, each flip again (``TEST.TRANSPOSE_XY``; twice the passes).
             foreground_head: None, or a module of ``FOREGROUND_HEAD_REGISTRY``: it adds
@@ -296,6 +301,11 @@ class GeneralizedRCNN3D(_RCNNBase):
         self.label_score_threshold = label_score_threshold
         self.label_overlap_threshold = label_overlap_threshold
         self.label_voxel_owner = check_voxel_owner(label_voxel_owner)
+        if label_iou_power < 0:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.LABELS_IOU_POWER must be >= 0, got {label_iou_power}"
+            )
+        self.label_iou_power = float(label_iou_power)
         self.mask_flip_axes = check_spatial_axes(mask_flip_axes, ndim, "TEST.MASK_FLIP_AXES")
         self.flip_objectness = bool(flip_objectness)
         self.transpose_xy = bool(transpose_xy)
@@ -337,6 +347,7 @@ class GeneralizedRCNN3D(_RCNNBase):
         ret["label_score_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_SCORE_THRESH_TEST
         ret["label_overlap_threshold"] = cfg.MODEL.ROI_HEADS.LABELS_OVERLAP_THRESH_TEST
         ret["label_voxel_owner"] = cfg.MODEL.ROI_HEADS.LABELS_VOXEL_OWNER
+        ret["label_iou_power"] = cfg.MODEL.ROI_HEADS.LABELS_IOU_POWER
         ret["mask_flip_axes"] = cfg.TEST.MASK_FLIP_AXES
         ret["flip_objectness"] = cfg.TEST.FLIP_OBJECTNESS
         ret["transpose_xy"] = cfg.TEST.TRANSPOSE_XY
@@ -420,7 +431,8 @@ class GeneralizedRCNN3D(_RCNNBase):
     ) -> Optional[ImageList]:
         """
         Averages the masks (``masks_on``), the foreground probabilities (if not None) and, with
-        ``flip_objectness``, the detections' ``objectness`` over the flips of ``mask_flip_axes``
+        ``flip_objectness``, the detections' ``objectness`` (and ``pred_box_iou``, where they
+        carry it) over the flips of ``mask_flip_axes``
         (every combination, the unflipped pass included), each also transposed in x/y with
         ``transpose_xy``: each detection's ``pred_masks`` is
         replaced by the mean of the mask branch's masks on the flipped batch's features in the
@@ -439,6 +451,8 @@ class GeneralizedRCNN3D(_RCNNBase):
         views = views[1:]
         total = [r.pred_masks.clone() for r in results] if masks_on else []
         obj_total = [r.objectness.clone() for r in results] if self.flip_objectness else []
+        with_iou = self.flip_objectness and all(r.has("pred_box_iou") for r in results)
+        iou_total = [r.pred_box_iou.clone() for r in results] if with_iou else []
         fg_total = None
         if foreground is not None:
             fg_total = ImageList(foreground.tensor.clone(), foreground.image_sizes)
@@ -465,6 +479,10 @@ class GeneralizedRCNN3D(_RCNNBase):
             if obj_total:
                 for t, o in zip(obj_total, self.roi_heads.box_objectness(features, boxes)):
                     t += o
+            for t, o in zip(
+                iou_total, self.roi_heads.box_ious(features, boxes) if with_iou else []
+            ):
+                t += o
             if not masks_on:
                 continue
             given = [
@@ -479,6 +497,8 @@ class GeneralizedRCNN3D(_RCNNBase):
             r.pred_masks = t / (len(views) + 1)
         for r, t in zip(results, obj_total):
             r.objectness = t / (len(views) + 1)
+        for r, t in zip(results, iou_total):
+            r.pred_box_iou = t / (len(views) + 1)
         if fg_total is not None:
             fg_total.tensor /= len(views) + 1
         return fg_total
@@ -504,6 +524,7 @@ class GeneralizedRCNN3D(_RCNNBase):
                 score_threshold=self.label_score_threshold,
                 overlap_threshold=self.label_overlap_threshold,
                 voxel_owner=self.label_voxel_owner,
+                iou_power=self.label_iou_power,
                 foreground=fg[0] if fg is not None else None,
                 foreground_threshold=self.foreground_threshold,
                 claim_threshold=claim,

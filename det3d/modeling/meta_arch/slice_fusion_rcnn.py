@@ -106,6 +106,12 @@ _3D_ONLY_KEYS = [
         lambda cfg: bool(cfg.TEST.BRIGHTNESS_SPLIT.ENABLED),
         "instances split by brightness are implemented for GeneralizedRCNN3D only",
     ),
+    (
+        "MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED",
+        lambda cfg: bool(cfg.MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED),
+        "the label volume ordered by the box head's IoU estimate is implemented for "
+        "GeneralizedRCNN3D only (SliceFusionRCNN links per-slice instances)",
+    ),
 ]
 
 

@@ -109,6 +109,11 @@ class CascadeROIHeads3D(StandardROIHeads3D):
             )
         if not all(0.0 < float(t) < 1.0 for t in ious):
             raise ValueError(f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS {ious} must each lie in (0, 1)")
+        if cfg.MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED: the IoU head is built by StandardROIHeads3D "
+                "only, not by CascadeROIHeads3D"
+            )
         if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
             raise ValueError(
                 "CascadeROIHeads3D refines one box per RoI from stage to stage: set "

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from det3d.config import configurable
 from det3d.layers import CLS_LOSS_TYPES, ShapeSpec, batched_nms, cat, classification_loss
-from det3d.structures import Boxes, Instances
+from det3d.structures import Boxes, Instances, matched_boxlist_iou
 from det3d.utils.events import current_event_storage
 
 from ..box_regression import (
@@ -133,7 +133,9 @@ def fast_rcnn_inference_single_image(
 class FastRCNNOutputLayers3D(nn.Module):
     """
     Two linear layers on the box-head vector: ``cls_score`` (K + 1 logits, background last) and
-    ``bbox_pred`` (K * 2*ndim deltas, or 2*ndim when class-agnostic).
+    ``bbox_pred`` (K * 2*ndim deltas, or 2*ndim when class-agnostic); with ``predict_iou`` a
+    third, ``iou_pred`` (one logit: the estimated IoU of the RoI's box with the gt object it
+    overlaps most, IoU-Net's localisation confidence), and :meth:`forward` returns three tensors.
 
     Losses (both averaged over all sampled RoIs, as Detectron2 does):
 
@@ -141,7 +143,10 @@ class FastRCNNOutputLayers3D(nn.Module):
       ``ROI_HEADS.CLS_LOSS_WEIGHT``;
     * ``loss_box_reg`` on foreground RoIs: "smooth_l1" or "huber" (soft-clipped
       ``c * tanh(x / c)`` then Huber) on the encoded deltas, or "giou" on the decoded boxes,
-      times ``ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT``.
+      times ``ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT``;
+    * ``loss_box_iou`` (with ``predict_iou``): binary cross-entropy of ``iou_pred`` against the
+      IoU of each sampled RoI's box with its matched gt box (0 for a RoI of an image without
+      objects), mean over all sampled RoIs, times ``ROI_BOX_HEAD.IOU_HEAD.LOSS_WEIGHT``.
     """
 
     @configurable
@@ -164,6 +169,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         box_reg_loss_type: str = "smooth_l1",
         huber_clip: float = 3.0,
         huber_delta: float = 1.0,
+        predict_iou: bool = False,
         loss_weight: Dict[str, float] = None,
     ):
         """
@@ -175,7 +181,9 @@ class FastRCNNOutputLayers3D(nn.Module):
             counts_reference_voxels: ``test_topk_per_image`` is for inputs of this many voxels;
                 larger ones keep proportionally more (0 = fixed; :mod:`det3d.modeling.counts`).
             cls_loss_type: "ce" or "focal"; box_reg_loss_type: "smooth_l1", "huber" or "giou".
-            loss_weight: ``{"loss_cls": w, "loss_box_reg": w}``; missing keys weigh 1.
+            predict_iou: add ``iou_pred``, the estimated IoU of each RoI's box.
+            loss_weight: ``{"loss_cls": w, "loss_box_reg": w, "loss_box_iou": w}``; missing keys
+                weigh 1.
         """
         super().__init__()
         if cls_loss_type not in CLS_LOSS_TYPES:
@@ -197,6 +205,11 @@ class FastRCNNOutputLayers3D(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         for layer in (self.cls_score, self.bbox_pred):
             nn.init.constant_(layer.bias, 0)
+        self.predict_iou = bool(predict_iou)
+        if self.predict_iou:
+            self.iou_pred = nn.Linear(input_size, 1)
+            nn.init.normal_(self.iou_pred.weight, std=0.01)
+            nn.init.constant_(self.iou_pred.bias, 0)
 
         self.box2box_transform = box2box_transform
         self.smooth_l1_beta = smooth_l1_beta
@@ -210,7 +223,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         self.box_reg_loss_type = box_reg_loss_type
         self.huber_clip = huber_clip
         self.huber_delta = huber_delta
-        self.loss_weight = {"loss_cls": 1.0, "loss_box_reg": 1.0}
+        self.loss_weight = {"loss_cls": 1.0, "loss_box_reg": 1.0, "loss_box_iou": 1.0}
         self.loss_weight.update(loss_weight or {})
 
     @classmethod
@@ -243,24 +256,30 @@ class FastRCNNOutputLayers3D(nn.Module):
             "box_reg_loss_type": box_head.BBOX_REG_LOSS_TYPE,
             "huber_clip": box_head.HUBER_CLIP,
             "huber_delta": box_head.HUBER_DELTA,
+            "predict_iou": box_head.IOU_HEAD.ENABLED,
             "loss_weight": {
                 "loss_cls": cfg.MODEL.ROI_HEADS.CLS_LOSS_WEIGHT,
                 "loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT,
+                "loss_box_iou": box_head.IOU_HEAD.LOSS_WEIGHT,
             },
         }
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """
         Args:
             x: (M, C) box-head vectors (higher-rank input is flattened).
 
         Returns:
-            (scores (M, K + 1), proposal_deltas (M, K * 2*ndim or 2*ndim))
+            (scores (M, K + 1), proposal_deltas (M, K * 2*ndim or 2*ndim)), and with
+            ``predict_iou`` a third, the IoU logits (M,).
         """
         if x.dim() > 2:
             x = torch.flatten(x, start_dim=1)
         # Losses, softmax and box decoding in float32 (a no-op without autocast).
-        return self.cls_score(x).float(), self.bbox_pred(x).float()
+        out = (self.cls_score(x).float(), self.bbox_pred(x).float())
+        if self.predict_iou:
+            out += (self.iou_pred(x).float()[:, 0],)
+        return out
 
     # ------------------------------------------------------------------ losses
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
@@ -271,9 +290,9 @@ class FastRCNNOutputLayers3D(nn.Module):
                 (``gt_classes == K`` marks background).
 
         Returns:
-            dict with ``loss_cls`` and ``loss_box_reg``.
+            dict with ``loss_cls``, ``loss_box_reg`` and, with ``predict_iou``, ``loss_box_iou``.
         """
-        scores, proposal_deltas = predictions
+        scores, proposal_deltas = predictions[:2]
         box_dim = 2 * self.ndim
         gt_classes = (
             cat([p.gt_classes for p in proposals], dim=0)
@@ -299,10 +318,29 @@ class FastRCNNOutputLayers3D(nn.Module):
             reduction="mean",
         )
         loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
-        return {
+        losses = {
             "loss_cls": loss_cls * self.loss_weight["loss_cls"],
             "loss_box_reg": loss_box_reg * self.loss_weight["loss_box_reg"],
         }
+        if self.predict_iou:
+            losses["loss_box_iou"] = self.loss_weight["loss_box_iou"] * self.box_iou_loss(
+                predictions[2], proposal_boxes, gt_boxes
+            )
+        return losses
+
+    @staticmethod
+    def box_iou_loss(
+        iou_logits: torch.Tensor, proposal_boxes: torch.Tensor, gt_boxes: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Binary cross-entropy of the IoU logits against each RoI's IoU with its matched gt box
+        (an all-zero gt row, a RoI of an image without objects, gives 0), mean over the RoIs.
+        """
+        if iou_logits.numel() == 0:
+            return iou_logits.sum() * 0.0
+        with torch.no_grad():
+            target = matched_boxlist_iou(Boxes(proposal_boxes), Boxes(gt_boxes)).clamp(0.0, 1.0)
+        return F.binary_cross_entropy_with_logits(iou_logits, target.to(iou_logits.dtype))
 
     def box_reg_loss(
         self,
@@ -372,7 +410,7 @@ class FastRCNNOutputLayers3D(nn.Module):
         """
         if not len(proposals):
             return []
-        _, proposal_deltas = predictions
+        proposal_deltas = predictions[1]
         num_prop_per_image = [len(p) for p in proposals]
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         predict_boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
@@ -399,6 +437,15 @@ class FastRCNNOutputLayers3D(nn.Module):
         Returns:
             list[Tensor]: per image, (R, K + 1) softmax probabilities.
         """
-        scores, _ = predictions
-        probs = F.softmax(scores, dim=-1)
+        probs = F.softmax(predictions[0], dim=-1)
         return list(probs.split([len(p) for p in proposals], dim=0))
+
+    def predict_ious(self, predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+        """
+        Returns:
+            list[Tensor]: per image, (R,) the estimated IoU of each RoI's box (``predict_iou``).
+        """
+        if not self.predict_iou:
+            raise RuntimeError("predict_ious: this box predictor has no IoU head")
+        ious = torch.sigmoid(predictions[2])
+        return list(ious.split([len(p) for p in proposals], dim=0))

@@ -464,9 +464,10 @@ class StandardROIHeads3D(ROIHeads3D):
             targets: per image gt ``Instances`` (training only).
 
         Returns:
-            training: (sampled proposals, losses ``loss_cls``, ``loss_box_reg``[, ``loss_mask``]);
-            inference: (detections with ``pred_boxes``, ``scores``, ``pred_classes``
-            [, ``pred_masks``], {}).
+            training: (sampled proposals, losses ``loss_cls``, ``loss_box_reg``[,
+            ``loss_box_iou``][, ``loss_mask``]);
+            inference: (detections with ``pred_boxes``, ``scores``, ``pred_classes``,
+            ``objectness``[, ``pred_box_iou``][, ``pred_masks``], {}).
         """
         if self.training:
             if targets is None:
@@ -509,6 +510,17 @@ class StandardROIHeads3D(ROIHeads3D):
         """
         assert not self.training
         return [1.0 - p[:, -1] for p in self.box_probs(features, boxes)]  # background last
+
+    def box_ious(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> List[torch.Tensor]:
+        """
+        The box predictor's estimated IoU of given boxes with their objects
+        (``ROI_BOX_HEAD.IOU_HEAD``), e.g. of the final detections' boxes.
+
+        Returns:
+            list[Tensor]: per image, (len(boxes[i]),).
+        """
+        assert not self.training
+        return self.box_predictor.predict_ious(self._box_predictions(features, boxes), boxes)
 
     def box_probs(
         self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
@@ -578,6 +590,11 @@ class StandardROIHeads3D(ROIHeads3D):
                         p.proposal_boxes = Boxes(boxes)
             return losses
         pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        if getattr(self.box_predictor, "predict_iou", False):
+            # the estimate for the final box, not for the proposal it was regressed from
+            boxes = [x.pred_boxes for x in pred_instances]
+            for x, iou in zip(pred_instances, self.box_ious(features, boxes)):
+                x.pred_box_iou = iou
         return pred_instances
 
     def _mask_head(self, feats, boxes, instances, images: Optional[ImageList]):
