@@ -16,48 +16,13 @@ the check that doing so leaves the scores where they were.
 
 import argparse
 import os
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench", "peers"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from det3d_part import inference_seconds_per_volume  # noqa: E402  (bench/peers/det3d_part.py)
-from score import read_scores  # noqa: E402  (bench/peers/score.py)
-
-from det3d.data.datasets import dataset_folder_name  # noqa: E402
-from det3d.utils.file_io import read_json  # noqa: E402
+from eval_variants import check_run, evaluate  # noqa: E402  (bench/eval_variants.py)
 
 PRECISIONS = {"float32": "False", "autocast": "True"}
-
-
-def evaluate(run: str, dataset: str, amp: str, out: str, threads: int) -> dict:
-    """Runs one ``--eval-only`` into ``out`` and reads back its scores and time per volume."""
-    if os.path.exists(out):
-        raise FileExistsError(f"{out} exists; choose another --output (results are never replaced)")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--eval-only"]
-    cmd += ["--config-file", os.path.join(run, "config.yaml")]
-    cmd += ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth"), "OUTPUT_DIR", out]
-    cmd += ["DATASETS.TEST", f"('{dataset}',)", "TEST.AMP.ENABLED", amp]
-    os.makedirs(out)
-    with open(os.path.join(out, "bench.log"), "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if rc != 0:
-        raise RuntimeError(f"evaluation of {dataset} failed (exit {rc}); see {out}/bench.log")
-    log = os.path.join(out, "log.txt")
-    with open(log) as f:
-        seconds = inference_seconds_per_volume(f.read())
-    if seconds is None:
-        raise ValueError(f"{log}: no 'inference pure compute time' line; did the evaluation run?")
-    folder = os.path.join(out, "inference", dataset_folder_name(dataset))
-    scores = read_scores(folder)
-    coco = os.path.join(folder, "coco3d_results.json")
-    if os.path.isfile(coco):
-        segm = read_json(coco, "COCO-3D results").get("segm", {}).get("metrics", {})
-        scores["mask AP"] = segm.get("AP", float("nan"))
-    scores["s/vol"] = seconds
-    return scores
 
 
 def main():
@@ -67,14 +32,13 @@ def main():
     p.add_argument("--output", default="output/inference_precision")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the evaluations")
     args = p.parse_args()
-    for name in ("config.yaml", "model_final.pth"):
-        if not os.path.isfile(os.path.join(args.run, name)):
-            raise SystemExit(f"--run {args.run}: no {name}; not a finished training run")
+    check_run(args.run)
     rows = []
     for dataset in args.datasets:
         for precision, amp in PRECISIONS.items():
             out = os.path.join(args.output, dataset, precision)
-            rows.append((dataset, precision, evaluate(args.run, dataset, amp, out, args.threads)))
+            scores = evaluate(args.run, dataset, ["TEST.AMP.ENABLED", amp], out, args.threads)
+            rows.append((dataset, precision, scores))
     print(f"{args.run}, {args.threads} torch thread(s)")
     print("| dataset | precision | SEG | F1@0.5 | mask AP | s / volume | speed-up |")
     print("|---|---|---|---|---|---|---|")
