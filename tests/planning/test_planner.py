@@ -99,13 +99,13 @@ def test_outlines_are_refined_where_single_voxels_are_too_noisy(iso, cnr, spacin
 
 
 @pytest.mark.parametrize("touching", [0.0, 0.26])  # synthetic, toy3d
-def test_instances_split_by_brightness_where_objects_touch(iso, touching):
+def test_touching_objects_turn_on_the_split_the_iou_head_and_copies(iso, touching):
     fp = dict(iso)
     fp["objects"] = dict(iso["objects"], touching_fraction=touching)
     plan = plan_config(fp, num_classes=2)
-    assert plan.values["TEST.BRIGHTNESS_SPLIT.ENABLED"] is (touching > 0)
-    reason = plan.reasons["TEST.BRIGHTNESS_SPLIT.ENABLED"]
-    assert f"{100 * touching:.0f}% of the objects touch" in reason
+    for key in ("TEST.BRIGHTNESS_SPLIT.ENABLED", "MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED"):
+        assert plan.values[key] is (touching > 0), key
+        assert f"{100 * touching:.0f}% of the objects touch" in plan.reasons[key]
     # touching pairs added by copy-paste: half of a median volume's objects, at least one
     copies = plan.values["INPUT.COPY_PASTE.NUM_TOUCHING"]
     per_volume = iso["objects"]["per_volume"]["p50"]
