@@ -317,9 +317,9 @@ def _plan_heads(fp: dict, plan: Plan, sizes: np.ndarray, anchors: Dict[str, Any]
             ": the box head also estimates each box's IoU with its object, and the label volume "
             "pastes detections in decreasing objectness x that estimate, so a confident box "
             "spanning two touching objects comes after their own boxes and the overlap rule "
-            "leaves it out (measured on two trained toy3d models, evaluation only, against "
-            "objectness alone: test SEG +0.020 and +0.000, toy3d_test128 +0.006 and +0.006, "
-            "training split -0.001 and +0.001)"
+            "leaves it out (measured on three trained toy3d models, evaluation only, against "
+            "objectness alone: test SEG +0.020, +0.000, +0.000; toy3d_test128 +0.006, +0.006, "
+            "+0.000; training split -0.001, +0.001, -0.003; +0.003 on average)"
             if touching > 0
             else ": no box spans two objects"
         ),
