@@ -137,7 +137,7 @@ class FastRCNNOutputLayers3D(nn.Module):
     third, ``iou_pred`` (one logit: the estimated IoU of the RoI's box with the gt object it
     overlaps most, IoU-Net's localisation confidence), and :meth:`forward` returns three tensors.
 
-    Losses (both averaged over all sampled RoIs, as Detectron2 does):
+    Losses (each averaged over all sampled RoIs, as Detectron2 does):
 
     * ``loss_cls``: softmax cross-entropy ("ce") or softmax focal loss ("focal"), times
       ``ROI_HEADS.CLS_LOSS_WEIGHT``;
