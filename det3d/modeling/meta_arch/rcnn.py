@@ -477,12 +477,14 @@ class GeneralizedRCNN3D(_RCNNBase):
             if transpose:
                 boxes = [b.transposed_xy() for b in boxes]
             if obj_total:
-                for t, o in zip(obj_total, self.roi_heads.box_objectness(features, boxes)):
+                if with_iou:  # both from one pass of the box branch
+                    objectness, ious = self.roi_heads.box_objectness_and_ious(features, boxes)
+                    for t, o in zip(iou_total, ious):
+                        t += o
+                else:
+                    objectness = self.roi_heads.box_objectness(features, boxes)
+                for t, o in zip(obj_total, objectness):
                     t += o
-            for t, o in zip(
-                iou_total, self.roi_heads.box_ious(features, boxes) if with_iou else []
-            ):
-                t += o
             if not masks_on:
                 continue
             given = [

@@ -522,6 +522,15 @@ class StandardROIHeads3D(ROIHeads3D):
         assert not self.training
         return self.box_predictor.predict_ious(self._box_predictions(features, boxes), boxes)
 
+    def box_objectness_and_ious(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """:meth:`box_objectness` and :meth:`box_ious` of the same boxes, pooled once."""
+        assert not self.training
+        predictions = self._box_predictions(features, boxes)
+        probs = self.box_predictor.predict_probs(predictions, boxes)
+        return [1.0 - p[:, -1] for p in probs], self.box_predictor.predict_ious(predictions, boxes)
+
     def box_probs(
         self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
     ) -> List[torch.Tensor]:
