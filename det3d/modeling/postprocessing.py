@@ -255,6 +255,8 @@ def instances_to_label_volume(
         Tensor: int32 ``image_shape`` volume, on the instances' device.
     """
     check_voxel_owner(voxel_owner)
+    if iou_power < 0:
+        raise ValueError(f"instances_to_label_volume: iou_power must be >= 0, got {iou_power}")
     image_shape = tuple(int(s) for s in (image_shape or instances.image_size))
     if not instances.has("pred_boxes"):
         return torch.zeros(image_shape, dtype=torch.int32)
@@ -269,8 +271,6 @@ def instances_to_label_volume(
         foreground = foreground.to(boxes.device) >= foreground_threshold
     if len(boxes) == 0:
         return labels
-    if iou_power < 0:
-        raise ValueError(f"instances_to_label_volume: iou_power must be >= 0, got {iou_power}")
     if instances.has("scores"):
         rank = label_rank(instances)
         key = rank
