@@ -5,6 +5,7 @@ import contextlib
 import torch
 
 from det3d.config import get_cfg
+from det3d.modeling import build_model
 from det3d.structures import Boxes, Instances
 from det3d.structures.masks import BitMasks
 
@@ -86,3 +87,33 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def eval_model(ndim: int, opts=()):
+    """
+    A tiny model (``tiny_cfg(ndim)`` with the ``[KEY, VALUE, ...]`` overrides ``opts``), seeded,
+    in eval mode, that keeps every detection: (cfg, model).
+    """
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ndim)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.merge_from_list(list(opts))
+    model = build_model(cfg)
+    model.eval()
+    return cfg, model
+
+
+def twin(cfg, model):
+    """A model built from ``cfg`` with ``model``'s weights, in eval mode."""
+    other = build_model(cfg)
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    return other
+
+
+def box_predictions_by_hand(model, images, boxes):
+    """The box predictor's outputs at ``boxes`` (one image): pooler, box head, predictor."""
+    heads = model.roi_heads
+    features = model.backbone(images.tensor)
+    pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [boxes])
+    return heads.box_predictor(heads.box_head(pooled))

@@ -4,7 +4,14 @@ import math
 
 import pytest
 import torch
-from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+from _rcnn_test_utils import (
+    box_predictions_by_hand,
+    eval_model,
+    single_thread,
+    synthetic_input,
+    tiny_cfg,
+    twin,
+)
 
 from det3d.layers import ShapeSpec
 from det3d.modeling import build_model
@@ -83,29 +90,13 @@ def test_without_the_iou_head_the_predictor_is_unchanged():
     torch.testing.assert_close(ious, torch.sigmoid(out[2]))
 
 
-def _iou_model(ndim, **keys):
-    torch.manual_seed(0)
-    cfg = tiny_cfg(ndim)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED = True
-    for key, value in keys.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    model = build_model(cfg)
-    model.eval()
-    return cfg, model
+def _iou_model(ndim, opts=()):
+    return eval_model(ndim, ["MODEL.ROI_BOX_HEAD.IOU_HEAD.ENABLED", True, *opts])
 
 
 def _ious_by_hand(model, images, boxes):
     """sigmoid of the IoU logit of the box branch at ``boxes`` (one image), written out."""
-    heads = model.roi_heads
-    features = model.backbone(images.tensor)
-    pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [boxes])
-    x = torch.flatten(heads.box_head(pooled), start_dim=1)
-    return torch.sigmoid(heads.box_predictor.iou_pred(x)[:, 0])
+    return torch.sigmoid(box_predictions_by_hand(model, images, boxes)[2])
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -133,13 +124,11 @@ def test_flip_objectness_also_averages_the_iou_estimate():
     # flip, the estimate on the flipped input in the flipped box. Reference: those passes by hand.
     shape = SHAPES[3]
     axes = (0, 2)
-    cfg, model = _iou_model(3, **{"TEST.MASK_FLIP_AXES": list(axes), "TEST.FLIP_OBJECTNESS": True})
+    cfg, model = _iou_model(3, ["TEST.MASK_FLIP_AXES", list(axes), "TEST.FLIP_OBJECTNESS", True])
     plain_cfg = cfg.clone()
     plain_cfg.TEST.MASK_FLIP_AXES = []
     plain_cfg.TEST.FLIP_OBJECTNESS = False
-    plain_model = build_model(plain_cfg)
-    plain_model.load_state_dict(model.state_dict())
-    plain_model.eval()
+    plain_model = twin(plain_cfg, model)
     inputs = [{"image": synthetic_input(shape)["image"]}]
     with torch.no_grad():
         (plain,) = plain_model.inference(inputs, do_postprocess=False)

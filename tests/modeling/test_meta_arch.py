@@ -4,7 +4,14 @@ import itertools
 
 import pytest
 import torch
-from _rcnn_test_utils import single_thread, synthetic_input, tiny_cfg
+from _rcnn_test_utils import (
+    box_predictions_by_hand,
+    eval_model,
+    single_thread,
+    synthetic_input,
+    tiny_cfg,
+    twin,
+)
 from torch.nn import functional as F
 
 import det3d.modeling as modeling
@@ -80,27 +87,9 @@ def test_training_losses(ndim, cls_loss, box_loss, mask_loss):
     assert all(p.grad is not None for p in predictor.parameters())
 
 
-def _eval_model(ndim):
-    """A seeded tiny model in eval mode that keeps every detection: (cfg, model)."""
-    torch.manual_seed(0)
-    cfg = tiny_cfg(ndim)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    model = build_model(cfg)
-    model.eval()
-    return cfg, model
-
-
-def _twin(cfg, model):
-    """A model built from ``cfg`` with ``model``'s weights, in eval mode."""
-    twin = build_model(cfg)
-    twin.load_state_dict(model.state_dict())
-    twin.eval()
-    return twin
-
-
 def _flip_setup(ndim):
     """(cfg with TEST.MASK_FLIP_AXES on the first and last axes, its plain model, inputs, axes)."""
-    cfg, model = _eval_model(ndim)
+    cfg, model = eval_model(ndim)
     axes = (0, ndim - 1)
     cfg.TEST.MASK_FLIP_AXES = list(axes)
     return cfg, model, [{"image": synthetic_input(SHAPES[ndim])["image"]}], axes
@@ -108,7 +97,7 @@ def _flip_setup(ndim):
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_inference_rescales_to_original_size_and_labels(ndim):
-    cfg, model = _eval_model(ndim)
+    cfg, model = eval_model(ndim)
     shape = SHAPES[ndim]
     original = tuple(2 * s for s in shape)  # as if the mapper had halved the volume
     keys = ("depth", "height", "width")[-ndim:]
@@ -139,7 +128,7 @@ def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
     # flipped input in the flipped box, flipped back. Reference: those passes made by hand.
     cfg, model, inputs, axes = _flip_setup(ndim)
     shape = SHAPES[ndim]
-    flipping = _twin(cfg, model)
+    flipping = twin(cfg, model)
     with torch.no_grad():
         (plain,) = model.inference(inputs, do_postprocess=False)
         (got,) = flipping.inference(inputs, do_postprocess=False)
@@ -170,10 +159,7 @@ def test_mask_flips_average_the_masks_of_the_flipped_inputs(ndim):
 
 def _objectness_by_hand(model, images, boxes):
     """1 - p(background) of the box branch at ``boxes`` (one image), written out."""
-    heads = model.roi_heads
-    features = model.backbone(images.tensor)
-    pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [boxes])
-    logits, _ = heads.box_predictor(heads.box_head(pooled))
+    logits = box_predictions_by_hand(model, images, boxes)[0]
     return 1.0 - torch.softmax(logits, dim=-1)[:, -1]
 
 
@@ -181,7 +167,7 @@ def _objectness_by_hand(model, images, boxes):
 def test_box_objectness_is_the_objectness_of_the_detections_rois(ndim):
     # The objectness of a detection is its RoI's: box_objectness at the RoIs the detections came
     # from gives it back, for a batch of two, in one chunk or in chunks of 3 RoIs.
-    cfg, model = _eval_model(ndim)
+    cfg, model = eval_model(ndim)
     images = model.preprocess_image(_batch(ndim))
     heads = model.roi_heads
     with torch.no_grad():
@@ -209,9 +195,9 @@ def test_flip_objectness_averages_the_flipped_boxes_objectness(ndim):
     # box branch's on the flipped input in the flipped box. Reference: those passes by hand.
     cfg, model, inputs, axes = _flip_setup(ndim)
     shape = SHAPES[ndim]
-    masks_only = _twin(cfg, model)
+    masks_only = twin(cfg, model)
     cfg.TEST.FLIP_OBJECTNESS = True
-    flipping = _twin(cfg, model)
+    flipping = twin(cfg, model)
     with torch.no_grad():
         (plain,) = masks_only.inference(inputs, do_postprocess=False)
         (got,) = flipping.inference(inputs, do_postprocess=False)
@@ -244,7 +230,7 @@ def test_transposed_passes_join_the_test_time_averages(ndim, flip_axes):
     cfg.TEST.FLIP_OBJECTNESS = True
     cfg.TEST.TRANSPOSE_XY = True
     shape = SHAPES[ndim]
-    averaging = _twin(cfg, model)
+    averaging = twin(cfg, model)
     flips = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
     with torch.no_grad():
         (plain,) = model.inference(inputs, do_postprocess=False)
@@ -280,7 +266,7 @@ def test_transposed_passes_join_the_test_time_averages(ndim, flip_axes):
 
 
 def test_transposed_passes_need_a_mask_grid_as_fine_in_x_as_in_y():
-    cfg, _ = _eval_model(3)
+    cfg, _ = eval_model(3)
     cfg.TEST.TRANSPOSE_XY = True
     cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = [2, 4, 3]
     with pytest.raises(ValueError, match=r"TEST.TRANSPOSE_XY .* mask grid \(2, 4, 3\)"):
@@ -291,11 +277,11 @@ def test_transposed_passes_need_a_mask_grid_as_fine_in_x_as_in_y():
 def test_outline_refine_redraws_the_label_volume_from_the_input(resampled):
     # TEST.OUTLINE_REFINE: "instance_labels" are the plain model's, refined on the input channel
     # (brought to the labels' grid where the mapper resampled the volume); instances unchanged
-    cfg, model = _eval_model(3)
+    cfg, model = eval_model(3)
     cfg.TEST.OUTLINE_REFINE.ENABLED = True
     cfg.TEST.OUTLINE_REFINE.SIGMA = [0.5, 1.0, 1.0]
     cfg.TEST.OUTLINE_REFINE.GROW = 2
-    refined = _twin(cfg, model)
+    refined = twin(cfg, model)
     image = synthetic_input(SHAPES[3])["image"]
     inputs = [{"image": image}]
     if resampled:
@@ -312,7 +298,7 @@ def test_outline_refine_redraws_the_label_volume_from_the_input(resampled):
 
 
 def test_outline_refine_bad_keys_are_named():
-    cfg, _ = _eval_model(3)
+    cfg, _ = eval_model(3)
     cfg.TEST.OUTLINE_REFINE.ENABLED = True
     cfg.TEST.OUTLINE_REFINE.CHANNEL = 1
     with pytest.raises(ValueError, match="TEST.OUTLINE_REFINE.CHANNEL 1 .* 1 input channels"):
@@ -328,14 +314,14 @@ def test_brightness_split_runs_on_the_pasted_label_volume():
     # split_by_brightness on the input channel with the model's instances and mask threshold
     from det3d.modeling.brightness_split import split_by_brightness
 
-    cfg, model = _eval_model(3)
+    cfg, model = eval_model(3)
     cfg.TEST.BRIGHTNESS_SPLIT.ENABLED = True
     # any left-out detection mostly inside one instance splits it, so the wiring is seen
     cfg.TEST.BRIGHTNESS_SPLIT.MIN_EFFECT = 0.0
     cfg.TEST.BRIGHTNESS_SPLIT.MIN_T = 0.0
     cfg.TEST.BRIGHTNESS_SPLIT.MIN_OBJECTNESS = 0.0
     cfg.TEST.BRIGHTNESS_SPLIT.EROSION = 0
-    split = _twin(cfg, model)
+    split = twin(cfg, model)
     image = synthetic_input(SHAPES[3])["image"]
     with torch.no_grad():
         plain, out = model([{"image": image}])[0], split([{"image": image}])[0]
