@@ -1,6 +1,7 @@
 """Tiny configs and synthetic inputs shared by the R-CNN tests (modeling B)."""
 
 import contextlib
+import itertools
 
 import torch
 
@@ -117,3 +118,18 @@ def box_predictions_by_hand(model, images, boxes):
     features = model.backbone(images.tensor)
     pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [boxes])
     return heads.box_predictor(heads.box_head(pooled))
+
+
+def sum_over_flips(model, image, boxes, axes, by_hand):
+    """
+    ``by_hand(model, images, flipped boxes)`` summed over every non-empty combination of the
+    array ``axes``, each on ``image`` (``(C, *spatial)``) flipped along them: the flipped passes
+    of a test-time average, written out.
+    """
+    shape = image.shape[1:]
+    total = 0
+    for k in range(1, len(axes) + 1):
+        for flip in itertools.combinations(axes, k):
+            images = model.preprocess_image([{"image": image.flip([1 + a for a in flip])}])
+            total = total + by_hand(model, images, boxes.flipped(flip, shape))
+    return total

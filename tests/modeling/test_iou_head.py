@@ -8,6 +8,7 @@ from _rcnn_test_utils import (
     box_predictions_by_hand,
     eval_model,
     single_thread,
+    sum_over_flips,
     synthetic_input,
     tiny_cfg,
     twin,
@@ -133,12 +134,9 @@ def test_flip_objectness_also_averages_the_iou_estimate():
     with torch.no_grad():
         (plain,) = plain_model.inference(inputs, do_postprocess=False)
         (got,) = model.inference(inputs, do_postprocess=False)
-        want = plain.pred_box_iou.clone()
-        for flip in [(axes[0],), (axes[1],), axes]:
-            images = model.preprocess_image(
-                [{"image": inputs[0]["image"].flip([1 + a for a in flip])}]
-            )
-            want += _ious_by_hand(model, images, plain.pred_boxes.flipped(flip, shape))
+        want = plain.pred_box_iou + sum_over_flips(
+            model, inputs[0]["image"], plain.pred_boxes, axes, _ious_by_hand
+        )
     assert len(plain) > 0
     torch.testing.assert_close(got.pred_boxes.tensor, plain.pred_boxes.tensor)
     torch.testing.assert_close(got.pred_box_iou, want / 4)

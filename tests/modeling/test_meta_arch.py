@@ -8,6 +8,7 @@ from _rcnn_test_utils import (
     box_predictions_by_hand,
     eval_model,
     single_thread,
+    sum_over_flips,
     synthetic_input,
     tiny_cfg,
     twin,
@@ -194,19 +195,15 @@ def test_flip_objectness_averages_the_flipped_boxes_objectness(ndim):
     # each objectness is the mean of the plain pass's and, for every combination of the axes, the
     # box branch's on the flipped input in the flipped box. Reference: those passes by hand.
     cfg, model, inputs, axes = _flip_setup(ndim)
-    shape = SHAPES[ndim]
     masks_only = twin(cfg, model)
     cfg.TEST.FLIP_OBJECTNESS = True
     flipping = twin(cfg, model)
     with torch.no_grad():
         (plain,) = masks_only.inference(inputs, do_postprocess=False)
         (got,) = flipping.inference(inputs, do_postprocess=False)
-        want = plain.objectness.clone()
-        for flip in [(axes[0],), (axes[1],), axes]:
-            images = model.preprocess_image(
-                [{"image": inputs[0]["image"].flip([1 + a for a in flip])}]
-            )
-            want += _objectness_by_hand(model, images, plain.pred_boxes.flipped(flip, shape))
+        want = plain.objectness + sum_over_flips(
+            model, inputs[0]["image"], plain.pred_boxes, axes, _objectness_by_hand
+        )
     assert len(plain) > 0
     for field in ("scores", "pred_classes", "pred_masks"):
         torch.testing.assert_close(got.get(field), plain.get(field))
