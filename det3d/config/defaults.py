@@ -491,6 +491,13 @@ def add_det3d_config(cfg: CN) -> None:
     _add(_C.INPUT, "MOSAIC", CN())
     _add(_C.INPUT.MOSAIC, "NUM_VOLUMES", 1)
     _add(_C.INPUT.MOSAIC, "AXES", [])
+    # Scale jitter (det3d/data/transforms/augmentation.py:RandomScale): with probability PROB a
+    # training volume is zoomed on every axis by one factor drawn log-uniformly from RANGE
+    # ([min, max]; empty = off), before the crop; without INPUT.CROP_SIZE it is cropped or padded
+    # back to its own shape. Objects then train at sizes the dataset holds few of.
+    _add(_C.INPUT, "RANDOM_SCALE", CN())
+    _add(_C.INPUT.RANDOM_SCALE, "RANGE", [])
+    _add(_C.INPUT.RANDOM_SCALE, "PROB", 0.5)
 
     # Evaluation
     _add(_C.TEST, "EVALUATORS", ["coco3d", "matching", "seg"])

@@ -24,10 +24,12 @@ from .transforms import (
     RandomFlip,
     RandomIntensity,
     RandomRotate90XY,
+    RandomScale,
     ResampleTransform,
     apply_augmentations,
     check_copy_paste,
     check_mosaic,
+    check_scale_range,
     join_volumes,
     paste_touching_copies,
 )
@@ -143,9 +145,12 @@ class DatasetMapper3D:
     2. optionally resample to ``target_spacing`` (image linear, labels nearest); the output's
        ``"depth"/"height"/"width"`` stay the record's ORIGINAL size, so the model rescales its
        predictions back to the original grid;
-    3. training: read the labels (``instance_label_file``, ``annotations`` RLEs), randomly crop
-       to ``crop_size`` (padding axes that are shorter; the crop contains a random instance voxel
-       with probability 0.5), touching copy-paste (``INPUT.COPY_PASTE``,
+    3. training: read the labels (``instance_label_file``, ``annotations`` RLEs), with
+       probability ``random_scale_prob`` zoom by a factor drawn from ``random_scale``
+       (``INPUT.RANDOM_SCALE``, :class:`~det3d.data.transforms.RandomScale`; without a
+       ``crop_size`` a zoomed volume is then cropped or padded back to its own shape), randomly
+       crop to ``crop_size`` (padding axes that are shorter, image 0; the crop contains a random
+       instance voxel with probability 0.5), touching copy-paste (``INPUT.COPY_PASTE``,
        :func:`~det3d.data.transforms.paste_touching_copies`), then flips / 90-degree xy
        rotations / intensity changes.
        Instances cut by the crop keep their visible part; a cut remnant with fewer than
@@ -189,6 +194,8 @@ class DatasetMapper3D:
         copy_min_keep: float = 1.0,
         mosaic_volumes: int = 1,
         mosaic_axes: Sequence[int] = (),
+        random_scale: Sequence[float] = (),
+        random_scale_prob: float = 0.5,
         seed: int = 0,
     ):
         self.is_train = is_train
@@ -221,6 +228,10 @@ class DatasetMapper3D:
         check_mosaic(mosaic_volumes, mosaic_axes, spatial_dims, names=keys)
         self.mosaic_volumes = int(mosaic_volumes) if is_train else 1
         self.mosaic_axes = [int(a) for a in mosaic_axes] or list(range(spatial_dims))
+        keys = ("INPUT.RANDOM_SCALE.RANGE", "INPUT.RANDOM_SCALE.PROB")
+        check_scale_range(random_scale, random_scale_prob, names=keys)
+        self.random_scale = tuple(float(s) for s in random_scale)
+        self.random_scale_prob = float(random_scale_prob)
         self.reseed(seed)
 
     @classmethod
@@ -240,6 +251,8 @@ class DatasetMapper3D:
             "copy_min_keep": cfg.INPUT.COPY_PASTE.MIN_KEEP,
             "mosaic_volumes": cfg.INPUT.MOSAIC.NUM_VOLUMES,
             "mosaic_axes": cfg.INPUT.MOSAIC.AXES,
+            "random_scale": cfg.INPUT.RANDOM_SCALE.RANGE,
+            "random_scale_prob": cfg.INPUT.RANDOM_SCALE.PROB,
             "seed": max(cfg.SEED, 0),
         }
 
@@ -345,9 +358,15 @@ class DatasetMapper3D:
             aug_input.transform(ResampleTransform(image.shape[1:], zoom))
             spacing = spacing[: 3 - ndim] + tuple(target)
         if self.is_train:
-            if self.crop_size:
+            crop = self.crop_size
+            if self.random_scale:
+                shape = aug_input.spatial_shape
+                RandomScale(self.random_scale, self.random_scale_prob)(aug_input, self.rng)
+                if not crop and aug_input.spatial_shape != shape:
+                    crop = shape  # the batch's shape and a step's cost stay what they were
+            if crop:
                 full_counts = np.bincount(aug_input.labels.ravel())
-                RandomCrop(self.crop_size)(aug_input, self.rng)
+                RandomCrop(crop)(aug_input, self.rng)
                 aug_input.labels = self._drop_cut_remnants(aug_input.labels, full_counts)
             if self.touching_copies:
                 aug_input.image, aug_input.labels, classes, _ = paste_touching_copies(

@@ -97,6 +97,11 @@ class SliceDatasetMapper(DatasetMapper3D):
                 "INPUT.COPY_PASTE.NUM_TOUCHING is not supported by SliceDatasetMapper (it pastes "
                 "into whole volumes, not slice windows); set it to 0"
             )
+        if kwargs.get("random_scale"):
+            raise ValueError(
+                "INPUT.RANDOM_SCALE is not supported by SliceDatasetMapper (zooming z changes what "
+                "a slice is); set INPUT.RANDOM_SCALE.RANGE to []"
+            )
         super().__init__(is_train, spatial_dims=3, **kwargs)
         self.num_slices = check_num_slices(num_slices)
         slice_window_indices(0, num_slices, num_slices, pad_mode)  # checks pad_mode

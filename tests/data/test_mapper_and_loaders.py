@@ -219,3 +219,48 @@ def test_crop_size_is_a_per_axis_value():
     assert DatasetMapper3D(True, crop_size=[]).crop_size == ()
     with pytest.raises(ValueError, match=r"crop_size.*length 2, expected 3"):
         DatasetMapper3D(True, crop_size=[16, 16])
+
+
+@pytest.fixture
+def cube_record(tmp_path):
+    labels = np.zeros((24, 24, 24), np.int32)
+    labels[8:16, 8:16, 8:16] = 1
+    return _record(tmp_path, "cube", labels.astype(np.float32), labels)
+
+
+@pytest.mark.parametrize(
+    "factor, crop, side, shape",
+    [
+        (1.5, [], 12, (24, 24, 24)),  # zoomed to 36^3, cropped back: the cube always inside
+        (0.5, [], 4, (24, 24, 24)),  # zoomed to 12^3, padded back
+        (1.5, [30, 30, 30], 12, (30, 30, 30)),  # the crop of a zoomed volume
+    ],
+)
+def test_train_mapper_random_scale(cube_record, factor, crop, side, shape):
+    cfg = keep_raw_values(get_cfg(), flips=False)
+    cfg.INPUT.CROP_SIZE = crop
+    cfg.INPUT.RANDOM_SCALE.RANGE = [factor, factor]
+    cfg.INPUT.RANDOM_SCALE.PROB = 1.0
+    mapper = DatasetMapper3D(cfg, is_train=True)
+    for seed in range(6):
+        mapper.reseed(seed)
+        out = mapper(cube_record)
+        assert tuple(out["image"].shape[1:]) == shape
+        inst = out["instances"]
+        assert len(inst) == 1 and int(inst.gt_masks.tensor.sum()) == side**3
+        box = inst.gt_boxes.tensor[0]
+        assert (box[3:] - box[:3]).tolist() == [side] * 3
+        assert (out["depth"], out["height"], out["width"]) == (24, 24, 24)  # the record's
+        if factor < 1:  # padding is image 0, labels 0
+            assert int((out["image"] > 0).sum()) == side**3
+
+
+def test_train_mapper_random_scale_errors_name_the_key(cube_record):
+    cfg = get_cfg()
+    cfg.INPUT.RANDOM_SCALE.RANGE = [1.25, 0.8]
+    with pytest.raises(ValueError, match=r"INPUT\.RANDOM_SCALE\.RANGE"):
+        DatasetMapper3D(cfg, is_train=True)
+    cfg.INPUT.RANDOM_SCALE.RANGE = [0.8, 1.25]
+    cfg.INPUT.RANDOM_SCALE.PROB = 2.0
+    with pytest.raises(ValueError, match=r"INPUT\.RANDOM_SCALE\.PROB"):
+        DatasetMapper3D(cfg, is_train=True)

@@ -207,6 +207,10 @@ def test_errors_name_the_file_and_key(tmp_path):
     cfg.INPUT.COPY_PASTE.NUM_TOUCHING = 2
     with pytest.raises(ValueError, match="INPUT.COPY_PASTE.NUM_TOUCHING"):
         SliceDatasetMapper(cfg)
+    cfg = _cfg()
+    cfg.INPUT.RANDOM_SCALE.RANGE = [0.8, 1.25]
+    with pytest.raises(ValueError, match="INPUT.RANDOM_SCALE"):
+        SliceDatasetMapper(cfg)
     with pytest.raises(ValueError, match="MODEL.SLICE_FUSION.NUM_SLICES"):
         SliceDatasetMapper(_cfg(NUM_SLICES=4))
 

@@ -11,9 +11,11 @@ from det3d.data.transforms import (
     RandomFlip,
     RandomIntensity,
     RandomRotate90XY,
+    RandomScale,
     ResampleTransform,
     Rot90Transform,
     apply_augmentations,
+    check_scale_range,
 )
 
 
@@ -93,3 +95,66 @@ def test_intensity():
         AugInput(image), np.random.default_rng(0)
     )
     np.testing.assert_array_equal(t.apply_image(image), t2.apply_image(image))
+
+
+def _cube(shape=(20, 20, 20), lo=5, side=10):
+    labels = np.zeros(shape, np.int32)
+    labels[lo : lo + side, lo : lo + side, lo : lo + side] = 1
+    return labels[None].astype(np.float32), labels
+
+
+def test_random_scale_zooms_every_axis_by_one_factor():
+    image, labels = _cube()
+    a = AugInput(image, labels)
+    t = RandomScale((1.5, 1.5), prob=1.0)(a, np.random.default_rng(0))
+    assert isinstance(t, ResampleTransform) and a.labels.shape == (30, 30, 30)
+    # nearest labels on the exact factor 30/20: the cube [5, 15) lands on [7.5, 22.5) -> 15 voxels
+    nz = np.nonzero(a.labels)
+    assert [int(i.max() - i.min() + 1) for i in nz] == [15, 15, 15]
+    assert int(a.labels.sum()) == 15**3
+    flat = (a.image[0] == 0) | (a.image[0] == 1)  # linear image: agrees where it is flat
+    np.testing.assert_array_equal(a.image[0][flat], a.labels[flat])
+
+
+def test_random_scale_draws_log_uniformly_and_keeps_the_stream():
+    image, labels = _cube()
+    factors = []
+    for seed in range(200):
+        a = AugInput(image, labels)
+        RandomScale((0.8, 1.25), prob=1.0)(a, np.random.default_rng(seed))
+        factors.append(a.labels.shape[0] / 20)
+        assert len(set(a.labels.shape)) == 1  # one factor for every axis
+    factors = np.array(factors)
+    assert factors.min() >= 0.8 and factors.max() <= 1.25
+    assert 0.4 < np.mean(factors > 1.0) < 0.6  # log-uniform: as many zooms in as out
+    # prob 0 leaves the input as it was and draws as many numbers as prob 1
+    a = AugInput(image, labels)
+    rng = np.random.default_rng(3)
+    RandomScale((0.8, 1.25), prob=0.0)(a, rng)
+    assert a.labels is labels
+    rng1 = np.random.default_rng(3)
+    RandomScale((0.8, 1.25), prob=1.0)(AugInput(image, labels), rng1)
+    assert rng.random() == rng1.random()
+    # prob 0.5: about half of the inputs are zoomed
+    zoomed = 0
+    for seed in range(200):
+        a = AugInput(image, labels)
+        RandomScale((0.8, 1.25), prob=0.5)(a, np.random.default_rng(seed))
+        zoomed += a.labels is not labels
+    assert 70 < zoomed < 130
+
+
+@pytest.mark.parametrize(
+    "scale_range, prob, match",
+    [
+        ([1.25, 0.8], 1.0, "RANGE"),
+        ([0.0, 1.25], 1.0, "RANGE"),
+        ([0.8], 1.0, "RANGE"),
+        ([0.8, 1.25], 1.5, "PROB"),
+        ([0.8, 1.25], -0.1, "PROB"),
+    ],
+)
+def test_scale_range_errors_name_the_key(scale_range, prob, match):
+    with pytest.raises(ValueError, match=match):
+        check_scale_range(scale_range, prob, names=("RANGE", "PROB"))
+    check_scale_range([], 0.5)  # empty: off

@@ -7,7 +7,9 @@ from .augmentation import (
     RandomFlip,
     RandomIntensity,
     RandomRotate90XY,
+    RandomScale,
     apply_augmentations,
+    check_scale_range,
 )
 from .copy_paste import check_copy_paste, paste_touching_copies
 from .mosaic import check_mosaic, join_volumes

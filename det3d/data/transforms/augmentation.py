@@ -21,6 +21,7 @@ from .transform import (
     IntensityTransform,
     NoOpTransform,
     PadTransform,
+    ResampleTransform,
     Rot90Transform,
     Transform,
     TransformList,
@@ -33,6 +34,8 @@ __all__ = [
     "RandomFlip",
     "RandomRotate90XY",
     "RandomIntensity",
+    "RandomScale",
+    "check_scale_range",
     "apply_augmentations",
 ]
 
@@ -179,3 +182,46 @@ class RandomIntensity(Augmentation):
         gamma = float(np.exp(rng.uniform(lo, hi)))
         noise_seed = int(rng.integers(2**31))
         return IntensityTransform(scale, shift, gamma, self.noise_std, noise_seed)
+
+
+def check_scale_range(scale_range: Sequence[float], prob: float, names=("range", "prob")) -> None:
+    """
+    Raises ValueError naming ``names`` unless ``scale_range`` is empty (off) or ``(min, max)``
+    with ``0 < min <= max``, and ``0 <= prob <= 1``.
+    """
+    scale_range = list(scale_range)
+    if scale_range and (
+        len(scale_range) != 2 or not 0 < float(scale_range[0]) <= float(scale_range[1])
+    ):
+        raise ValueError(
+            f"{names[0]} must be empty (off) or [min, max] with 0 < min <= max, got {scale_range}"
+        )
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"{names[1]} must lie in [0, 1], got {prob}")
+
+
+class RandomScale(Augmentation):
+    """
+    With probability ``prob``, zooms every spatial axis by one factor drawn log-uniformly from
+    ``scale_range = (min, max)`` (image linear, labels nearest: :class:`ResampleTransform`), so
+    objects train at sizes the dataset holds few of. The output's shape is the zoomed one; the
+    caller crops or pads it (:class:`RandomCrop`). Both draws are always made, so the random
+    stream does not depend on ``prob``.
+    """
+
+    def __init__(self, scale_range: Sequence[float], prob: float = 1.0):
+        check_scale_range(
+            scale_range, prob, names=("RandomScale: scale_range", "RandomScale: prob")
+        )
+        if not len(scale_range):
+            raise ValueError("RandomScale: scale_range is empty")
+        self.scale_range = tuple(float(s) for s in scale_range)
+        self.prob = float(prob)
+
+    def get_transform(self, aug_input, rng):
+        apply = rng.random() < self.prob
+        lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
+        scale = float(np.exp(rng.uniform(lo, hi)))
+        shape = aug_input.spatial_shape
+        t = ResampleTransform(shape, [scale] * len(shape))
+        return t if apply and t.out_shape != shape else NoOpTransform()
