@@ -230,8 +230,9 @@ class DatasetMapper3D:
         self.mosaic_axes = [int(a) for a in mosaic_axes] or list(range(spatial_dims))
         keys = ("INPUT.RANDOM_SCALE.RANGE", "INPUT.RANDOM_SCALE.PROB")
         check_scale_range(random_scale, random_scale_prob, names=keys)
-        self.random_scale = tuple(float(s) for s in random_scale)
-        self.random_scale_prob = float(random_scale_prob)
+        self.random_scale = (
+            RandomScale(random_scale, random_scale_prob) if len(random_scale) else None
+        )
         self.reseed(seed)
 
     @classmethod
@@ -359,9 +360,9 @@ class DatasetMapper3D:
             spacing = spacing[: 3 - ndim] + tuple(target)
         if self.is_train:
             crop = self.crop_size
-            if self.random_scale:
+            if self.random_scale is not None:
                 shape = aug_input.spatial_shape
-                RandomScale(self.random_scale, self.random_scale_prob)(aug_input, self.rng)
+                self.random_scale(aug_input, self.rng)
                 if not crop and aug_input.spatial_shape != shape:
                     crop = shape  # the batch's shape and a step's cost stay what they were
             if crop:
