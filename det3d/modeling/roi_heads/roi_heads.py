@@ -282,6 +282,12 @@ class ROIHeads3D(nn.Module):
         raise NotImplementedError
 
 
+def _foreground(probs: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Per image, each box's foreground probability from its class probabilities (background
+    last)."""
+    return [1.0 - p[:, -1] for p in probs]
+
+
 @ROI_HEADS_REGISTRY.register()
 class StandardROIHeads3D(ROIHeads3D):
     """
@@ -509,7 +515,7 @@ class StandardROIHeads3D(ROIHeads3D):
             list[Tensor]: per image, (len(boxes[i]),).
         """
         assert not self.training
-        return [1.0 - p[:, -1] for p in self.box_probs(features, boxes)]  # background last
+        return _foreground(self.box_probs(features, boxes))
 
     def box_ious(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> List[torch.Tensor]:
         """
@@ -529,7 +535,7 @@ class StandardROIHeads3D(ROIHeads3D):
         assert not self.training
         predictions = self._box_predictions(features, boxes)
         probs = self.box_predictor.predict_probs(predictions, boxes)
-        return [1.0 - p[:, -1] for p in probs], self.box_predictor.predict_ious(predictions, boxes)
+        return _foreground(probs), self.box_predictor.predict_ious(predictions, boxes)
 
     def box_probs(
         self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
